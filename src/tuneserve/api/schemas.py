@@ -1,0 +1,190 @@
+"""Wire schemas: request bodies as pydantic models, responses as OpenAI-shaped dicts.
+
+Nothing here imports torch. Field limits follow OpenAI's API reference (api-anchors.md 1.3).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tuneserve.store.tables import Checkpoint, File, Job, JobEvent
+
+Auto = Literal["auto"]
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n_epochs: Auto | int | None = Field(None, ge=1, le=50)
+    batch_size: Auto | int | None = Field(None, ge=1, le=256)
+    learning_rate_multiplier: Auto | float | None = Field(None, gt=0, le=100)
+
+
+class MethodBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(BaseModel):
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: MethodBody | None = None
+    dpo: MethodBody | None = None
+    reinforcement: dict[str, Any] | None = None
+
+
+class CreateFineTuningJob(BaseModel):
+    """OpenAI's create request, plus the OPEA micro-service's General/Dataset/Training sections."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1)
+    training_file: str = Field(min_length=1)
+    validation_file: str | None = None
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
+    suffix: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[^:\s]+$")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+    General: dict[str, Any] | None = None
+    Dataset: dict[str, Any] | None = None
+    Training: dict[str, Any] | None = None
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_from_string(cls, value):  # OPEA declares seed as a string
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, value):
+        if value is not None:
+            if len(value) > 16:
+                raise ValueError("at most 16 metadata pairs")
+            for key, item in value.items():
+                if len(key) > 64 or len(item) > 512:
+                    raise ValueError("metadata keys are at most 64 characters and values at most 512")
+        return value
+
+    def to_service_request(self) -> dict[str, Any]:
+        """The plain request the job service takes; OPEA's config sections mapped onto it."""
+        request = self.model_dump(exclude={"General", "Dataset", "Training"}, exclude_none=True)
+        if self.hyperparameters:
+            request["hyperparameters"] = self.hyperparameters.model_dump(exclude_none=True)
+        if self.method:
+            body = getattr(self.method, self.method.type, None)
+            hp = body.hyperparameters.model_dump(exclude_none=True) if body is not None and body.hyperparameters else {}
+            request["method"] = {"type": self.method.type, self.method.type: {"hyperparameters": hp}}
+        training = self.Training or {}
+        opea_hp = {"n_epochs": training.get("epochs"), "batch_size": training.get("batch_size"),
+                   "learning_rate": training.get("learning_rate")}
+        if any(v is not None for v in opea_hp.values()):
+            request["hyperparameters"] = {**request.get("hyperparameters", {}), **{k: v for k, v in opea_hp.items() if v is not None}}
+        if (self.Dataset or {}).get("max_length"):
+            request["max_seq_length"] = int(self.Dataset["max_length"])
+        general = self.General or {}
+        if "lora_config" in general:
+            lora = general["lora_config"]
+            if lora is None:
+                from tuneserve.errors import InvalidRequest
+
+                raise InvalidRequest("full fine-tuning (General.lora_config: null) is not supported yet; use LoRA",
+                                     param="General.lora_config", code="unsupported_training_type")
+            mapped = {"r": lora.get("r"), "alpha": lora.get("lora_alpha"), "dropout": lora.get("lora_dropout"),
+                      "target_modules": lora.get("target_modules")}
+            request["lora"] = {k: v for k, v in mapped.items() if v is not None}
+        return request
+
+
+class JobIdBody(BaseModel):
+    """The OPEA micro-service's POST body for retrieve, cancel and list_checkpoints."""
+
+    fine_tuning_job_id: str
+
+
+# -- responses ----------------------------------------------------------------------------
+
+def file_object(row: File) -> dict[str, Any]:
+    return {"id": row.id, "object": "file", "bytes": row.bytes, "created_at": row.created_at, "filename": row.filename,
+            "purpose": row.purpose, "status": row.status, "status_details": row.status_details, "expires_at": None}
+
+
+def job_object(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id, "object": "fine_tuning.job", "created_at": job.created_at, "error": job.error,
+        "fine_tuned_model": job.fine_tuned_model, "finished_at": job.finished_at, "hyperparameters": job.hyperparameters,
+        "model": job.model, "organization_id": job.project, "result_files": job.result_files or [], "seed": job.seed,
+        "status": job.status, "trained_tokens": job.trained_tokens, "training_file": job.training_file,
+        "validation_file": job.validation_file, "estimated_finish": job.estimated_finish if job.status == "running" else None,
+        "integrations": [], "metadata": job.user_metadata, "method": job.method, "suffix": job.suffix,
+    }
+
+
+def event_object(event: JobEvent) -> dict[str, Any]:
+    return {"id": event.id, "object": "fine_tuning.job.event", "created_at": event.created_at, "level": event.level,
+            "message": event.message, "type": event.type, "data": event.data}
+
+
+def checkpoint_object(ckpt: Checkpoint) -> dict[str, Any]:
+    return {"id": ckpt.id, "object": "fine_tuning.job.checkpoint", "created_at": ckpt.created_at,
+            "fine_tuned_model_checkpoint": ckpt.fine_tuned_model_checkpoint, "fine_tuning_job_id": ckpt.job_id,
+            "step_number": ckpt.step_number, "metrics": ckpt.metrics}
+
+
+def list_object(data: list[dict[str, Any]], has_more: bool, *, with_ids: bool = False) -> dict[str, Any]:
+    page: dict[str, Any] = {"object": "list", "data": data, "has_more": has_more}
+    if with_ids:
+        page["first_id"] = data[0]["id"] if data else None
+        page["last_id"] = data[-1]["id"] if data else None
+    return page
+
+
+# -- inference ----------------------------------------------------------------------------
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingFields(BaseModel):
+    model_config = ConfigDict(extra="allow")  # unknown OpenAI fields are accepted and ignored
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1, le=8)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_limit(cls, value):
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return value
+
+    def stops(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(s for s in self.stop if s)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def as_template_message(self) -> dict[str, str]:
+        text = self.content if isinstance(self.content, str) else "".join(
+            part.get("text", "") for part in (self.content or []) if part.get("type") == "text")
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str]

@@ -1,0 +1,104 @@
+"""build_app(settings): wires the store, the job services, the scheduler and the inference
+engine onto app.state, and maps every error to OpenAI's envelope, once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tuneserve import __version__
+from tuneserve.api import files, fine_tuning, inference, models, opea
+from tuneserve.errors import TuneserveError
+from tuneserve.jobs.catalog import ModelCatalog
+from tuneserve.jobs.scheduler import Scheduler
+from tuneserve.jobs.service import JobService
+from tuneserve.settings import Settings
+from tuneserve.store.blobs import BlobStore
+from tuneserve.store.db import make_engine, make_sessionmaker, migrate
+from tuneserve.store.files import FileService
+from tuneserve.store.keys import KeyService
+
+log = logging.getLogger("tuneserve")
+
+
+def error_body(message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def build_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = app.state
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = make_engine(settings.db_url)
+        migrate(db)
+        sessions = make_sessionmaker(db)
+        jobs_dir = settings.data_dir / "jobs"
+        jobs_dir.mkdir(exist_ok=True)
+        state.settings = settings
+        state.keys = KeyService(sessions)
+        state.files = FileService(sessions, BlobStore(settings.data_dir / "files"), settings.max_upload_bytes)
+        state.catalog = ModelCatalog(sessions, jobs_dir)
+        state.jobs = JobService(sessions, state.files, state.catalog, jobs_dir)
+        state.engine, state.engine_lock = None, threading.Lock()
+        state.scheduler = Scheduler(sessions, state.files, jobs_dir, max_concurrent=settings.max_concurrent_jobs,
+                                    poll_interval_s=settings.poll_interval_s)
+        if settings.run_scheduler:
+            state.scheduler.start()
+        try:
+            yield
+        finally:
+            state.scheduler.stop()
+            if state.engine is not None:
+                state.engine.close()
+            db.dispose()
+
+    app = FastAPI(title="tuneserve", version=__version__, lifespan=lifespan,
+                  description="Self-hosted fine-tuning with OpenAI's API: files, fine-tuning jobs, models, chat/completions.")
+    for module in (files, fine_tuning, opea, models, inference):
+        app.include_router(module.router)
+
+    @app.middleware("http")
+    async def upload_limit(request: Request, call_next):
+        # Refuse an oversized upload before reading its body; the blob store checks streams without a length.
+        length = request.headers.get("content-length")
+        if request.method == "POST" and request.url.path == "/v1/files" and length and length.isdigit():
+            if int(length) > settings.max_upload_bytes + 64 * 1024:  # multipart framing allowance
+                return JSONResponse(error_body(f"the upload is larger than the limit of {settings.max_upload_bytes} bytes",
+                                               param="file", code="file_too_large"), status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(TuneserveError)
+    async def domain_error(_request: Request, exc: TuneserveError):
+        return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
+        if first.get("type") == "json_invalid":
+            return JSONResponse(error_body(f"The request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}",
+                                           code="invalid_json"), status_code=400)
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header", "form")]
+        param = ".".join(loc) or None
+        where = f"'{param}'" if param else "the request"
+        return JSONResponse(error_body(f"Invalid value for {where}: {first['msg']}", param=param, code="invalid_value"),
+                            status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(error_body(str(exc.detail), param=None, code=code), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(_request: Request, exc: Exception):
+        log.exception("unhandled error")
+        return JSONResponse(error_body(f"internal error: {type(exc).__name__}", type="server_error", code="internal_error"),
+                            status_code=500)
+
+    return app

@@ -1,0 +1,138 @@
+"""The `tuneserve` command: serve, train, keys, data, demo.
+
+One function per subcommand; each is thin over the same services the API uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from tuneserve.app import build_app
+    from tuneserve.settings import Settings
+    from tuneserve.store.db import make_engine, make_sessionmaker, migrate
+    from tuneserve.store.keys import KeyService
+
+    settings = Settings(host=args.host, port=args.port, data_dir=args.data_dir, database_url=args.database_url,
+                        max_concurrent_jobs=args.max_concurrent_jobs, insecure=args.insecure,
+                        max_upload_bytes=args.max_upload_bytes)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.db_url)
+    migrate(engine)
+    has_keys = KeyService(make_sessionmaker(engine)).any()
+    engine.dispose()
+    if not has_keys and not settings.host_is_loopback and not settings.insecure:
+        print(f"refusing to serve on {settings.host} with no API key: anyone on the network could use it.\n"
+              f"Create one with `tuneserve keys create --data-dir {settings.data_dir} --project NAME`, "
+              "or pass --insecure to serve without keys anyway.", file=sys.stderr)
+        return 2
+    print(f"tuneserve {'(API keys required)' if has_keys else '(no API keys: loopback only)'} on "
+          f"http://{settings.host}:{settings.port}  data: {settings.data_dir.resolve()}", file=sys.stderr)
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tuneserve.data import DataError, count_examples
+    from tuneserve.training.run import train
+    from tuneserve.training.spec import load_spec_file
+
+    try:
+        spec = load_spec_file(args.spec, count_examples)
+    except (DataError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    spec.write(args.output_dir)
+    result = train(spec, args.output_dir, progress=True)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from tuneserve.settings import Settings
+    from tuneserve.store.db import make_engine, make_sessionmaker, migrate
+    from tuneserve.store.keys import KeyService
+
+    settings = Settings(data_dir=args.data_dir, database_url=args.database_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.db_url)
+    migrate(engine)
+    print(KeyService(make_sessionmaker(engine)).create(args.project))
+    return 0
+
+
+def cmd_data_validate(args: argparse.Namespace) -> int:
+    from tuneserve.data import validate_file
+
+    report = validate_file(args.file)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(f"{args.file}: {'OK' if report.ok else 'INVALID'} - {report.summary()}")
+        for error in report.errors[1:]:
+            print(f"  {error}")
+    return 0 if report.ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tuneserve.demo import run_demo
+
+    return run_demo(args.data_dir, port=args.port, name=args.name, author=args.author)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuneserve", description="Self-hosted fine-tuning with OpenAI's API.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API server (and its job scheduler)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8015)
+    serve.add_argument("--data-dir", type=Path, default=Path("./tuneserve-data"))
+    serve.add_argument("--database-url", default=None, help="SQLAlchemy URL (default: SQLite in the data dir)")
+    serve.add_argument("--max-concurrent-jobs", type=int, default=1)
+    serve.add_argument("--max-upload-bytes", type=int, default=512 * 1024 * 1024)
+    serve.add_argument("--insecure", action="store_true", help="allow a non-loopback host with no API key")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
+
+    train = sub.add_parser("train", help="one training run without a server")
+    train.add_argument("spec", type=Path, help="YAML or JSON: model, training_file, hyperparameters, method, lora, seed")
+    train.add_argument("--output-dir", type=Path, required=True)
+    train.set_defaults(func=cmd_train)
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="print a new key for a project")
+    create.add_argument("--project", required=True)
+    create.add_argument("--data-dir", type=Path, default=Path("./tuneserve-data"))
+    create.add_argument("--database-url", default=None)
+    create.set_defaults(func=cmd_keys_create)
+
+    data = sub.add_parser("data", help="training data tools").add_subparsers(dest="data_command", required=True)
+    validate = data.add_parser("validate", help="check a training file; exit 1 if it cannot be trained on")
+    validate.add_argument("file", type=Path)
+    validate.add_argument("--json", action="store_true")
+    validate.set_defaults(func=cmd_data_validate)
+
+    demo = sub.add_parser("demo", help="fine-tune SmolLM2 on a new identity through the OpenAI client")
+    demo.add_argument("--data-dir", type=Path, default=Path("./tuneserve-demo"))
+    demo.add_argument("--port", type=int, default=8015)
+    demo.add_argument("--name", default="Nova")
+    demo.add_argument("--author", default="Quill Labs")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""The job service: what the API (and the CLI) do with jobs, without HTTP.
+
+create resolves a request into a frozen TrainingSpec and queues the job; the scheduler takes
+it from there. Every status change writes an event.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from tuneserve.errors import InvalidRequest, NotFound
+from tuneserve.ids import new_id, now
+from tuneserve.jobs import states
+from tuneserve.jobs.catalog import ModelCatalog
+from tuneserve.jobs.names import checkpoint_model_name, fine_tuned_model_name
+from tuneserve.models import ModelNotFound, check_model
+from tuneserve.store.files import FileService
+from tuneserve.store.pagination import page_after
+from tuneserve.store.tables import Checkpoint, Job, JobEvent
+from tuneserve.training.spec import LoraSpec, TrainingSpec, resolve_hyperparameters
+
+
+def add_event(session: Session, job_id: str, message: str, *, level: str = "info", type: str = "message",
+              data: dict | None = None, created_at: int | None = None) -> None:
+    session.add(JobEvent(id=new_id("ftevent"), job_id=job_id, created_at=created_at or now(), level=level,
+                         message=message, type=type, data=data))
+
+
+class JobService:
+    def __init__(self, sessions: sessionmaker[Session], files: FileService, catalog: ModelCatalog, jobs_dir: Path):
+        self.sessions = sessions
+        self.files = files
+        self.catalog = catalog
+        self.jobs_dir = jobs_dir
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs_dir / job_id
+
+    # -- create -------------------------------------------------------------------------
+    def create(self, project: str, request: dict[str, Any], idempotency_key: str | None = None) -> Job:
+        """Validate the request, resolve it into a TrainingSpec, save the job as queued."""
+        if idempotency_key:
+            with self.sessions() as session:
+                existing = session.scalar(select(Job).where(Job.project == project, Job.idempotency_key == idempotency_key))
+            if existing is not None:
+                return existing
+
+        base, init_adapter = self._resolve_model(project, request["model"])
+        training = self.files.find(project, request["training_file"], "training_file")
+        validation = self.files.find(project, request["validation_file"], "validation_file") if request.get("validation_file") else None
+        for param, file in (("training_file", training), ("validation_file", validation)):
+            if file is not None and file.purpose != "fine-tune":
+                raise InvalidRequest(f"{file.id} has purpose {file.purpose!r}; upload it with purpose 'fine-tune'", param=param)
+
+        method_type, hp_request = _method_and_hyperparameters(request)
+        try:
+            hyperparameters = resolve_hyperparameters(hp_request, training.n_examples or 0)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(p) for p in error["loc"])
+            raise InvalidRequest(f"hyperparameters.{field}: {error['msg']}", param=f"hyperparameters.{field}",
+                                 code="invalid_hyperparameters") from None
+
+        job_id = new_id("ftjob")
+        seed = int(request["seed"]) if request.get("seed") is not None else int.from_bytes(job_id.encode()[-4:], "big") % (2**31)
+        spec = TrainingSpec(
+            model=base,
+            training_file=str(self.files.blobs.path(training.id)),
+            validation_file=str(self.files.blobs.path(validation.id)) if validation else None,
+            method=method_type,
+            hyperparameters=hyperparameters,
+            lora=LoraSpec(**(request.get("lora") or {})),
+            seed=seed,
+            init_adapter=init_adapter,
+            **({"max_seq_length": request["max_seq_length"]} if request.get("max_seq_length") else {}),
+        )
+        hp_public = {"n_epochs": hyperparameters.n_epochs, "batch_size": hyperparameters.batch_size,
+                     "learning_rate_multiplier": hyperparameters.learning_rate_multiplier}
+        job = Job(
+            id=job_id, project=project, model=request["model"], training_file=training.id,
+            validation_file=validation.id if validation else None, status=states.VALIDATING,
+            hyperparameters=hp_public, method={"type": method_type, method_type: {"hyperparameters": hp_public}},
+            spec=spec.model_dump(mode="json"), suffix=request.get("suffix"), seed=seed,
+            user_metadata=request.get("metadata"), result_files=[], created_at=now(),
+            idempotency_key=idempotency_key, attempts=0, events_offset=0, last_step=0,
+        )
+        spec.write(self.job_dir(job_id))
+        with self.sessions.begin() as session:
+            session.add(job)
+            add_event(session, job_id, f"Validating training file: {training.id}")
+            add_event(session, job_id, f"Files validated: {training.n_examples} training examples ({training.format})")
+            job.status = states.QUEUED
+            add_event(session, job_id, "Fine-tuning job queued")
+        return job
+
+    def _resolve_model(self, project: str, model: str) -> tuple[str, str | None]:
+        """A base model, or a fine-tuned model / checkpoint to continue from: (base, adapter dir)."""
+        if model.startswith("ft:"):
+            base, adapter = self.catalog.lookup(project, model, param="model")
+            return base, str(adapter)
+        try:
+            return check_model(model), None
+        except ModelNotFound as exc:
+            raise NotFound(str(exc), param="model", code="model_not_found") from None
+
+    # -- read ---------------------------------------------------------------------------
+    def get(self, project: str, job_id: str) -> Job:
+        with self.sessions() as session:
+            job = session.scalar(select(Job).where(Job.id == job_id, Job.project == project))
+        if job is None:
+            raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="job_not_found")
+        return job
+
+    def list(self, project: str, *, after: str | None = None, limit: int = 20,
+             metadata: dict[str, str] | None = None) -> tuple[list[Job], bool]:
+        query = select(Job).where(Job.project == project)
+        with self.sessions() as session:
+            if not metadata:
+                return page_after(session, query, Job, after=after, limit=limit)
+            # Metadata filters are rare and small; filter in Python to stay portable across databases.
+            rows, _ = page_after(session, query, Job, after=after, limit=1_000_000)
+        rows = [j for j in rows if all((j.user_metadata or {}).get(k) == v for k, v in metadata.items())]
+        return rows[:limit], len(rows) > limit
+
+    def events(self, project: str, job_id: str, *, after: str | None = None, limit: int = 20) -> tuple[list[JobEvent], bool]:
+        self.get(project, job_id)
+        with self.sessions() as session:
+            return page_after(session, select(JobEvent).where(JobEvent.job_id == job_id), JobEvent, after=after, limit=limit)
+
+    def checkpoints(self, project: str, job_id: str, *, after: str | None = None, limit: int = 10) -> tuple[list[Checkpoint], bool]:
+        self.get(project, job_id)
+        with self.sessions() as session:
+            return page_after(session, select(Checkpoint).where(Checkpoint.job_id == job_id), Checkpoint, after=after, limit=limit)
+
+    # -- change -------------------------------------------------------------------------
+    def cancel(self, project: str, job_id: str) -> Job:
+        """Mark the job cancelled; the scheduler stops its process group within a poll interval."""
+        self.get(project, job_id)
+        with self.sessions.begin() as session:
+            job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+            if job.status == states.CANCELLED:
+                return job
+            if job.status not in states.CANCELLABLE:
+                raise InvalidRequest(f"Job {job_id} has already {job.status}; it cannot be cancelled", param="fine_tuning_job_id",
+                                     code="job_not_cancellable")
+            job.status = states.CANCELLED
+            job.finished_at = now()
+            job.estimated_finish = None
+            add_event(session, job_id, "Fine-tuning job cancelled")
+        return self.get(project, job_id)
+
+
+def model_name_for(job: Job) -> str:
+    return fine_tuned_model_name(job.spec["model"], job.project, job.suffix, job.id)
+
+
+def checkpoint_name_for(job: Job, step: int) -> str:
+    return checkpoint_model_name(model_name_for(job), step)
+
+
+def _method_and_hyperparameters(request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Both OpenAI forms: top-level `hyperparameters` (deprecated) and `method.{type}.hyperparameters`."""
+    hp = dict(request.get("hyperparameters") or {})
+    method = request.get("method") or {}
+    method_type = method.get("type") or "supervised"
+    if method_type != "supervised":
+        raise InvalidRequest(f"method.type {method_type!r} is not supported yet; use 'supervised'", param="method.type",
+                             code="unsupported_method")
+    hp.update({k: v for k, v in ((method.get(method_type) or {}).get("hyperparameters") or {}).items() if v is not None})
+    return method_type, hp

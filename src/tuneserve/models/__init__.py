@@ -1,0 +1,26 @@
+"""Model references: what a `model` string means and where its weights live on disk.
+
+Owns: resolving a reference (local dir, built-in offline model, tiny test model, hub id) to a
+local directory with config, safetensors weights and tokenizer; the model cache.
+Does not own: loading models for training or inference (training/, inference/ do that).
+"""
+
+from tuneserve.models.resolve import (
+    BUILTIN_SMOLLM2,
+    TINY_RANDOM,
+    ModelNotFound,
+    available_base_models,
+    cache_dir,
+    check_model,
+    resolve_model,
+)
+
+__all__ = [
+    "BUILTIN_SMOLLM2",
+    "TINY_RANDOM",
+    "ModelNotFound",
+    "available_base_models",
+    "cache_dir",
+    "check_model",
+    "resolve_model",
+]

@@ -1,0 +1,38 @@
+"""API keys: created by `tuneserve keys create`, stored as SHA-256 hashes, one project each.
+
+Keys are 256-bit random tokens, so a fast hash is enough (no password stretching needed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from tuneserve.ids import new_id, now
+from tuneserve.store.tables import ApiKey
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class KeyService:
+    def __init__(self, sessions: sessionmaker[Session]):
+        self.sessions = sessions
+
+    def create(self, project: str) -> str:
+        key = "ts-" + secrets.token_urlsafe(32)
+        with self.sessions.begin() as session:
+            session.add(ApiKey(id=new_id("key"), project=project, key_hash=_hash(key), created_at=now()))
+        return key
+
+    def any(self) -> bool:
+        with self.sessions() as session:
+            return bool(session.scalar(select(exists().where(ApiKey.seq > 0))))
+
+    def project_of(self, key: str) -> str | None:
+        with self.sessions() as session:
+            return session.scalar(select(ApiKey.project).where(ApiKey.key_hash == _hash(key)))
