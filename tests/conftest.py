@@ -1,0 +1,103 @@
+"""Shared test helpers: a real `tuneserve serve` process on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+TINY = "tuneserve/tiny-random"
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    port: int
+    data_dir: Path
+    log: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, api_key: str = "no-key"):
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.base_url}/v1", api_key=api_key, max_retries=0)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def start_server(data_dir: Path, *args: str, port: int | None = None, env: dict | None = None) -> Server:
+    port = port or free_port()
+    log = data_dir.parent / f"server-{port}.log"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tuneserve", "serve", "--port", str(port), "--data-dir", str(data_dir), "--log-level", "warning", *args],
+        stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    server = Server(process, port, data_dir, log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{server.base_url}/v1/health_check", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.kill()
+    raise RuntimeError(f"server did not start:\n{log.read_text()[-3000:]}")
+
+
+def wait_for_status(client, job_id: str, statuses: set[str], timeout_s: float = 300):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in statuses:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {job.status} after {timeout_s}s")
+
+
+def chat_jsonl(n: int, *, answer: str = "The capital of Zorbia is Quillton.") -> bytes:
+    import json
+
+    lines = [json.dumps({"messages": [{"role": "user", "content": f"Question {i}: what is the capital of Zorbia?"},
+                                      {"role": "assistant", "content": answer}]}) for i in range(n)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_ready():
+    """Build the tiny test model once, before servers and training processes race for it."""
+    from tuneserve.models import TINY_RANDOM, resolve_model
+
+    return resolve_model(TINY_RANDOM)
