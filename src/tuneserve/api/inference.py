@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from tuneserve.api.deps import Project
 from tuneserve.api.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from tuneserve.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
@@ -36,6 +37,16 @@ def _params(body: SamplingFields, index: int):
     seed = body.seed + index if body.seed is not None else None
     return SamplingParams(max_tokens=body.max_completion_tokens or body.max_tokens, temperature=body.temperature,
                           top_p=body.top_p, stop=body.stops(), seed=seed)
+
+
+def _checked(call, *args):
+    """Run an engine call; a prompt that does not fit the model is the caller's error (400)."""
+    from tuneserve.inference.engine import ContextLengthExceeded
+
+    try:
+        return call(*args)
+    except ContextLengthExceeded as exc:
+        raise InvalidRequest(str(exc), param="messages", code="context_length_exceeded") from None
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -63,13 +74,15 @@ def chat_completions(request: Request, project: Project, body: ChatCompletionReq
     completion_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
     head = {"id": completion_id, "created": created, "model": body.model, "system_fingerprint": None}
     if body.stream:
-        open_streams: list = []
+        # The first stream starts here, so a bad prompt is a 400 before any byte is sent.
+        open_streams: list = [_checked(engine.stream_chat, base, adapter, messages, _params(body, 0))]
 
         def chunks():
             prompt_tokens = completion_tokens = 0
             for index in range(body.n):
-                stream = engine.stream_chat(base, adapter, messages, _params(body, index))
-                open_streams.append(stream)
+                if index >= len(open_streams):
+                    open_streams.append(engine.stream_chat(base, adapter, messages, _params(body, index)))
+                stream = open_streams[index]
                 yield {**head, "object": "chat.completion.chunk",
                        "choices": [{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
                 for item in stream:
@@ -84,7 +97,7 @@ def chat_completions(request: Request, project: Project, body: ChatCompletionReq
                 yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": _usage(prompt_tokens, completion_tokens)}
 
         return _sse(chunks(), lambda: [s.close() for s in open_streams if hasattr(s, "close")])
-    results = [engine.chat(base, adapter, messages, _params(body, i)) for i in range(body.n)]
+    results = [_checked(engine.chat, base, adapter, messages, _params(body, i)) for i in range(body.n)]
     return {**head, "object": "chat.completion",
             "choices": [{"index": i, "message": {"role": "assistant", "content": r.text, "refusal": None},
                          "finish_reason": r.finish_reason, "logprobs": None} for i, r in enumerate(results)],
@@ -101,13 +114,14 @@ def completions(request: Request, project: Project, body: CompletionRequest):
     head = {"id": completion_id, "object": "text_completion", "created": created, "model": body.model}
     jobs = [(p, i) for p in prompts for i in range(body.n)]
     if body.stream:
-        open_streams: list = []
+        open_streams: list = [_checked(engine.stream_complete, base, adapter, jobs[0][0], _params(body, jobs[0][1]))]
 
         def chunks():
             prompt_tokens = completion_tokens = 0
             for index, (prompt, i) in enumerate(jobs):
-                stream = engine.stream_complete(base, adapter, prompt, _params(body, i))
-                open_streams.append(stream)
+                if index >= len(open_streams):
+                    open_streams.append(engine.stream_complete(base, adapter, prompt, _params(body, i)))
+                stream = open_streams[index]
                 for item in stream:
                     if isinstance(item, str):
                         yield {**head, "choices": [{"index": index, "text": item, "logprobs": None, "finish_reason": None}]}
@@ -119,7 +133,7 @@ def completions(request: Request, project: Project, body: CompletionRequest):
                 yield {**head, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)}
 
         return _sse(chunks(), lambda: [s.close() for s in open_streams if hasattr(s, "close")])
-    results = [engine.complete(base, adapter, p, _params(body, i)) for p, i in jobs]
+    results = [_checked(engine.complete, base, adapter, p, _params(body, i)) for p, i in jobs]
     return {**head, "choices": [{"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
                                 for i, r in enumerate(results)],
             "usage": _usage(sum(r.prompt_tokens for r in results), sum(r.completion_tokens for r in results))}

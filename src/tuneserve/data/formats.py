@@ -33,7 +33,7 @@ def read_records(path: Path) -> Iterator[tuple[int, Any]]:
         raise DataError("the file is empty", code="empty_file")
     if b"\x00" in head:
         raise DataError("the file is binary, not UTF-8 JSON text", code="invalid_file_encoding")
-    if head.lstrip().startswith(b"["):
+    if head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"["):  # a UTF-8 BOM may precede the array
         yield from _read_json_array(path)
     else:
         yield from _read_jsonl(path)

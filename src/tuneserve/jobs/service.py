@@ -58,27 +58,28 @@ class JobService:
                 raise InvalidRequest(f"{file.id} has purpose {file.purpose!r}; upload it with purpose 'fine-tune'", param=param)
 
         method_type, hp_request = _method_and_hyperparameters(request)
+        job_id = new_id("ftjob")
         try:
             hyperparameters = resolve_hyperparameters(hp_request, training.n_examples or 0)
+            seed = int(request["seed"]) if request.get("seed") is not None else int.from_bytes(job_id.encode()[-4:], "big") % (2**31)
+            spec = TrainingSpec(
+                model=base,
+                training_file=str(self.files.blobs.path(training.id)),
+                validation_file=str(self.files.blobs.path(validation.id)) if validation else None,
+                method=method_type,
+                hyperparameters=hyperparameters,
+                lora=LoraSpec(**(request.get("lora") or {})),
+                seed=seed,
+                init_adapter=init_adapter,
+                **({"max_seq_length": request["max_seq_length"]} if request.get("max_seq_length") else {}),
+            )
         except ValidationError as exc:
             error = exc.errors()[0]
             field = ".".join(str(p) for p in error["loc"])
-            raise InvalidRequest(f"hyperparameters.{field}: {error['msg']}", param=f"hyperparameters.{field}",
-                                 code="invalid_hyperparameters") from None
-
-        job_id = new_id("ftjob")
-        seed = int(request["seed"]) if request.get("seed") is not None else int.from_bytes(job_id.encode()[-4:], "big") % (2**31)
-        spec = TrainingSpec(
-            model=base,
-            training_file=str(self.files.blobs.path(training.id)),
-            validation_file=str(self.files.blobs.path(validation.id)) if validation else None,
-            method=method_type,
-            hyperparameters=hyperparameters,
-            lora=LoraSpec(**(request.get("lora") or {})),
-            seed=seed,
-            init_adapter=init_adapter,
-            **({"max_seq_length": request["max_seq_length"]} if request.get("max_seq_length") else {}),
-        )
+            param = f"{_SPEC_PARAMS.get(exc.title, '')}{field}"
+            raise InvalidRequest(f"{param}: {error['msg']}", param=param, code="invalid_hyperparameters") from None
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"invalid job parameters: {exc}", code="invalid_hyperparameters") from None
         hp_public = {"n_epochs": hyperparameters.n_epochs, "batch_size": hyperparameters.batch_size,
                      "learning_rate_multiplier": hyperparameters.learning_rate_multiplier}
         job = Job(
@@ -153,6 +154,10 @@ class JobService:
             job.estimated_finish = None
             add_event(session, job_id, "Fine-tuning job cancelled")
         return self.get(project, job_id)
+
+
+# Which request section a pydantic model's error belongs to, for the error's `param`.
+_SPEC_PARAMS = {"Hyperparameters": "hyperparameters.", "LoraSpec": "lora.", "TrainingSpec": ""}
 
 
 def model_name_for(job: Job) -> str:

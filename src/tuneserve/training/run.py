@@ -1,0 +1,59 @@
+"""One training run from a TrainingSpec: opens the event stream, announces the job, picks the recipe.
+
+Owns: `train(spec, job_dir)`, the entry every caller uses (the `python -m tuneserve.training`
+process, the CLI, tests). Does not own: how a method trains (training/recipes/), the process
+exit codes (training/__main__.py), or job bookkeeping on the server side (tuneserve.jobs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+
+from tuneserve.training.events import EventWriter
+from tuneserve.training.spec import TrainingSpec
+
+
+def train(spec: TrainingSpec, job_dir: Path, *, progress: bool = False) -> dict[str, Any]:
+    """Run the whole job in `job_dir` and return the result event (also written to events.jsonl).
+
+    `progress=True` draws a progress bar and echoes messages on stderr, for a person at a
+    terminal; the server leaves it off and reads events.jsonl instead.
+    """
+    job_dir = Path(job_dir)
+    console = Console(stderr=True) if progress else None
+    events = EventWriter(job_dir / "events.jsonl", echo=_echo_messages(console) if console else None)
+    try:
+        events.message("Fine-tuning job started")
+        # Print the resolved spec (every "auto" already made concrete), so a run explains itself.
+        events.message("Resolved spec:\n" + spec.model_dump_json(indent=2))
+        recipe = _recipe(spec)
+        result = recipe(spec, job_dir, events, console=console)
+        events.message("Fine-tuning job finished")
+        return result
+    finally:
+        events.close()
+
+
+def _recipe(spec: TrainingSpec) -> Callable[..., dict[str, Any]]:
+    """The recipe module for (method, training_type); imported late so `run` stays cheap to import."""
+    if (spec.method, spec.training_type) == ("supervised", "lora"):
+        from tuneserve.training.recipes import sft
+
+        return sft.run
+    raise ValueError(f"no recipe for method={spec.method!r} with training_type={spec.training_type!r}")
+
+
+def _echo_messages(console: Console) -> Callable[[dict[str, Any]], None]:
+    """Show message events on the terminal; metrics go to the progress bar instead."""
+
+    def echo(event: dict[str, Any]) -> None:
+        if event["type"] == "message":
+            style = {"error": "red", "warn": "yellow"}.get(event.get("level", "info"))
+            console.print(event["message"], style=style, markup=False, highlight=False)
+        elif event["type"] == "result":
+            console.print(f"result: {event}", markup=False, highlight=False)
+
+    return echo
