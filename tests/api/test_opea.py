@@ -13,9 +13,8 @@ import pytest
 
 from tests.conftest import TINY, wait_for_status
 
+# The seed's alpaca data: shared/ sits beside the checkout.
 ALPACA = Path(__file__).resolve().parents[3] / "shared" / "data" / "alpaca_en_demo.json"
-if not ALPACA.exists():
-    ALPACA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "alpaca_en_demo.json"
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 

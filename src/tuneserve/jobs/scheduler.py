@@ -106,7 +106,7 @@ class Scheduler:
                     .values(status=states.RUNNING, started_at=now(), attempts=Job.attempts + 1)
                 ).rowcount
                 if claimed:
-                    add_event(session, job_id, "Fine-tuning job started")
+                    add_event(session, job_id, "Job claimed by the local runner; starting the training process")
                     return job_id
         return None
 

@@ -1,5 +1,5 @@
 """Fixtures for data tests: writers for small JSONL / JSON files in tmp_path, and the real sample
-data (LLaMA-Factory's data/ folder, $TUNESERVE_SAMPLE_DATA or /work/shared/data)."""
+data (LLaMA-Factory's data/ folder, $TUNESERVE_SAMPLE_DATA or shared/data beside the checkout)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 
 import tuneserve
 
-SAMPLE_DATA = Path(os.environ.get("TUNESERVE_SAMPLE_DATA", "/work/shared/data"))
+# The project's sample data lives in shared/ beside the checkout (as in CI's clone).
+SAMPLE_DATA = Path(os.environ.get("TUNESERVE_SAMPLE_DATA") or Path(__file__).resolve().parents[4] / "shared" / "data")
 PACKAGE_DEMO_DATA = Path(tuneserve.__file__).parent / "demo_data"
 
 

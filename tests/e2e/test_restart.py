@@ -1,0 +1,56 @@
+"""SIGKILL the server mid-training, restart it on the same data dir: the job still succeeds,
+nothing is lost, and no training process runs twice."""
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SMOLLM2, start_server, wait_for_status
+from tests.e2e.test_smollm2_flow import facts_jsonl
+
+pytestmark = pytest.mark.e2e
+
+
+def training_pids(job_dir: Path) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"tuneserve.training {job_dir}"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_sigkill_mid_training_then_restart_succeeds(tmp_path):
+    data_dir = tmp_path / "data"
+    server = start_server(data_dir)
+    client = server.client()
+    file = client.files.create(file=("capitals.jsonl", facts_jsonl(4)), purpose="fine-tune")  # 16 examples
+    job = client.fine_tuning.jobs.create(model=SMOLLM2, training_file=file.id, hyperparameters={"n_epochs": 3, "batch_size": 4})
+    job_dir = data_dir / "jobs" / job.id
+
+    deadline = time.monotonic() + 600  # wait for the first epoch's checkpoint, then kill mid-epoch-2
+    while not list((job_dir / "checkpoints").glob("step-4")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert (job_dir / "checkpoints" / "step-4" / "adapter_config.json").exists()
+    assert training_pids(job_dir)
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait()
+    time.sleep(2)
+    assert training_pids(job_dir) == []  # the training process died with the server
+
+    server = start_server(data_dir)
+    try:
+        client = server.client()
+        job = wait_for_status(client, job.id, {"succeeded", "failed"}, timeout_s=900)
+        assert job.status == "succeeded", job.error
+        assert [j.id for j in client.fine_tuning.jobs.list()] == [job.id]
+        assert [f.id for f in client.files.list(purpose="fine-tune")] == [file.id]
+        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=500)]
+        assert any("Server restarted" in m for m in messages)
+        assert any("Resumed from checkpoint step-4" in m for m in messages)
+        steps = sorted(c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id))
+        assert steps == [4, 8, 12]  # no duplicate checkpoint rows after the resume
+        reply = client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}],
+                                               max_tokens=5)
+        assert reply.choices[0].message.content is not None
+    finally:
+        server.stop()
