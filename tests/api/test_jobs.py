@@ -102,7 +102,12 @@ def test_cancel_running_job_stops_its_process(client, training_file, server):
     deadline = time.monotonic() + 60
     while "metrics" not in (events_file.read_text() if events_file.exists() else "") and time.monotonic() < deadline:
         time.sleep(0.2)
+    time.sleep(1)  # the scheduler ingests the first metrics within a poll interval
+    running = client.fine_tuning.jobs.retrieve(job.id)
+    assert running.status == "running" and running.estimated_finish is not None
+    assert running.estimated_finish >= running.created_at
     cancelled = client.fine_tuning.jobs.cancel(job.id)
+    assert cancelled.estimated_finish is None
     assert cancelled.status == "cancelled"
     time.sleep(3)  # within seconds the process group is gone and writes no more events
     size = events_file.stat().st_size

@@ -1,0 +1,50 @@
+"""The `tuneserve` command as a user runs it: train a spec without a server, validate data."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "tuneserve", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("spec_name", ["spec.yaml", "spec.json"])
+def test_train_spec_without_server(tmp_path, tiny_model_ready, spec_name):
+    (tmp_path / "data.jsonl").write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": "Hello there."}]}) + "\n"
+        for i in range(8)))
+    spec = {"model": "tuneserve/tiny-random", "training_file": "data.jsonl", "seed": 3,
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}},
+            "lora": {"r": 8, "alpha": 16}}
+    text = json.dumps(spec) if spec_name.endswith(".json") else "\n".join(f"{k}: {json.dumps(v)}" for k, v in spec.items())
+    (tmp_path / spec_name).write_text(text)
+
+    result = run("train", spec_name, "--output-dir", "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    final = json.loads(result.stdout.strip().splitlines()[-1])
+    assert final.keys() >= {"trained_tokens", "train_runtime_s", "train_loss", "model_path", "adapter_path"}
+    assert final["trained_tokens"] > 0 and final["train_runtime_s"] > 0
+    assert final["adapter_path"] == str((tmp_path / "out" / "final").resolve()) or final["adapter_path"].endswith("out/final")
+    adapter = json.loads((tmp_path / "out" / "final" / "adapter_config.json").read_text())
+    assert adapter["r"] == 8 and adapter["lora_alpha"] == 16
+    resolved = json.loads((tmp_path / "out" / "spec.json").read_text())
+    assert resolved["hyperparameters"]["n_epochs"] == 2 and resolved["training_file"] == str(tmp_path / "data.jsonl")
+
+
+def test_train_reports_bad_spec_without_traceback(tmp_path):
+    (tmp_path / "spec.yaml").write_text("model: tuneserve/tiny-random\n")
+    result = run("train", "spec.yaml", "--output-dir", "out", cwd=tmp_path)
+    assert result.returncode == 2 and "training_file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_data_validate_exit_codes(tmp_path):
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    bad.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n{broken\n")
+    assert run("data", "validate", str(good)).returncode == 0
+    result = run("data", "validate", str(bad), "--json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["errors"][0]["line"] == 2
