@@ -1,25 +1,62 @@
-"""The canonical training record every input format is normalized to."""
+"""The canonical records every input format is normalized to, and the data error.
+
+Three kinds of record:
+  Example            a conversation in OpenAI chat shape (SFT); per-message train weight, tools.
+  PreferenceExample  a prompt conversation with a chosen and a rejected assistant answer (DPO).
+  TextExample        raw text, trained as it is with loss on every token (pretraining, or text
+                     already written in a model's template).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Union
+
+Kind = Literal["sft", "preference", "text"]
 
 
 @dataclass(frozen=True)
 class Example:
     """One conversation in OpenAI chat shape.
 
-    `messages` are dicts with "role" (system | user | assistant) and "content" (str).
-    An assistant message may carry "weight": 0 or 1; 0 means it is context, not trained on.
-    Every assistant message without a weight is trained on.
+    `messages` are dicts with "role" (system | user | assistant | tool) and "content" (str; an
+    assistant message that only calls tools may have content ""). Optional keys: "weight" (0 or 1,
+    assistant only; 0 means context, not trained on), "tool_calls" (assistant, OpenAI shape),
+    "tool_call_id" and "name" (tool). Every assistant message without a weight is trained on.
+    `tools` are OpenAI function-tool definitions offered to the model, or ().
     """
 
     messages: tuple[dict[str, Any], ...]
-    line: int  # 1-based line (JSONL) or item number (JSON array) it came from, for error messages
+    line: int  # 1-based line (JSONL), item number (JSON array) or row number (Parquet), for messages
+    tools: tuple[dict[str, Any], ...] = ()
+    kind: Kind = "sft"
 
     def trained_messages(self) -> list[dict[str, Any]]:
         return [m for m in self.messages if m["role"] == "assistant" and m.get("weight", 1) != 0]
+
+
+@dataclass(frozen=True)
+class PreferenceExample:
+    """A prompt (the conversation so far) and two assistant answers: the preferred and the other."""
+
+    prompt: tuple[dict[str, Any], ...]
+    chosen: dict[str, Any]
+    rejected: dict[str, Any]
+    line: int
+    tools: tuple[dict[str, Any], ...] = ()
+    kind: Kind = "preference"
+
+
+@dataclass(frozen=True)
+class TextExample:
+    """Raw text, trained as it is."""
+
+    text: str
+    line: int
+    kind: Kind = "text"
+
+
+Record = Union[Example, PreferenceExample, TextExample]
 
 
 class DataError(ValueError):
