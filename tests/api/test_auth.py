@@ -44,7 +44,7 @@ def test_keys_are_stored_hashed(keyed):
 def test_projects_are_isolated(keyed):
     srv, keys = keyed
     alpha, beta = srv.client(keys["alpha"]), srv.client(keys["beta"])
-    file = alpha.files.create(file=("a.jsonl", chat_jsonl(4)), purpose="fine-tune")
+    file = alpha.files.create(file=("a.jsonl", chat_jsonl(12)), purpose="fine-tune")
     job = alpha.fine_tuning.jobs.create(model="tuneserve/tiny-random", training_file=file.id, hyperparameters={"n_epochs": 1})
     assert file.id in [f.id for f in alpha.files.list()]
     assert file.id not in [f.id for f in beta.files.list()]

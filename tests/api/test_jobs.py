@@ -118,9 +118,10 @@ def test_cancel_running_job_stops_its_process(client, training_file, server):
 
 
 def test_crashing_training_process_fails_the_job_and_server_stays_up(client, server):
-    doomed = client.files.create(file=("doomed.jsonl", chat_jsonl(8)), purpose="fine-tune")
+    doomed = client.files.create(file=("doomed.jsonl", chat_jsonl(12)), purpose="fine-tune")
     blocker = client.fine_tuning.jobs.create(model=TINY, training_file=doomed.id, hyperparameters={"n_epochs": 50, "batch_size": 1})
     job = client.fine_tuning.jobs.create(model=TINY, training_file=doomed.id, hyperparameters={"n_epochs": 1})
+    wait_for_status(client, job.id, {"queued"}, timeout_s=60)  # validated, waiting behind the blocker
     (server.data_dir / "files" / doomed.id).unlink()  # the data vanishes under the queued job
     client.fine_tuning.jobs.cancel(blocker.id)
     job = wait_for_status(client, job.id, {"succeeded", "failed"}, timeout_s=120)
@@ -169,3 +170,30 @@ def test_results_file_cannot_be_training_file(client, training_file):
     with pytest.raises(openai.BadRequestError) as info:
         client.fine_tuning.jobs.create(model=TINY, training_file=job.result_files[0])
     assert info.value.body["param"] == "training_file"
+
+
+def test_fewer_than_10_examples_is_refused_at_create(client):
+    small = client.files.create(file=("small.jsonl", chat_jsonl(9)), purpose="fine-tune")
+    assert small.validation["warnings"][0]["code"] == "fewer_than_10_examples" if small.validation.get("warnings") else True
+    with pytest.raises(openai.BadRequestError) as info:
+        client.fine_tuning.jobs.create(model=TINY, training_file=small.id)
+    assert info.value.body["code"] == "too_few_examples" and "9 example" in info.value.body["message"]
+
+
+def test_validating_files_step_reports_tokens(client, training_file):
+    job = client.fine_tuning.jobs.create(model=TINY, training_file=training_file.id, hyperparameters={"n_epochs": 1})
+    wait_for_status(client, job.id, {"queued", "running", "succeeded"}, timeout_s=60)
+    validated = [e for e in client.fine_tuning.jobs.list_events(job.id, limit=50) if e.message.startswith("Files validated")]
+    assert len(validated) == 1 and "16 training examples" in validated[0].message
+    client.fine_tuning.jobs.cancel(job.id)
+
+
+def test_file_gone_before_validation_fails_the_job_with_reason(client, server):
+    gone = client.files.create(file=("gone.jsonl", chat_jsonl(12)), purpose="fine-tune")
+    blocker = client.fine_tuning.jobs.create(model=TINY, training_file=gone.id, hyperparameters={"n_epochs": 50, "batch_size": 1})
+    wait_for_status(client, blocker.id, {"running"}, timeout_s=60)
+    (server.data_dir / "files" / gone.id).unlink()
+    job = client.fine_tuning.jobs.create(model=TINY, training_file=gone.id)
+    job = wait_for_status(client, job.id, {"failed", "queued"}, timeout_s=60)
+    client.fine_tuning.jobs.cancel(blocker.id)
+    assert job.status == "failed" and job.error.param == "training_file" and "No such file" in job.error.message

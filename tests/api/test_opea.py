@@ -25,7 +25,7 @@ def curl(command: str, cwd: Path) -> object:
 
 
 def test_opea_readme_commands(server, tmp_path):
-    items = json.loads(ALPACA.read_text())[:4]  # 4 examples: "auto" gives 25 epochs of 1 step
+    items = json.loads(ALPACA.read_text())[:10]  # the minimum of 10 examples; "auto" gives 25 epochs of 3 steps
     (tmp_path / "alpaca_data.json").write_text(json.dumps(items))
     host = f"127.0.0.1:{server.port}"
 

@@ -32,7 +32,7 @@ def test_job_flow_on_postgres_survives_restart(tmp_path, pg_url, tiny_model_read
     server = start_server(tmp_path / "data", "--database-url", pg_url)
     try:
         client = server.client()
-        file = client.files.create(file=("t.jsonl", chat_jsonl(8)), purpose="fine-tune")
+        file = client.files.create(file=("t.jsonl", chat_jsonl(12)), purpose="fine-tune")
         job = client.fine_tuning.jobs.create(model=TINY, training_file=file.id, hyperparameters={"n_epochs": 1})
         job = wait_for_status(client, job.id, {"succeeded", "failed"}, timeout_s=120)
         assert job.status == "succeeded", job.error

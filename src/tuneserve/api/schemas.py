@@ -106,7 +106,9 @@ class JobIdBody(BaseModel):
 
 def file_object(row: File) -> dict[str, Any]:
     return {"id": row.id, "object": "file", "bytes": row.bytes, "created_at": row.created_at, "filename": row.filename,
-            "purpose": row.purpose, "status": row.status, "status_details": row.status_details, "expires_at": None}
+            "purpose": row.purpose, "status": row.status, "status_details": row.status_details, "expires_at": None,
+            # tuneserve extension: the full validation report (format, counts, errors and warnings by line).
+            "validation": row.report}
 
 
 def job_object(job: Job) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class Scheduler:
         self.poll_interval_s = poll_interval_s
         self.runner = runner or LocalRunner()
         self.running: dict[str, RunHandle] = {}
+        self._validating: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -92,10 +93,49 @@ class Scheduler:
 
     # -- one pass -----------------------------------------------------------------------
     def tick(self) -> None:
+        self._start_validations()
         for job_id, handle in list(self.running.items()):
             self._watch(job_id, handle)
         while len(self.running) < self.max_concurrent and (job_id := self._claim_next()):
             self._launch(job_id)
+
+    # -- validating_files ----------------------------------------------------------------
+    def _start_validations(self) -> None:
+        """Each new job's files are checked in a thread of its own: a large file takes a while
+        to tokenize, and the scheduler must keep watching running jobs meanwhile."""
+        with self.sessions() as session:
+            waiting = list(session.scalars(select(Job.id).where(Job.status == states.VALIDATING).order_by(Job.seq)))
+        for job_id in waiting:
+            if job_id not in self._validating:
+                self._validating.add(job_id)
+                threading.Thread(target=self._validate, args=(job_id,), name=f"validate-{job_id}", daemon=True).start()
+
+    def _validate(self, job_id: str) -> None:
+        try:
+            with self.sessions() as session:
+                spec = session.scalar(select(Job.spec).where(Job.id == job_id))
+            try:
+                message, data, error = validate_job_files(spec)
+            except Exception as exc:  # an unreadable file fails the job; it never retries forever
+                log.exception("validating %s failed", job_id)
+                message, data, error = "", None, {"code": "invalid_training_file", "param": "training_file",
+                                                  "message": f"{type(exc).__name__}: {exc}"}
+            with self.sessions.begin() as session:
+                if error is None:
+                    moved = session.execute(update(Job).where(Job.id == job_id, Job.status == states.VALIDATING)
+                                            .values(status=states.QUEUED)).rowcount
+                    if moved:
+                        add_event(session, job_id, message, data=data)
+                        add_event(session, job_id, "Fine-tuning job queued")
+                else:
+                    moved = session.execute(update(Job).where(Job.id == job_id, Job.status == states.VALIDATING).values(
+                        status=states.FAILED, finished_at=now(), error=error)).rowcount
+                    if moved:
+                        add_event(session, job_id, f"Validation failed: {error['message']}", level="error")
+        except Exception:
+            log.exception("validating %s failed", job_id)
+        finally:
+            self._validating.discard(job_id)
 
     def _claim_next(self) -> str | None:
         """Take the oldest queued job. The conditional UPDATE makes the claim atomic."""
@@ -212,6 +252,33 @@ class Scheduler:
             ).rowcount
             if done:
                 add_event(session, job_id, f"Fine-tuning job failed: {reason}", level="error")
+
+
+def validate_job_files(spec: dict) -> tuple[str, dict | None, dict | None]:
+    """Check a job's files with its model's tokenizer: (event message, report data, error or None)."""
+    from tuneserve.data import validate_file
+
+    hp = spec["hyperparameters"]
+    try:
+        report = validate_file(spec["training_file"], model=spec["model"], max_seq_length=spec["max_seq_length"],
+                               n_epochs=hp["n_epochs"])
+    except Exception as exc:  # no tokenizer report (e.g. the model cannot load here): the structural check still counts
+        log.warning("token report unavailable: %s", exc)
+        report = validate_file(spec["training_file"])
+    if not report.ok:
+        return "", None, {"code": "invalid_training_file", "message": report.summary(), "param": "training_file"}
+    if spec.get("validation_file"):
+        valid = validate_file(spec["validation_file"])
+        if not valid.ok:
+            return "", None, {"code": "invalid_validation_file", "message": valid.summary(), "param": "validation_file"}
+    tokens = getattr(report, "tokens", None)
+    message = f"Files validated: {report.n_examples} training examples ({report.format})"
+    if tokens:
+        message += (f"; {tokens['total_tokens']} tokens, about {tokens['estimated_training_tokens']} to train on over "
+                    f"{tokens['n_epochs']} epochs")
+        if tokens.get("estimated_time_s"):
+            message += f" (about {tokens['estimated_time_s'] / 60:.1f} min at the measured pace)"
+    return message, tokens, None
 
 
 def _metrics_message(data: dict) -> str:

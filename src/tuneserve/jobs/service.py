@@ -56,6 +56,13 @@ class JobService:
         for param, file in (("training_file", training), ("validation_file", validation)):
             if file is not None and file.purpose != "fine-tune":
                 raise InvalidRequest(f"{file.id} has purpose {file.purpose!r}; upload it with purpose 'fine-tune'", param=param)
+            if file is not None and file.kind == "preference":
+                raise InvalidRequest(f"{file.id} holds preference pairs (chosen/rejected): they train with method 'dpo', "
+                                     "which this server does not offer yet; use conversations for 'supervised'",
+                                     param=param, code="unsupported_data_for_method")
+        if (training.n_examples or 0) < MIN_EXAMPLES:
+            raise InvalidRequest(f"Training file has {training.n_examples} example(s), but must have at least {MIN_EXAMPLES} "
+                                 "examples (as OpenAI requires)", param="training_file", code="too_few_examples")
 
         method_type, hp_request = _method_and_hyperparameters(request)
         job_id = new_id("ftjob")
@@ -93,10 +100,9 @@ class JobService:
         spec.write(self.job_dir(job_id))
         with self.sessions.begin() as session:
             session.add(job)
-            add_event(session, job_id, f"Validating training file: {training.id}")
-            add_event(session, job_id, f"Files validated: {training.n_examples} training examples ({training.format})")
-            job.status = states.QUEUED
-            add_event(session, job_id, "Fine-tuning job queued")
+            # The scheduler checks the files with the model's tokenizer, then queues the job.
+            add_event(session, job_id, f"Validating training file: {training.id}"
+                      + (f" and validation file: {validation.id}" if validation else ""))
         return job
 
     def _resolve_model(self, project: str, model: str) -> tuple[str, str | None]:
@@ -155,6 +161,9 @@ class JobService:
             add_event(session, job_id, "Fine-tuning job cancelled")
         return self.get(project, job_id)
 
+
+# OpenAI refuses jobs with fewer examples; so do we (the upload report warns first).
+MIN_EXAMPLES = 10
 
 # Which request section a pydantic model's error belongs to, for the error's `param`.
 _SPEC_PARAMS = {"Hyperparameters": "hyperparameters.", "LoraSpec": "lora.", "TrainingSpec": ""}

@@ -51,7 +51,9 @@ class FileService:
                 raise InvalidRequest(f"Invalid training file {filename!r}: {report.summary()}", param="file",
                                      code=first.code if first else "invalid_training_file")
             row.format, row.n_examples = report.format, report.n_examples
+            row.kind = getattr(report, "kind", "sft")
             row.status_details = report.summary()
+            row.report = report.as_dict()
         with self.sessions.begin() as session:
             session.add(row)
         return row
