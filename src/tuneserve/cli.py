@@ -70,15 +70,43 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
     from tuneserve.data import validate_file
+    from tuneserve.data.report import render_report
 
-    report = validate_file(args.file)
+    report = validate_file(args.file, model=args.model, max_seq_length=args.max_seq_length, n_epochs=args.n_epochs)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
-        print(f"{args.file}: {'OK' if report.ok else 'INVALID'} - {report.summary()}")
-        for error in report.errors[1:]:
-            print(f"  {error}")
+        render_report(args.file, report)
     return 0 if report.ok else 1
+
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from tuneserve.data import DataError
+    from tuneserve.data.convert import convert_file
+
+    try:
+        summary = convert_file(args.input, args.output, to=args.to, system=args.system, split=args.split, seed=args.seed,
+                               skip_unconvertible=args.skip_unconvertible)
+    except (DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_data_preview(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from tuneserve.data import DataError
+    from tuneserve.data.preview import preview_examples, render_preview
+    from tuneserve.models import ModelNotFound
+
+    try:
+        render_preview(preview_examples(args.file, args.model, args.n, max_seq_length=args.max_seq_length), Console())
+    except (DataError, ModelNotFound, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -117,8 +145,28 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="training data tools").add_subparsers(dest="data_command", required=True)
     validate = data.add_parser("validate", help="check a training file; exit 1 if it cannot be trained on")
     validate.add_argument("file", type=Path)
-    validate.add_argument("--json", action="store_true")
+    validate.add_argument("--model", default=None, help="add token statistics with this model's tokenizer")
+    validate.add_argument("--max-seq-length", type=int, default=1024)
+    validate.add_argument("--n-epochs", type=int, default=None, help="for the training-token estimate (default: auto)")
+    validate.add_argument("--json", action="store_true", help="print the report as JSON")
     validate.set_defaults(func=cmd_data_validate)
+
+    convert = data.add_parser("convert", help="convert a training file to chat, prompt-completion or alpaca JSONL")
+    convert.add_argument("input", type=Path)
+    convert.add_argument("output", type=Path)
+    convert.add_argument("--to", required=True, choices=["chat", "prompt-completion", "alpaca"])
+    convert.add_argument("--system", default=None, help="add (or replace) a system message")
+    convert.add_argument("--split", type=float, default=None, help="carve this share out as OUTPUT.valid.jsonl")
+    convert.add_argument("--seed", type=int, default=0)
+    convert.add_argument("--skip-unconvertible", action="store_true", help="skip records the target cannot hold")
+    convert.set_defaults(func=cmd_data_convert)
+
+    preview = data.add_parser("preview", help="show examples as the model sees them, trained tokens highlighted")
+    preview.add_argument("file", type=Path)
+    preview.add_argument("--model", required=True)
+    preview.add_argument("-n", type=int, default=3)
+    preview.add_argument("--max-seq-length", type=int, default=1024)
+    preview.set_defaults(func=cmd_data_preview)
 
     demo = sub.add_parser("demo", help="fine-tune SmolLM2 on a new identity through the OpenAI client")
     demo.add_argument("--data-dir", type=Path, default=Path("./tuneserve-demo"))

@@ -1,4 +1,4 @@
-"""/v1/files: upload, list, retrieve, delete, content (OpenAI's Files API)."""
+"""/v1/files: upload, list, retrieve, delete, content (OpenAI's Files API), and preview (a tuneserve extension)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from fastapi.responses import FileResponse
 
 from tuneserve.api.deps import Project
 from tuneserve.api.schemas import file_object, list_object
-from tuneserve.errors import InvalidRequest
+from tuneserve.data import DataError
+from tuneserve.errors import InvalidRequest, NotFound
+from tuneserve.models import ModelNotFound, check_model
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -52,3 +54,31 @@ def file_content(request: Request, project: Project, file_id: str):
         raise InvalidRequest(f"the content of {file_id} is no longer stored", param="file_id", code="file_content_missing")
     media = "text/csv" if row.filename.endswith(".csv") else "application/octet-stream"
     return FileResponse(path, media_type=media, filename=row.filename)
+
+
+@router.get("/{file_id}/preview")
+def preview_file(request: Request, project: Project, file_id: str,
+                 model: str = Query(description="the base model whose tokenizer and chat template render the examples"),
+                 n: int = Query(3, ge=1, le=20, description="how many examples, from the start of the file"),
+                 max_seq_length: int = Query(1024, ge=1, le=131072, description="tokens kept per example, as in training")):
+    """The first `n` examples as `model` sees them, with the trained tokens marked.
+
+    A tuneserve extension (OpenAI has no such route), for the web console; the same as
+    `tuneserve data preview FILE --model M -n N`. Each item: {"line", "n_tokens", "n_trained",
+    "truncated", "n_tokens_full", "segments": [{"text", "trained"}]}, the segments being the
+    rendered text (special tokens kept) cut where training switches between context and trained tokens.
+    """
+    _row, path = request.app.state.files.content_path(project, file_id)
+    if not path.exists():
+        raise InvalidRequest(f"the content of {file_id} is no longer stored", param="file_id", code="file_content_missing")
+    try:
+        model = check_model(model)
+    except ModelNotFound as exc:
+        raise NotFound(str(exc), param="model", code="model_not_found") from None
+    from tuneserve.data.preview import preview_examples  # imports transformers: only when asked
+
+    try:
+        previews = preview_examples(path, model, n, max_seq_length=max_seq_length)
+    except DataError as exc:
+        raise InvalidRequest(f"{file_id} cannot be previewed: {exc}", param="file_id", code=exc.code) from None
+    return {"object": "list", "data": previews, "model": model}

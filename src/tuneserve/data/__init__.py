@@ -1,13 +1,15 @@
-"""Training data: formats in, canonical Examples out, and the validation report.
+"""Training data: formats in, canonical records out, and the validation report.
 
-Owns: reading files, detecting and normalizing formats, validation with line numbers.
-Does not own: tokenization (training/formatting.py) or storage of uploads (store/).
+Owns: reading files (JSONL, JSON array, Parquet), detecting and normalizing formats to
+`Example` / `PreferenceExample` / `TextExample`, validation with line numbers, token statistics,
+conversion and preview. Does not own: chat-template masking for training (training/formatting.py)
+or storage of uploads (store/).
 """
 
 from pathlib import Path
 
-from tuneserve.data.formats import FORMATS, iter_examples, load_examples
-from tuneserve.data.records import DataError, Example
+from tuneserve.data.formats import FORMATS, DataWarning, detect_format, iter_examples, load_examples, scan_records
+from tuneserve.data.records import DataError, Example, PreferenceExample, Record, TextExample
 from tuneserve.data.validation import LineError, ValidationReport, validate_file
 
 
@@ -16,4 +18,7 @@ def count_examples(path) -> int:
     return sum(1 for _ in iter_examples(Path(path)))
 
 
-__all__ = ["FORMATS", "DataError", "Example", "LineError", "ValidationReport", "count_examples", "iter_examples", "load_examples", "validate_file"]
+__all__ = [
+    "FORMATS", "DataError", "DataWarning", "Example", "LineError", "PreferenceExample", "Record", "TextExample",
+    "ValidationReport", "count_examples", "detect_format", "iter_examples", "load_examples", "scan_records", "validate_file",
+]

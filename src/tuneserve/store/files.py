@@ -44,7 +44,7 @@ class FileService:
             created_at=now(), status="processed", deleted=False,
         )
         if purpose == "fine-tune":
-            report = validate_file(self.blobs.path(file_id))
+            report = validate_file(self.blobs.path(file_id), name=filename)
             if not report.ok:
                 self.blobs.delete(file_id)
                 first = report.errors[0] if report.errors else None

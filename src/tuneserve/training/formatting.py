@@ -12,14 +12,29 @@ assistant turn i are the difference between rendering messages[:i] with a genera
 rendering messages[:i+1]. That holds only when rendering is prefix-stable, which is checked
 token by token; when it is not (templates that rewrite earlier turns), character offsets of the
 rendered text are used instead.
+
+Tools: `Example.tools` go to the template as `tools=` and assistant `tool_calls` stay in the
+messages (their "arguments" parsed from the JSON string to an object, the form HF templates
+expect), so a template that supports tools renders both. Tool-call turns are trained like any
+assistant turn; tool outputs (role "tool") never are. A template that ignores `tool_calls`
+(SmolLM2's) would render a tool-call turn as an empty assistant turn, and training on it would
+teach the model to answer with nothing; for such templates the calls are written into the turn's
+content as `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` (the Hermes/Qwen text
+form), so the model learns which call to make. Tool definitions a template ignores stay ignored:
+serving renders prompts with the same template, so the model sees the same thing in both.
+
+Raw text (TextExample) is tokenized as it is: no chat template and no special tokens added (text
+already written in a model's template carries its own), every token labelled, head kept.
+Preference pairs cannot be trained here: format_examples raises DataError (DPO is its own recipe).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from tuneserve.data.records import Example
+from tuneserve.data.records import DataError, PreferenceExample, Record, TextExample
 
 IGNORE_INDEX = -100  # the label value torch's cross-entropy (and ours) skips
 
@@ -36,57 +51,126 @@ class Formatted:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
-def format_examples(tokenizer: Any, examples: Iterable[Example], max_seq_length: int) -> tuple[list[Formatted], int]:
+def format_examples(tokenizer: Any, examples: Iterable[Record], max_seq_length: int) -> tuple[list[Formatted], int]:
     """Format every example; return the ones with at least one trained token, and how many were dropped.
 
-    An example is dropped when truncation cut off all its trained tokens (or it had none):
-    it would add nothing but padding to a batch.
+    An example is dropped when truncation cut off all its trained tokens (or it had none; a text
+    of one token has nothing to predict): it would add nothing but padding to a batch.
+    Preference pairs raise DataError: they need the DPO recipe.
     """
     kept: list[Formatted] = []
     dropped = 0
     for example in examples:
-        formatted = format_example(tokenizer, example.messages, max_seq_length)
-        if formatted.n_trained == 0:
+        if isinstance(example, PreferenceExample):
+            raise DataError("preference data needs method dpo: this file holds preference pairs (chosen/rejected), "
+                            "which supervised fine-tuning cannot train on", line=example.line, code="preference_data_for_sft")
+        if isinstance(example, TextExample):
+            formatted = format_text(tokenizer, example.text, max_seq_length)
+        else:
+            formatted = format_example(tokenizer, example.messages, max_seq_length, tools=example.tools)
+        if formatted.n_trained == 0 or len(formatted.input_ids) < 2:
             dropped += 1
         else:
             kept.append(formatted)
     return kept, dropped
 
 
-def format_example(tokenizer: Any, messages: Sequence[dict[str, Any]], max_seq_length: int) -> Formatted:
+def format_text(tokenizer: Any, text: str, max_seq_length: int) -> Formatted:
+    """Raw text as it is (no template, no added special tokens): every token trained, the first `max_seq_length` kept."""
+    input_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])[:max_seq_length]
+    return Formatted(input_ids, list(input_ids))
+
+
+def format_example(
+    tokenizer: Any, messages: Sequence[dict[str, Any]], max_seq_length: int, *, tools: Sequence[dict[str, Any]] | None = None
+) -> Formatted:
     """Render one conversation; labels are set only on trained assistant turns; keep the first `max_seq_length` tokens."""
-    clean = [_strip_weight(m) for m in messages]
+    inline_calls = any(m.get("tool_calls") for m in messages) and not renders_tool_calls(tokenizer)
+    clean = [for_template(m, inline_calls) for m in messages]
     trained = [i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight", 1) != 0]
-    formatted = _by_token_prefixes(tokenizer, clean, trained)
+    renderer = _Renderer(tokenizer, list(tools) if tools else None)
+    formatted = _by_token_prefixes(renderer, clean, trained)
     if formatted is None:
-        formatted = _by_char_offsets(tokenizer, clean, trained)
+        formatted = _by_char_offsets(renderer, clean, trained)
     return Formatted(formatted.input_ids[:max_seq_length], formatted.labels[:max_seq_length])
 
 
-def _strip_weight(message: dict[str, Any]) -> dict[str, Any]:
-    """The template sees the message without our training-only "weight" key."""
-    return {k: v for k, v in message.items() if k != "weight"}
+def for_template(message: dict[str, Any], inline_calls: bool) -> dict[str, Any]:
+    """The message as the template sees it: no training-only "weight"; tool-call arguments as objects."""
+    out = {k: v for k, v in message.items() if k != "weight"}
+    calls = out.get("tool_calls")
+    if not calls:
+        return out
+    parsed = [{**call, "function": {**call["function"], "arguments": _arguments(call["function"].get("arguments"))}} for call in calls]
+    if inline_calls:
+        text = "\n".join(
+            "<tool_call>\n" + json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]}, ensure_ascii=False) + "\n</tool_call>"
+            for c in parsed
+        )
+        out.pop("tool_calls")
+        out["content"] = f"{out.get('content') or ''}\n{text}" if out.get("content") else text
+    else:
+        out["tool_calls"] = parsed
+    return out
 
 
-def _render_ids(tokenizer: Any, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False) -> list[int]:
-    if not messages:
-        return []
-    return list(tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=False, add_generation_prompt=add_generation_prompt))
+_for_template = for_template  # the name data/tokens.py imports
 
 
-def _render_text(tokenizer: Any, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False) -> str:
-    if not messages:
-        return ""
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+def _arguments(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value if value is not None else {}
 
 
-def _by_token_prefixes(tokenizer: Any, messages: list[dict[str, Any]], trained: list[int]) -> Formatted | None:
+_PROBE_NAME = "tuneserve_probe_function"
+_renders_tool_calls: dict[tuple[Any, ...], bool] = {}
+
+
+def renders_tool_calls(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template writes an assistant message's `tool_calls` (cached per template)."""
+    key = (tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else repr(tokenizer.chat_template), tokenizer.bos_token, tokenizer.eos_token)
+    if key not in _renders_tool_calls:
+        probe = [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "", "tool_calls": [{"id": "call_0", "type": "function", "function": {"name": _PROBE_NAME, "arguments": {}}}]},
+        ]
+        try:
+            _renders_tool_calls[key] = _PROBE_NAME in tokenizer.apply_chat_template(probe, tokenize=False)
+        except Exception:  # a template that raises on tool calls does not render them
+            _renders_tool_calls[key] = False
+    return _renders_tool_calls[key]
+
+
+@dataclass(frozen=True)
+class _Renderer:
+    """apply_chat_template with this example's tools."""
+
+    tokenizer: Any
+    tools: list[dict[str, Any]] | None
+
+    def ids(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False) -> list[int]:
+        if not messages:
+            return []
+        return list(self.tokenizer.apply_chat_template(list(messages), tools=self.tools, tokenize=True, return_dict=False, add_generation_prompt=add_generation_prompt))
+
+    def text(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False) -> str:
+        if not messages:
+            return ""
+        return self.tokenizer.apply_chat_template(list(messages), tools=self.tools, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _by_token_prefixes(renderer: _Renderer, messages: list[dict[str, Any]], trained: list[int]) -> Formatted | None:
     """Spans from token-level prefix renders; None when the template is not prefix-stable."""
-    input_ids = _render_ids(tokenizer, messages)
+    tokenizer = renderer.tokenizer
+    input_ids = renderer.ids(messages)
     labels = [IGNORE_INDEX] * len(input_ids)
     for i in trained:
-        prompt = _render_ids(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = _render_ids(tokenizer, messages[: i + 1])
+        prompt = renderer.ids(messages[:i], add_generation_prompt=True)
+        upto = renderer.ids(messages[: i + 1])
         if input_ids[: len(prompt)] != prompt or input_ids[: len(upto)] != upto or len(upto) <= len(prompt):
             return None
         end = _trim_trailing_whitespace_tokens(tokenizer, upto, len(prompt), len(upto))
@@ -105,16 +189,17 @@ def _trim_trailing_whitespace_tokens(tokenizer: Any, ids: list[int], start: int,
     return end
 
 
-def _by_char_offsets(tokenizer: Any, messages: list[dict[str, Any]], trained: list[int]) -> Formatted:
+def _by_char_offsets(renderer: _Renderer, messages: list[dict[str, Any]], trained: list[int]) -> Formatted:
     """Fallback: find each trained turn's characters in the rendered text and label the tokens starting there."""
-    text = _render_text(tokenizer, messages)
+    tokenizer = renderer.tokenizer
+    text = renderer.text(messages)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids: list[int] = list(encoding["input_ids"])
     offsets: list[tuple[int, int]] = list(encoding["offset_mapping"])
     labels = [IGNORE_INDEX] * len(input_ids)
     cursor = 0
     for i in trained:
-        start, end = _char_span(tokenizer, text, messages, i, cursor)
+        start, end = _char_span(renderer, text, messages, i, cursor)
         cursor = end
         for t, (s, _) in enumerate(offsets):
             if start <= s < end:
@@ -122,10 +207,11 @@ def _by_char_offsets(tokenizer: Any, messages: list[dict[str, Any]], trained: li
     return Formatted(input_ids, labels)
 
 
-def _char_span(tokenizer: Any, text: str, messages: list[dict[str, Any]], i: int, cursor: int) -> tuple[int, int]:
+def _char_span(renderer: _Renderer, text: str, messages: list[dict[str, Any]], i: int, cursor: int) -> tuple[int, int]:
     """Characters of assistant turn i (content + end-of-turn token) in the full rendered text."""
-    prompt = _render_text(tokenizer, messages[:i], add_generation_prompt=True)
-    upto = _render_text(tokenizer, messages[: i + 1])
+    tokenizer = renderer.tokenizer
+    prompt = renderer.text(messages[:i], add_generation_prompt=True)
+    upto = renderer.text(messages[: i + 1])
     if text.startswith(prompt) and text.startswith(upto) and len(upto) > len(prompt):
         start, end = len(prompt), len(upto)
         while end > start and text[end - 1].isspace():

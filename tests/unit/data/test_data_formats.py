@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tuneserve.data import DataError, Example, count_examples, iter_examples, load_examples
+from tuneserve.data import DataError, Example, PreferenceExample, count_examples, iter_examples, load_examples
 from tuneserve.data.formats import detect_format, normalize, read_records
 
 
@@ -27,7 +27,14 @@ def a(text, **extra):
     ({"instruction": "i", "input": "x", "output": "o", "system": "s", "history": []}, "alpaca"),
     ({"prompt": "p"}, None),
     ({"instruction": "i"}, None),
-    ({"conversations": [], "chosen": {}, "rejected": {}}, None),
+    ({"conversations": [], "chosen": {}, "rejected": {}}, "sharegpt_dpo"),
+    ({"conversations": []}, "sharegpt"),
+    ({"text": "t"}, "text"),
+    ({"input": {"messages": []}, "preferred_output": [], "non_preferred_output": []}, "openai_dpo"),
+    ({"input": {"messages": []}, "preferred_completion": [], "non_preferred_completion": []}, "openai_dpo"),
+    ({"prompt": "p", "chosen": "c", "rejected": "r"}, "chosen_rejected"),
+    ({"question": "q", "chosen": "c", "rejected": "r", "system": "s"}, "opea_dpo"),
+    ({"question": "q", "answer": "a"}, None),
     (["not", "a", "dict"], None),
     ("text", None),
 ])
@@ -54,10 +61,14 @@ def test_chat_jsonl_normalized_with_weights(write_jsonl):
     assert second.trained_messages() == [{"role": "assistant", "content": "4", "weight": 1}]
 
 
-def test_chat_drops_unknown_message_keys_and_keeps_only_role_content_weight(write_jsonl):
+def test_chat_drops_unknown_message_keys_and_warns(write_jsonl):
     records = [{"messages": [{"role": "user", "content": "q", "name": "bob"}, {"role": "assistant", "content": "r", "extra": 1}]}]
     (example,) = load_examples(write_jsonl(records))
-    assert example.messages == (u("q"), a("r"))
+    assert example.messages == (u("q"), a("r"))  # "name" is known (dropped quietly off non-tool turns), "extra" is not
+    warnings = []
+    normalize(records[0], "chat", 1, warn=warnings.append)
+    assert [(w.line, w.code) for w in warnings] == [(1, "unknown_message_key")]
+    assert "messages[1].extra" in warnings[0].message
 
 
 def test_blank_lines_are_skipped_and_line_numbers_stay_true(write_bytes):
@@ -164,13 +175,18 @@ def test_real_identity(sample_file):
     assert all(e.trained_messages() for e in examples)
 
 
-def test_real_dpo_file_is_not_an_sft_format(sample_file):
+def test_real_dpo_file_is_sharegpt_preference_pairs(sample_file):
     path = sample_file("dpo_en_demo.json")
-    with pytest.raises(DataError) as info:
-        load_examples(path)
-    assert info.value.code == "unknown_format"
-    assert info.value.line == 1
-    assert "conversations" in str(info.value)
+    raw = json.loads(path.read_text())
+    records = load_examples(path)
+    assert len(records) == len(raw) == 300
+    assert all(isinstance(r, PreferenceExample) and r.kind == "preference" for r in records)
+    roles = {"human": "user", "gpt": "assistant", "system": "system"}
+    for record, item in zip(records, raw):
+        assert record.prompt == tuple({"role": roles[t["from"]], "content": t["value"]} for t in item["conversations"])
+        assert record.chosen == a(item["chosen"]["value"])
+        assert record.rejected == a(item["rejected"]["value"])
+        assert record.prompt[-1]["role"] == "user"
 
 
 # -- errors from the readers ---------------------------------------------------------------

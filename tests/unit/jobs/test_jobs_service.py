@@ -30,7 +30,8 @@ def test_create_queues_a_resolved_job(jobs, files, training_file, jobs_dir, sess
     job = jobs.create("proj", request(training_file.id, hyperparameters={"n_epochs": "auto", "batch_size": "auto"}))
 
     assert job.id.startswith("ftjob-")
-    assert (job.status, job.model, job.training_file, job.project) == (states.QUEUED, TINY, training_file.id, "proj")
+    # Created jobs wait in validating_files; the scheduler checks the files with the tokenizer, then queues them.
+    assert (job.status, job.model, job.training_file, job.project) == (states.VALIDATING, TINY, training_file.id, "proj")
     # "auto" became numbers, the ones the resolver gives for this file's size
     expected = resolve_hyperparameters({}, training_file.n_examples)
     assert job.hyperparameters == {"n_epochs": expected.n_epochs, "batch_size": expected.batch_size,
@@ -50,7 +51,7 @@ def test_create_queues_a_resolved_job(jobs, files, training_file, jobs_dir, sess
 
     # and the database says the same
     stored = jobs.get("proj", job.id)
-    assert (stored.status, stored.hyperparameters, stored.spec, stored.seed) == (states.QUEUED, job.hyperparameters, job.spec, job.seed)
+    assert (stored.status, stored.hyperparameters, stored.spec, stored.seed) == (states.VALIDATING, job.hyperparameters, job.spec, job.seed)
     assert 0 <= stored.seed < 2**31
 
 
@@ -163,13 +164,10 @@ def events_of(jobs, job_id, **kw):
 
 def test_events_newest_first(jobs, training_file):
     job = jobs.create("proj", request(training_file.id))
+    jobs.cancel("proj", job.id)
     messages, has_more = events_of(jobs, job.id)
     assert has_more is False
-    assert messages == [
-        "Fine-tuning job queued",
-        f"Files validated: {training_file.n_examples} training examples (chat)",
-        f"Validating training file: {training_file.id}",
-    ]
+    assert messages == ["Fine-tuning job cancelled", f"Validating training file: {training_file.id}"]
     rows, has_more = jobs.events("proj", job.id, limit=1)
     assert [e.message for e in rows] == messages[:1] and has_more is True
     rows, has_more = jobs.events("proj", job.id, limit=5, after=rows[0].id)
@@ -184,7 +182,7 @@ def test_cancel_queued_job(jobs, training_file, sessions):
     assert cancelled.finished_at is not None and cancelled.estimated_finish is None
     assert jobs.get("proj", job.id).status == states.CANCELLED
     messages, _ = events_of(jobs, job.id)
-    assert messages[0] == "Fine-tuning job cancelled" and len(messages) == 4
+    assert messages == ["Fine-tuning job cancelled", f"Validating training file: {training_file.id}"]
 
     again = jobs.cancel("proj", job.id)  # cancelling twice is harmless
     assert again.status == states.CANCELLED
@@ -208,12 +206,12 @@ def test_get_and_cancel_unknown_or_foreign_job(jobs, training_file):
         with pytest.raises(NotFound) as info:
             call()
         assert info.value.code == "job_not_found"
-    assert jobs.get("proj", job.id).status == states.QUEUED
+    assert jobs.get("proj", job.id).status == states.VALIDATING
 
 
 def test_list_pagination(jobs, files, training_file):
     created = [jobs.create("proj", request(training_file.id, metadata={"n": str(i % 2)})).id for i in range(5)]
-    other_file = files.create_bytes("other-proj", "t.jsonl", "fine-tune", b'{"prompt": "p", "completion": "c"}\n')
+    other_file = files.create_bytes("other-proj", "t.jsonl", "fine-tune", b'{"prompt": "p", "completion": "c"}\n' * 10)
     jobs.create("other-proj", request(other_file.id))
     newest_first = created[::-1]
 
@@ -257,13 +255,11 @@ def test_events_are_stored_in_the_events_table(jobs, training_file, sessions):
     job = jobs.create("proj", request(training_file.id))
     with sessions() as session:
         levels = list(session.scalars(select(JobEvent.level).where(JobEvent.job_id == job.id)))
-    assert levels == ["info"] * 3
+    assert levels == ["info"]
 
 
-# Known bug (reported, not fixed here: jobs/ is outside this suite's remit): create() maps only the
-# ValidationErrors of resolve_hyperparameters to a 400; bad values that fail later, in LoraSpec /
-# TrainingSpec, or in float(...), escape as a 500. Reachable through the OPEA body
-# (Dataset.max_length, General.lora_config, Training.learning_rate), which the wire schema does not range-check.
+# create() maps every bad value (hyperparameters, LoraSpec, TrainingSpec, unparsable numbers) to a 400;
+# reachable through the OPEA body (Dataset.max_length, General.lora_config, Training.learning_rate).
 @pytest.mark.parametrize("extra", [
     {"max_seq_length": 8},
     {"lora": {"r": 0}},
@@ -272,3 +268,16 @@ def test_events_are_stored_in_the_events_table(jobs, training_file, sessions):
 def test_bad_spec_values_are_invalid_requests(jobs, training_file, extra):
     with pytest.raises(InvalidRequest):
         jobs.create("proj", request(training_file.id, **extra))
+
+
+def test_fewer_than_10_examples_or_preference_data_are_refused(jobs, files):
+    small = files.create_bytes("proj", "small.jsonl", "fine-tune", b'{"prompt": "p", "completion": "c"}\n' * 9)
+    with pytest.raises(InvalidRequest) as info:
+        jobs.create("proj", request(small.id))
+    assert info.value.code == "too_few_examples" and info.value.param == "training_file"
+    pair = b'{"prompt": "p", "chosen": "good", "rejected": "bad"}\n'
+    prefs = files.create_bytes("proj", "prefs.jsonl", "fine-tune", pair * 12)
+    assert prefs.kind == "preference"
+    with pytest.raises(InvalidRequest) as info:
+        jobs.create("proj", request(prefs.id))
+    assert info.value.code == "unsupported_data_for_method"

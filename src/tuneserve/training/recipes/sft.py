@@ -1,9 +1,14 @@
 """Supervised fine-tuning with a LoRA adapter: the "supervised" + "lora" recipe, read top to bottom.
 
-    load model + tokenizer -> format + mask -> collate -> train loop -> checkpoint each epoch -> save final
+    read data -> load model + tokenizer -> format + mask -> collate -> train loop -> checkpoint each epoch
+    -> save final -> record throughput
 
 Owns: the model/adapter set-up, batching, the loss, the optimizer and schedule, per-epoch
 validation and checkpoints (with resume from the newest one), the final adapter and the result.
+Data: conversations (chat, prompt/completion, alpaca, ShareGPT, with tools) train their assistant
+turns; raw text trains every token; preference pairs are refused with a DataError naming method
+dpo (its own recipe). The measured training tokens/s (step time only, this process's steps) is
+recorded per (model, device type) at the end, for the data report's time estimate.
 Does not own: parsing data files (tuneserve.data), chat-template masking (training.formatting),
 the event file format (training.events), or anything about jobs and the server.
 
@@ -43,7 +48,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tuneserve.data.records import DataError
+from tuneserve.data.records import DataError, PreferenceExample, Record
 from tuneserve.models import resolve_model
 from tuneserve.training.events import EventWriter
 from tuneserve.training.formatting import IGNORE_INDEX, Formatted, format_examples
@@ -83,20 +88,24 @@ def run(spec: TrainingSpec, job_dir: Path, events: EventWriter, *, console: Cons
     device, dtype = _device_and_dtype()
     _seed_everything(spec.seed)
 
-    # 1. Load the base model, its tokenizer, and the adapter to train.
+    # 1. Read the data first: a file this recipe cannot train on fails before a model loads.
+    train_records = _load_records(spec.training_file, "training")
+    valid_records = _load_records(spec.validation_file, "validation") if spec.validation_file else []
+
+    # 2. Load the base model, its tokenizer, and the adapter to train.
     model_dir = resolve_model(spec.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = _load_model(spec, model_dir, device, dtype, events)
     trainable = [p for p in model.parameters() if p.requires_grad]
     pad_id = _pad_id(tokenizer)
 
-    # 2. Format and mask the data through the model's own chat template.
-    train_set = _load_formatted(spec.training_file, tokenizer, spec, events, "training")
-    valid_set = _load_formatted(spec.validation_file, tokenizer, spec, events, "validation") if spec.validation_file else []
+    # 3. Format and mask the data through the model's own chat template (raw text as it is).
+    train_set = _format(train_records, tokenizer, spec, events, "training")
+    valid_set = _format(valid_records, tokenizer, spec, events, "validation")
     if not train_set:
-        raise DataError(f"no training example has a trained assistant token within max_seq_length={spec.max_seq_length}")
+        raise DataError(f"no training example has a trained token within max_seq_length={spec.max_seq_length}")
 
-    # 3. Optimizer and schedule.
+    # 4. Optimizer and schedule.
     steps_per_epoch = math.ceil(len(train_set) / hp.batch_size)
     total_steps = steps_per_epoch * hp.n_epochs
     warmup_steps = max(1, math.ceil(WARMUP_FRACTION * total_steps))
@@ -108,14 +117,15 @@ def run(spec: TrainingSpec, job_dir: Path, events: EventWriter, *, console: Cons
         f"peak learning rate {hp.learning_rate:g}, device {device.type}"
     )
 
-    # 4. Resume from the newest complete checkpoint, if an earlier attempt left one.
+    # 5. Resume from the newest complete checkpoint, if an earlier attempt left one.
     state = TrainerState(total_steps=total_steps)
+    run_tokens, run_step_time = 0, 0.0  # this process's steps only: the measured throughput
     resume_from = latest_checkpoint(job_dir)
     if resume_from is not None:
         state = _resume(resume_from, model, optimizer, scheduler, device, total_steps)
         events.message(f"Resumed from checkpoint {resume_from.name}")
 
-    # 5. The loop: one epoch at a time, a checkpoint at the end of each.
+    # 6. The loop: one epoch at a time, a checkpoint at the end of each.
     with _progress_bar(console, total_steps, state.global_step) as advance:
         for epoch in range(state.epochs_done + 1, hp.n_epochs + 1):
             loop_start = time.perf_counter()
@@ -139,7 +149,9 @@ def run(spec: TrainingSpec, job_dir: Path, events: EventWriter, *, console: Cons
                 epoch_loss, epoch_correct, epoch_count, epoch_steps = epoch_loss + step_loss, epoch_correct + correct, epoch_count + count, epoch_steps + 1
                 win_loss, win_correct, win_count, win_steps = win_loss + step_loss, win_correct + correct, win_count + count, win_steps + 1
                 win_tokens += batch.n_tokens
-                win_time += time.perf_counter() - step_start
+                step_time = time.perf_counter() - step_start
+                win_time += step_time
+                run_tokens, run_step_time = run_tokens + batch.n_tokens, run_step_time + step_time
                 advance(step_loss)
                 if state.global_step % spec.logging_steps == 0:
                     events.emit(
@@ -170,13 +182,15 @@ def run(spec: TrainingSpec, job_dir: Path, events: EventWriter, *, console: Cons
             path = save_checkpoint(job_dir, model, tokenizer, spec, state, optimizer, scheduler)
             events.emit("checkpoint", step=state.global_step, epoch=epoch, path=path.relative_to(job_dir).as_posix(), metrics=checkpoint_metrics)
 
-    # 6. Score the whole validation set, save the final adapter, report.
+    # 7. Score the whole validation set, save the final adapter, record the throughput, report.
     full_valid = _evaluate(model, valid_set, hp.batch_size, pad_id, device, "full_valid")
     if full_valid:
         events.emit("metrics", step=state.global_step, total_steps=total_steps, epoch=state.epochs_done, **full_valid)
     final_dir = job_dir / "final"
     _write_atomically(final_dir, lambda tmp: _save_adapter(tmp, model, tokenizer, spec))
     events.message(f"Saved the final adapter to {final_dir}")
+    if run_tokens and run_step_time > 0:
+        _record_throughput(spec.model, device, run_tokens / run_step_time, events)
     return events.emit(
         "result",
         trained_tokens=state.trained_tokens,
@@ -234,18 +248,39 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def _load_formatted(path: str, tokenizer: Any, spec: TrainingSpec, events: EventWriter, kind: str) -> list[Formatted]:
+def _load_records(path: str, kind: str) -> list[Record]:
+    """Every record of a data file; preference pairs are refused (they need the DPO recipe)."""
     from tuneserve.data import load_examples  # the data package owns every file format and its validation
 
-    examples = load_examples(Path(path))
-    formatted, dropped = format_examples(tokenizer, examples, spec.max_seq_length)
+    records = load_examples(Path(path))
+    if isinstance(records[0], PreferenceExample):  # a file holds one format, so the first record tells
+        raise DataError(
+            f"preference data needs method dpo: the {kind} file holds preference pairs (chosen/rejected); "
+            "supervised fine-tuning trains on conversations, prompt/completion, or text",
+            code="preference_data_for_sft",
+        )
+    return records
+
+
+def _format(records: list[Record], tokenizer: Any, spec: TrainingSpec, events: EventWriter, kind: str) -> list[Formatted]:
+    formatted, dropped = format_examples(tokenizer, records, spec.max_seq_length)
     if dropped:
         events.message(
-            f"Dropped {dropped} of {len(examples)} {kind} examples: no trained assistant token left "
+            f"Dropped {dropped} of {len(records)} {kind} examples: no trained token left "
             f"within max_seq_length={spec.max_seq_length}",
             level="warn",
         )
     return formatted
+
+
+def _record_throughput(model_ref: str, device: torch.device, tokens_per_second: float, events: EventWriter) -> None:
+    """Remember this run's training speed, so data reports can estimate how long a job takes. Never fails a run."""
+    try:
+        from tuneserve.models.throughput import record_throughput
+
+        record_throughput(model_ref, device.type, tokens_per_second)
+    except Exception as exc:  # a missing module or an unwritable cache only costs the estimate
+        events.message(f"Could not record the training throughput: {type(exc).__name__}: {exc}", level="warn")
 
 
 def _linear_warmup_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:

@@ -1,0 +1,105 @@
+"""Previewing training examples as the model sees them: rendered by its chat template, with the
+trained tokens marked (`tuneserve data preview FILE --model M [-n 3]`, GET /v1/files/{id}/preview).
+
+Owns: cutting the first n formatted examples into segments of trained / context tokens, and
+printing them with rich. Does not own: rendering or masking (training/formatting.py does it; the
+preview calls the very functions training calls, so what it shows is what is trained), or reading
+formats (data/formats.py).
+
+Each preview is {"line", "n_tokens", "n_trained", "truncated", "n_tokens_full", "segments"}:
+`segments` are the maximal runs of tokens with the same trained flag, decoded with the special
+tokens kept visible (<|im_start|>...), covering exactly the tokens the model sees (the first
+`max_seq_length`). `n_tokens` counts those, `n_tokens_full` the untruncated rendering. Raw text
+records are trained on every token; a preference pair shows its prompt and the chosen answer.
+Imports transformers (through the tokenizer): the API imports this module inside its route only.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from tuneserve.data.formats import iter_examples
+from tuneserve.data.records import Example, PreferenceExample, Record, TextExample
+from tuneserve.training.formatting import IGNORE_INDEX, Formatted, format_example, format_text
+
+UNLIMITED = sys.maxsize
+
+
+def preview_examples(path: Path, model: str, n: int = 3, *, max_seq_length: int = 1024) -> list[dict[str, Any]]:
+    """The first `n` examples of `path` as `model` sees them (its tokenizer and chat template).
+
+    Raises DataError (naming the line) when the file cannot be read, ModelNotFound for an unknown model.
+    """
+    if n < 1 or max_seq_length < 1:
+        raise ValueError("n and max_seq_length must be at least 1")
+    tokenizer = load_tokenizer(model)
+    return [preview_record(tokenizer, record, max_seq_length) for record in islice(iter_examples(Path(path)), n)]
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(model: str) -> Any:
+    """The model's tokenizer (with its chat template), resolved through the model cache; kept for reuse."""
+    from transformers import AutoTokenizer
+
+    from tuneserve.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model(model))
+
+
+def preview_record(tokenizer: Any, record: Record, max_seq_length: int) -> dict[str, Any]:
+    """One record's preview (see the module docstring for its keys)."""
+    formatted = _format(tokenizer, record, max_seq_length)
+    full = len(formatted.input_ids)
+    if full >= max_seq_length:  # maybe cut: render once more, uncut, to count what was lost
+        full = len(_format(tokenizer, record, UNLIMITED).input_ids)
+    return {"line": record.line, "n_tokens": len(formatted.input_ids), "n_trained": formatted.n_trained,
+            "truncated": full > len(formatted.input_ids), "n_tokens_full": full,
+            "segments": segments(tokenizer, formatted)}
+
+
+def segments(tokenizer: Any, formatted: Formatted) -> list[dict[str, Any]]:
+    """Maximal runs of tokens with the same trained flag, each decoded as it is (special tokens kept)."""
+    runs: list[tuple[bool, list[int]]] = []
+    for token, label in zip(formatted.input_ids, formatted.labels):
+        trained = label != IGNORE_INDEX
+        if runs and runs[-1][0] == trained:
+            runs[-1][1].append(token)
+        else:
+            runs.append((trained, [token]))
+    return [{"text": tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False), "trained": trained}
+            for trained, ids in runs]
+
+
+def _format(tokenizer: Any, record: Record, max_seq_length: int) -> Formatted:
+    if isinstance(record, TextExample):
+        return format_text(tokenizer, record.text, max_seq_length)
+    if isinstance(record, PreferenceExample):
+        messages, tools = (*record.prompt, record.chosen), record.tools
+    elif isinstance(record, Example):
+        messages, tools = record.messages, record.tools
+    else:
+        raise TypeError(f"unknown record type {type(record).__name__}")
+    return format_example(tokenizer, messages, max_seq_length, tools=tools)
+
+
+def render_preview(previews: list[dict[str, Any]], console: Any) -> None:
+    """Print previews with rich: trained text bold green, context dim, a header per example."""
+    from rich.rule import Rule
+    from rich.text import Text
+
+    console.print(Text.assemble(("trained", "bold green"), "  ", ("context (not trained)", "dim")))
+    for preview in previews:
+        header = f"line {preview['line']} · {preview['n_tokens']} tokens · {preview['n_trained']} trained"
+        if preview["truncated"]:
+            header += f" · TRUNCATED from {preview['n_tokens_full']}"
+        console.print(Rule(header, style="red" if preview["truncated"] else "cyan"))
+        body = Text()
+        for segment in preview["segments"]:
+            body.append(segment["text"], style="bold green" if segment["trained"] else "dim")
+        console.print(body)
+    if not previews:
+        console.print("no examples")
