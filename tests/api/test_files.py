@@ -98,3 +98,33 @@ def test_file_pagination(client):
     ids = {upload(client, f"p{i}.jsonl", chat_jsonl(1)).id for i in range(3)}
     seen = [f.id for f in client.files.list(limit=2)]  # auto-paging follows after/has_more to the end
     assert ids <= set(seen) and len(seen) == len(set(seen))
+
+
+@pytest.mark.parametrize("data,needle", [
+    (b'{"prompt": "a", "completion": "b"}\n{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n',
+     "line 2"),  # formats mixed within one file
+    (b'{"messages": [{"role": "user", "content": 42}, {"role": "assistant", "content": "a"}]}\n', "messages[0].content"),
+    (b'{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]}\n',
+     "line 1"),  # consecutive user turns
+    (b'{\n  "prompt": "a",\n  "completion": "b"\n}\n', "line 1"),  # a pretty-printed object where JSONL was expected
+])
+def test_more_bad_files_name_the_line(client, data, needle):
+    with pytest.raises(openai.BadRequestError) as info:
+        upload(client, "bad.jsonl", data)
+    assert needle in info.value.body["message"], info.value.body
+
+
+def test_bom_and_json_array_in_jsonl_are_accepted_with_warnings(client):
+    array = json.dumps([{"instruction": "Say hi", "output": "hi"}] * 3).encode()
+    created = upload(client, "looks-like.jsonl", array)  # a JSON array under a .jsonl name
+    assert created.validation["container"] == "json"
+    assert "container_mismatch" in created.validation["warning_counts"]
+    with_bom = upload(client, "bom.jsonl", b"\xef\xbb\xbf" + chat_jsonl(2))
+    assert with_bom.validation["n_examples"] == 2
+    assert with_bom.validation["format"] == "chat" and with_bom.validation["kind"] == "sft"
+
+
+def test_preference_and_text_files_report_their_kind(client):
+    prefs = upload(client, "prefs.jsonl", b'{"prompt": "p", "chosen": "good", "rejected": "bad"}\n' * 3)
+    text = upload(client, "text.jsonl", b'{"text": "<|im_start|>user\\nhi<|im_end|>"}\n' * 3)
+    assert prefs.validation["kind"] == "preference" and text.validation["kind"] == "text"

@@ -48,3 +48,30 @@ def test_data_validate_exit_codes(tmp_path):
     result = run("data", "validate", str(bad), "--json")
     assert result.returncode == 1
     assert json.loads(result.stdout)["errors"][0]["line"] == 2
+
+
+def test_data_convert_alpaca_to_prompt_completion_with_split(tmp_path):
+    src = tmp_path / "finance_alpaca.json"
+    src.write_text(json.dumps([{"instruction": f"Q{i}", "input": "", "output": f"A{i}"} for i in range(20)]))
+    result = run("data", "convert", str(src), str(tmp_path / "oci.jsonl"), "--to", "prompt-completion", "--split", "0.1")
+    assert result.returncode == 0, result.stderr
+    train = [json.loads(line) for line in (tmp_path / "oci.jsonl").read_text().splitlines()]
+    valid = [json.loads(line) for line in (tmp_path / "oci.valid.jsonl").read_text().splitlines()]
+    assert len(train) == 18 and len(valid) == 2
+    assert {r["prompt"] for r in train}.isdisjoint({r["prompt"] for r in valid})
+    assert all(set(r) == {"prompt", "completion"} for r in train + valid)
+
+
+def test_data_convert_refuses_unconvertible_with_line(tmp_path):
+    src = tmp_path / "text.jsonl"
+    src.write_text(json.dumps({"text": "raw"}) + "\n")
+    result = run("data", "convert", str(src), str(tmp_path / "out.jsonl"), "--to", "alpaca")
+    assert result.returncode == 1 and "line 1" in result.stderr and not (tmp_path / "out.jsonl").exists()
+
+
+def test_data_preview_shows_trained_tokens(tmp_path, tiny_model_ready):
+    src = tmp_path / "chat.jsonl"
+    src.write_text(json.dumps({"messages": [{"role": "user", "content": "Ping?"}, {"role": "assistant", "content": "Pong!"}]}) + "\n")
+    result = run("data", "preview", str(src), "--model", "tuneserve/tiny-random", "-n", "1")
+    assert result.returncode == 0, result.stderr
+    assert "Pong!" in result.stdout and "Ping?" in result.stdout and "line 1" in result.stdout
