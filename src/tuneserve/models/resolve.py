@@ -98,8 +98,9 @@ def available_base_models() -> list[str]:
 
 
 @contextmanager
-def _lock(target: Path):
-    """An inter-process lock per model, so two processes never convert the same model at once."""
+def file_lock(target: Path):
+    """An inter-process lock beside `target` (`target.lock`): two processes never build the same model
+    at once, nor write the same cache file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.with_name(target.name + ".lock"), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -119,7 +120,7 @@ def resolve_model(ref: str) -> Path:
     target = _cache_path(ref)
     if _is_model_dir(target):
         return target
-    with _lock(target):
+    with file_lock(target):
         if _is_model_dir(target):  # another process finished it while we waited
             return target
         if ref == BUILTIN_SMOLLM2:

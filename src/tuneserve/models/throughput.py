@@ -14,16 +14,14 @@ neither measurement and a reader never sees half a file.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import statistics
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from tuneserve.models.resolve import cache_dir
+from tuneserve.models.resolve import cache_dir, file_lock
 
 KEEP_LAST = 5  # measurements kept per (model, device); the estimate is their median
 _FILE = "throughput.json"
@@ -39,7 +37,7 @@ def record_throughput(model_ref: str, device: str, tokens_per_second: float) -> 
     if not value > 0 or value == float("inf"):
         raise ValueError(f"tokens_per_second must be a positive number, got {tokens_per_second!r}")
     path = throughput_path()
-    with _locked(path):
+    with file_lock(path):
         data = _read(path)
         entry = data.setdefault(model_ref, {}).setdefault(device, {})
         samples = [float(x) for x in entry.get("samples", [])][-(KEEP_LAST - 1) :] + [value]
@@ -77,14 +75,3 @@ def _write_atomic(path: Path, data: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
