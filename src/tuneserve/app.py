@@ -13,8 +13,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneserve import __version__
-from tuneserve.api import files, fine_tuning, inference, models, opea
+from tuneserve.api import adapters, downloads, files, fine_tuning, inference, models, opea
 from tuneserve.errors import TuneserveError
+from tuneserve.inference.upstream import RuntimeAdapters, Upstream
 from tuneserve.jobs.catalog import ModelCatalog
 from tuneserve.jobs.scheduler import Scheduler
 from tuneserve.jobs.service import JobService
@@ -48,11 +49,21 @@ def build_app(settings: Settings) -> FastAPI:
         state.settings = settings
         state.keys = KeyService(sessions)
         state.files = FileService(sessions, BlobStore(settings.data_dir / "files"), settings.max_upload_bytes)
-        state.catalog = ModelCatalog(sessions, jobs_dir)
-        state.jobs = JobService(sessions, state.files, state.catalog, jobs_dir)
+        state.runtime_adapters = RuntimeAdapters()
+        state.catalog = ModelCatalog(sessions, jobs_dir, runtime=state.runtime_adapters)
+        state.upstream, preflight = None, None
+        if settings.inference_backend == "vllm":
+            from functools import partial
+
+            from tuneserve.jobs.preflight import check_spec_for_vllm
+
+            key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
+            state.upstream = Upstream(settings.vllm_url, api_key=key)
+            preflight = partial(check_spec_for_vllm, max_lora_rank=settings.vllm_max_lora_rank)
+        state.jobs = JobService(sessions, state.files, state.catalog, jobs_dir, preflight=preflight)
         state.engine, state.engine_lock = None, threading.Lock()
         state.scheduler = Scheduler(sessions, state.files, jobs_dir, max_concurrent=settings.max_concurrent_jobs,
-                                    poll_interval_s=settings.poll_interval_s)
+                                    poll_interval_s=settings.poll_interval_s, upstream=state.upstream)
         if settings.run_scheduler:
             state.scheduler.start()
         try:
@@ -61,12 +72,16 @@ def build_app(settings: Settings) -> FastAPI:
             state.scheduler.stop()
             if state.engine is not None:
                 state.engine.close()
+            if state.upstream is not None:
+                await state.upstream.aclose()
             db.dispose()
 
     app = FastAPI(title="tuneserve", version=__version__, lifespan=lifespan,
                   description="Self-hosted fine-tuning with OpenAI's API: files, fine-tuning jobs, models, chat/completions.")
-    for module in (files, fine_tuning, opea, models, inference):
+    for module in (files, fine_tuning, downloads, opea, models, adapters):
         app.include_router(module.router)
+    # With an upstream vLLM, chat/completions are proxied to it; otherwise this process generates.
+    app.include_router(adapters.proxy_router if settings.inference_backend == "vllm" else inference.router)
 
     @app.middleware("http")
     async def upload_limit(request: Request, call_next):

@@ -13,15 +13,22 @@ from pathlib import Path
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
     from tuneserve.app import build_app
     from tuneserve.settings import Settings
     from tuneserve.store.db import make_engine, make_sessionmaker, migrate
     from tuneserve.store.keys import KeyService
 
-    settings = Settings(host=args.host, port=args.port, data_dir=args.data_dir, database_url=args.database_url,
-                        max_concurrent_jobs=args.max_concurrent_jobs, insecure=args.insecure,
-                        max_upload_bytes=args.max_upload_bytes)
+    try:
+        settings = Settings(host=args.host, port=args.port, data_dir=args.data_dir, database_url=args.database_url,
+                            max_concurrent_jobs=args.max_concurrent_jobs, insecure=args.insecure,
+                            max_upload_bytes=args.max_upload_bytes,
+                            **{k: v for k, v in (("inference_backend", args.inference_backend), ("vllm_url", args.vllm_url),
+                                                 ("vllm_max_lora_rank", args.vllm_max_lora_rank)) if v is not None})
+    except ValidationError as exc:
+        print(f"error: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.db_url)
     migrate(engine)
@@ -109,6 +116,18 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from tuneserve.export import cmd_export as run
+
+    return run(args)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from tuneserve.chat import cmd_chat as run
+
+    return run(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from tuneserve.demo import run_demo
 
@@ -128,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-bytes", type=int, default=512 * 1024 * 1024)
     serve.add_argument("--insecure", action="store_true", help="allow a non-loopback host with no API key")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--inference-backend", choices=("local", "vllm"), default=None,
+                       help="local (default): generate here; vllm: proxy chat/completions to --vllm-url and "
+                            "register each new fine-tuned adapter there")
+    serve.add_argument("--vllm-url", default=None, help="root URL of the upstream vLLM server, e.g. http://vllm:8000 "
+                                                         "(its API key, if any, from TUNESERVE_VLLM_API_KEY)")
+    serve.add_argument("--vllm-max-lora-rank", type=int, default=None,
+                       help="the upstream's --max-lora-rank (default 16): jobs with a larger lora.r are refused")
     serve.set_defaults(func=cmd_serve)
 
     train = sub.add_parser("train", help="one training run without a server")
@@ -174,6 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--name", default="Nova")
     demo.add_argument("--author", default="Quill Labs")
     demo.set_defaults(func=cmd_demo)
+
+    from tuneserve.chat import add_chat_arguments
+    from tuneserve.export import add_export_arguments
+
+    export = sub.add_parser("export", help="a fine-tuned model as its adapter (tar.gz) or merged full weights")
+    add_export_arguments(export)  # TARGET --type adapter|merged -o OUT [--data-dir D] [--project P] [--dtype T]
+    export.set_defaults(func=cmd_export)
+
+    chat = sub.add_parser("chat", help="chat with a base or fine-tuned model in the terminal (no server)")
+    add_chat_arguments(chat)  # MODEL [--data-dir D] [--system S] [--temperature T] [--max-tokens N]
+    chat.set_defaults(func=cmd_chat)
     return parser
 
 

@@ -26,6 +26,11 @@ class NotFound(TuneserveError):
     default_code = "not_found"
 
 
+class Forbidden(TuneserveError):
+    status = 403
+    default_code = "permission_denied"
+
+
 class Unauthorized(TuneserveError):
     status = 401
     default_code = "invalid_api_key"
@@ -34,6 +39,14 @@ class Unauthorized(TuneserveError):
 class PayloadTooLarge(TuneserveError):
     status = 413
     default_code = "file_too_large"
+
+
+class UpstreamUnavailable(TuneserveError):
+    """The upstream inference server (vLLM) cannot be reached."""
+
+    status = 502
+    type = "server_error"
+    default_code = "upstream_unavailable"
 
 
 class Conflict(TuneserveError):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +22,18 @@ class Settings(BaseSettings):
     insecure: bool = Field(False, description="Allow a non-loopback host with no API key.")
     poll_interval_s: float = Field(0.5, gt=0)
     run_scheduler: bool = True
+    inference_backend: Literal["local", "vllm"] = Field(
+        "local", description="local: this process generates; vllm: proxy to an upstream vLLM (--vllm-url).")
+    vllm_url: str | None = Field(None, description="Root URL of the upstream vLLM server, e.g. http://vllm:8000.")
+    vllm_max_lora_rank: int = Field(16, ge=1, description="The upstream's --max-lora-rank: jobs over it are refused.")
+    vllm_api_key: SecretStr | None = Field(None, description="The upstream's --api-key; environment only "
+                                           "(TUNESERVE_VLLM_API_KEY), never a flag.")
+
+    @model_validator(mode="after")
+    def _backend_needs_url(self) -> "Settings":
+        if self.inference_backend == "vllm" and not self.vllm_url:
+            raise ValueError("inference_backend 'vllm' needs vllm_url (--vllm-url http://HOST:8000)")
+        return self
 
     @property
     def db_url(self) -> str:

@@ -1,7 +1,9 @@
 """/v1/chat/completions and /v1/completions, for base and fine-tuned models (OpenAI shapes, SSE streaming).
 
-The route resolves the model name (catalog) and shapes the answer; generation happens in the
-inference engine, which is imported on first use so the API never loads torch at start.
+The route resolves the model name (catalog), turns the request into sampling parameters and
+shapes the answer; generation happens in the inference engine, imported on first use so the
+API never loads torch at start. The `n` choices of one request are generated concurrently, so
+the engine's batcher runs them as one batch.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 from fastapi import APIRouter, Request
@@ -16,6 +19,7 @@ from fastapi.responses import StreamingResponse
 
 from tuneserve.api.deps import Project
 from tuneserve.api.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from tuneserve.api.tool_calls import parse_tool_calls
 from tuneserve.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1", tags=["inference"])
@@ -31,22 +35,32 @@ def _engine(request: Request):
         return state.engine
 
 
-def _params(body: SamplingFields, index: int):
+def _params(body: SamplingFields, index: int, *, logprobs: bool = False, top_logprobs: int = 0, json_mode: bool = False):
     from tuneserve.inference.engine import SamplingParams
 
     seed = body.seed + index if body.seed is not None else None
     return SamplingParams(max_tokens=body.max_completion_tokens or body.max_tokens, temperature=body.temperature,
-                          top_p=body.top_p, stop=body.stops(), seed=seed)
+                          top_p=body.top_p, stop=body.stops(), seed=seed, presence_penalty=body.presence_penalty,
+                          frequency_penalty=body.frequency_penalty, logprobs=logprobs, top_logprobs=top_logprobs,
+                          json_mode=json_mode)
 
 
-def _checked(call, *args):
+def _checked(call, *args, **kwargs):
     """Run an engine call; a prompt that does not fit the model is the caller's error (400)."""
     from tuneserve.inference.engine import ContextLengthExceeded
 
     try:
-        return call(*args)
+        return call(*args, **kwargs)
     except ContextLengthExceeded as exc:
         raise InvalidRequest(str(exc), param="messages", code="context_length_exceeded") from None
+
+
+def _all(call, count: int, make_args) -> list:
+    """`count` engine calls at once, so they share a batch."""
+    if count == 1:
+        return [_checked(call, *make_args(0))]
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(lambda i: _checked(call, *make_args(i)), range(count)))
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -60,9 +74,33 @@ def _sse(chunks: Iterator[dict[str, Any]], close) -> StreamingResponse:
                 yield f"data: {json.dumps(chunk)}\n\n"
             yield "data: [DONE]\n\n"
         finally:
-            close()  # stop generation when the client goes away
+            close()  # the client went away or the answer ended: stop generating
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _chat_logprobs(items) -> dict[str, Any]:
+    return {"content": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes,
+                         "top_logprobs": [{"token": a.token, "logprob": a.logprob, "bytes": a.bytes} for a in t.top_logprobs]}
+                        for t in items], "refusal": None}
+
+
+def _completion_logprobs(items, start_offset: int = 0) -> dict[str, Any]:
+    offsets, position = [], start_offset
+    for t in items:
+        offsets.append(position)
+        position += len(t.token)
+    return {"tokens": [t.token for t in items], "token_logprobs": [t.logprob for t in items],
+            "top_logprobs": [{a.token: a.logprob for a in t.top_logprobs} for t in items], "text_offset": offsets}
+
+
+def _chat_message(text: str, tools_given: bool) -> tuple[dict[str, Any], bool]:
+    """The assistant message, with tool calls parsed out when the request offered tools."""
+    if tools_given:
+        content, calls = parse_tool_calls(text)
+        if calls:
+            return {"role": "assistant", "content": content, "tool_calls": calls, "refusal": None}, True
+    return {"role": "assistant", "content": text, "refusal": None}, False
 
 
 @router.post("/chat/completions")
@@ -71,37 +109,53 @@ def chat_completions(request: Request, project: Project, body: ChatCompletionReq
     base, adapter = request.app.state.catalog.lookup(project, body.model)
     engine = _engine(request)
     messages = [m.as_template_message() for m in body.messages]
-    completion_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
-    head = {"id": completion_id, "created": created, "model": body.model, "system_fingerprint": None}
+    tools = body.tools if body.tools and body.tool_choice != "none" else None
+    json_mode = bool(body.response_format and body.response_format.type != "text")
+    want_logprobs = body.logprobs or bool(body.top_logprobs)
+    params = lambda i: _params(body, i, logprobs=want_logprobs, top_logprobs=body.top_logprobs or 0, json_mode=json_mode)  # noqa: E731
+    head = {"id": f"chatcmpl-{secrets.token_hex(12)}", "created": int(time.time()), "model": body.model, "system_fingerprint": None}
+
     if body.stream:
-        # The first stream starts here, so a bad prompt is a 400 before any byte is sent.
-        open_streams: list = [_checked(engine.stream_chat, base, adapter, messages, _params(body, 0))]
+        # Every choice starts now (the first one here, so a bad prompt is a 400 before any byte is sent).
+        streams = [_checked(engine.stream_chat, base, adapter, messages, params(0), tools=tools)]
+        streams += [engine.stream_chat(base, adapter, messages, params(i), tools=tools) for i in range(1, body.n)]
+        return _sse(_chat_chunks(head, streams, tools is not None, body), lambda: [s.close() for s in streams])
 
-        def chunks():
-            prompt_tokens = completion_tokens = 0
-            for index in range(body.n):
-                if index >= len(open_streams):
-                    open_streams.append(engine.stream_chat(base, adapter, messages, _params(body, index)))
-                stream = open_streams[index]
-                yield {**head, "object": "chat.completion.chunk",
-                       "choices": [{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-                for item in stream:
-                    if isinstance(item, str):
-                        yield {**head, "object": "chat.completion.chunk",
-                               "choices": [{"index": index, "delta": {"content": item}, "finish_reason": None}]}
-                    else:
-                        prompt_tokens, completion_tokens = item.prompt_tokens, completion_tokens + item.completion_tokens
-                        yield {**head, "object": "chat.completion.chunk",
-                               "choices": [{"index": index, "delta": {}, "finish_reason": item.finish_reason}]}
-            if body.stream_options and body.stream_options.include_usage:
-                yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": _usage(prompt_tokens, completion_tokens)}
-
-        return _sse(chunks(), lambda: [s.close() for s in open_streams if hasattr(s, "close")])
-    results = [_checked(engine.chat, base, adapter, messages, _params(body, i)) for i in range(body.n)]
-    return {**head, "object": "chat.completion",
-            "choices": [{"index": i, "message": {"role": "assistant", "content": r.text, "refusal": None},
-                         "finish_reason": r.finish_reason, "logprobs": None} for i, r in enumerate(results)],
+    results = _all(lambda *a: engine.chat(*a, tools=tools), body.n, lambda i: (base, adapter, messages, params(i)))
+    choices = []
+    for index, result in enumerate(results):
+        message, called = _chat_message(result.text, tools is not None)
+        choices.append({"index": index, "message": message, "finish_reason": "tool_calls" if called else result.finish_reason,
+                        "logprobs": _chat_logprobs(result.logprobs or ()) if want_logprobs else None})
+    return {**head, "object": "chat.completion", "choices": choices,
             "usage": _usage(results[0].prompt_tokens, sum(r.completion_tokens for r in results))}
+
+
+def _chat_chunks(head: dict, streams: list, tools_given: bool, body: ChatCompletionRequest) -> Iterator[dict[str, Any]]:
+    chunk = {**head, "object": "chat.completion.chunk"}
+    prompt_tokens = completion_tokens = 0
+    want_logprobs = body.logprobs or bool(body.top_logprobs)
+    for index, stream in enumerate(streams):
+        yield {**chunk, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        held: list[str] = []  # with tools offered, text is held until it is known whether it is a call
+        for item in stream:
+            if hasattr(item, "finish_reason"):
+                prompt_tokens, completion_tokens = item.prompt_tokens, completion_tokens + item.completion_tokens
+                finish = item.finish_reason
+                if tools_given:
+                    message, called = _chat_message("".join(held), True)
+                    delta = {"tool_calls": [{**c, "index": i} for i, c in enumerate(message["tool_calls"])]} if called \
+                        else {"content": message["content"]}
+                    finish = "tool_calls" if called else finish
+                    yield {**chunk, "choices": [{"index": index, "delta": delta, "finish_reason": None}]}
+                yield {**chunk, "choices": [{"index": index, "delta": {}, "finish_reason": finish}]}
+            elif tools_given:
+                held.append(item.text)
+            elif item.text or item.logprobs:
+                yield {**chunk, "choices": [{"index": index, "delta": {"content": item.text}, "finish_reason": None,
+                                             "logprobs": _chat_logprobs(item.logprobs) if want_logprobs else None}]}
+    if body.stream_options and body.stream_options.include_usage:
+        yield {**chunk, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)}
 
 
 @router.post("/completions")
@@ -110,30 +164,33 @@ def completions(request: Request, project: Project, body: CompletionRequest):
     base, adapter = request.app.state.catalog.lookup(project, body.model)
     engine = _engine(request)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    completion_id, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
-    head = {"id": completion_id, "object": "text_completion", "created": created, "model": body.model}
     jobs = [(p, i) for p in prompts for i in range(body.n)]
+    want = body.logprobs is not None
+    params = lambda i: _params(body, i, logprobs=want, top_logprobs=body.logprobs or 0)  # noqa: E731
+    head = {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()), "model": body.model}
+
     if body.stream:
-        open_streams: list = [_checked(engine.stream_complete, base, adapter, jobs[0][0], _params(body, jobs[0][1]))]
+        streams = [_checked(engine.stream_complete, base, adapter, jobs[0][0], params(jobs[0][1]))]
+        streams += [engine.stream_complete(base, adapter, p, params(i)) for p, i in jobs[1:]]
 
         def chunks():
             prompt_tokens = completion_tokens = 0
-            for index, (prompt, i) in enumerate(jobs):
-                if index >= len(open_streams):
-                    open_streams.append(engine.stream_complete(base, adapter, prompt, _params(body, i)))
-                stream = open_streams[index]
+            for index, stream in enumerate(streams):
                 for item in stream:
-                    if isinstance(item, str):
-                        yield {**head, "choices": [{"index": index, "text": item, "logprobs": None, "finish_reason": None}]}
-                    else:
+                    if hasattr(item, "finish_reason"):
                         prompt_tokens += item.prompt_tokens
                         completion_tokens += item.completion_tokens
                         yield {**head, "choices": [{"index": index, "text": "", "logprobs": None, "finish_reason": item.finish_reason}]}
+                    elif item.text or item.logprobs:
+                        yield {**head, "choices": [{"index": index, "text": item.text, "finish_reason": None,
+                                                    "logprobs": _completion_logprobs(item.logprobs) if want else None}]}
             if body.stream_options and body.stream_options.include_usage:
                 yield {**head, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)}
 
-        return _sse(chunks(), lambda: [s.close() for s in open_streams if hasattr(s, "close")])
-    results = [_checked(engine.complete, base, adapter, p, _params(body, i)) for p, i in jobs]
-    return {**head, "choices": [{"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
+        return _sse(chunks(), lambda: [s.close() for s in streams])
+
+    results = _all(engine.complete, len(jobs), lambda k: (base, adapter, jobs[k][0], params(jobs[k][1])))
+    return {**head, "choices": [{"index": i, "text": r.text, "finish_reason": r.finish_reason,
+                                 "logprobs": _completion_logprobs(r.logprobs or ()) if want else None}
                                 for i, r in enumerate(results)],
-            "usage": _usage(sum(r.prompt_tokens for r in results), sum(r.completion_tokens for r in results))}
+            "usage": _usage(sum(r.prompt_tokens for r in results[:: body.n]), sum(r.completion_tokens for r in results))}

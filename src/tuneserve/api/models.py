@@ -18,6 +18,9 @@ def _cards(request: Request, project: str) -> list[dict]:
         base = job.spec["model"]
         cards.append({"id": job.fine_tuned_model, "object": "model", "created": job.finished_at or job.created_at,
                       "owned_by": project, "root": base, "parent": job.model})
+    for adapter in catalog.runtime_adapters(project):  # loaded with /v1/load_lora_adapter (vLLM's protocol)
+        cards.append({"id": adapter["name"], "object": "model", "created": adapter["created"], "owned_by": project,
+                      "root": adapter["base"], "parent": adapter["base"]})
     return cards
 
 
@@ -34,3 +37,15 @@ def retrieve_model(request: Request, project: Project, model: str):
         if card["id"] == model:
             return card
     raise NotFound(f"The model {model!r} does not exist", param="model", code="model_not_found")
+
+
+@router.delete("/{model:path}")
+def delete_model(request: Request, project: Project, model: str):
+    """Remove a fine-tuned model from serving: it leaves /v1/models and answers 404 from then on."""
+    adapter = request.app.state.catalog.delete(project, model)
+    if request.app.state.upstream is not None:
+        request.app.state.upstream.unregister_adapter(model)
+    engine = request.app.state.engine
+    if engine is not None:
+        engine.unload_adapter(adapter)
+    return {"id": model, "object": "model", "deleted": True}

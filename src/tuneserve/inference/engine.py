@@ -1,25 +1,32 @@
 """The in-process inference engine: chat and text completion on base models and their adapters.
 
-Owns: loading each base model once (float32 on CPU, bfloat16 on CUDA), switching adapters,
-prompt building (chat template or raw prompt), generation on a worker thread, streaming with
-stop strings and cancellation, and token usage.
-Does not own: model references (models/), the adapter LRU (adapters.py), sampling parameters
-and detokenization (sampling.py), HTTP and OpenAI shapes (api/), batching (a later issue).
+Owns: loading each base model once (float32 on CPU, bfloat16 on CUDA), prompt building (chat
+template, with `tools`, or raw prompt), checking a request in the caller's thread (unknown
+model, bad adapter dir, context length: they raise before a stream starts), and handing it to
+the batcher, whose worker thread generates all concurrent requests together; streaming of
+`Delta`s, then one `Generation`; cancelling a row when its consumer leaves.
+Does not own: model references (models/), the adapter LRU (adapters.py), batching and the
+decode loop (batcher.py), token choice and logprobs (logits.py), JSON mode (json_mode.py), text
+and stop strings (sampling.py), HTTP and OpenAI shapes (api/).
 """
 
 from __future__ import annotations
 
-import queue
 import threading
+import weakref
 from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
 
-from tuneserve.inference.adapters import AdapterCache, LoadedAdapter, LoadedBase
-from tuneserve.inference.sampling import Generation, SamplingParams, TextStream, generation_config
+from tuneserve.inference.adapters import AdapterCache, LoadedBase, check_adapter_dir, load_tokenizer
+from tuneserve.inference.batcher import Batcher, EngineClosed, Request
+from tuneserve.inference.logits import Vocab
+from tuneserve.inference.sampling import Delta, Generation, SamplingParams, TokenLogprob, TopLogprob
 from tuneserve.models import resolve_model as _default_resolve
 
-__all__ = ["ContextLengthExceeded", "Engine", "Generation", "SamplingParams"]
+__all__ = [
+    "ContextLengthExceeded", "Delta", "Engine", "EngineClosed", "Generation", "SamplingParams", "TokenLogprob",
+    "TopLogprob",
+]
 
 DEFAULT_MAX_TOKENS = 512
 _FALLBACK_CONTEXT = 2048  # for configs that name no max_position_embeddings
@@ -29,156 +36,147 @@ class ContextLengthExceeded(ValueError):
     """The prompt, or the prompt plus max_tokens, does not fit in the model's context."""
 
 
-class _Cancelled:
-    """A stopping criterion: end generate() at the next token once the stream is done or closed."""
-
-    def __init__(self, stream: TextStream, out: queue.Queue, cancel: threading.Event):
-        self._stream, self._out, self._cancel = stream, out, cancel
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        # Detokenize here rather than after generate(): a stop string then ends generation at the
-        # very token that completes it, so completion_tokens does not depend on thread timing.
-        delta = self._stream.add(int(input_ids[0, -1]))
-        if delta:
-            self._out.put(delta)
-        done = self._stream.stopped or self._cancel.is_set()
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
-
-
 class Engine:
-    def __init__(self, resolve_model=_default_resolve, max_adapters: int = 8):
+    def __init__(self, resolve_model=_default_resolve, max_adapters: int = 8,
+                 adapter_budget_bytes: int = 512 * 2**20, max_batch_size: int = 16, batch_window_s: float = 0.005):
         self._resolve = resolve_model
-        self._adapters = AdapterCache(max_adapters)
+        self._adapters = AdapterCache(max_adapters, adapter_budget_bytes)
+        self._batcher = Batcher(self._adapters, max_batch_size=max_batch_size, window_s=batch_window_s)
         self._bases: dict[Path, LoadedBase] = {}
         self._paths: dict[str, Path] = {}  # reference -> resolved dir, so a hub id is resolved once
-        # One lock for all model use: loading, adapter switching and generate() each change shared
-        # module state (active adapter, PEFT layers), and the routes call us from a threadpool.
-        self._lock = threading.Lock()
+        self._adapter_tokenizers: dict[Path, object] = {}
+        self._vocabs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()  # loading base models and tokenizers (never the worker's models)
         self._closed = False
 
     # ---- the contract the routes call -------------------------------------------------------
 
-    def chat(self, base_model: str, adapter_dir: Path | None, messages: list[dict], params: SamplingParams) -> Generation:
-        return _last(self.stream_chat(base_model, adapter_dir, messages, params))
+    def chat(self, base_model: str, adapter_dir: Path | None, messages: list[dict], params: SamplingParams,
+             *, tools: list[dict] | None = None) -> Generation:
+        return _last(self.stream_chat(base_model, adapter_dir, messages, params, tools=tools))
 
     def complete(self, base_model: str, adapter_dir: Path | None, prompt: str, params: SamplingParams) -> Generation:
         return _last(self.stream_complete(base_model, adapter_dir, prompt, params))
 
-    def stream_chat(self, base_model, adapter_dir, messages, params) -> Iterator[str | Generation]:
-        """Text deltas, then exactly one Generation. Errors in the request raise here, not mid-stream."""
-        return self._stream(base_model, adapter_dir, params, lambda tok: _chat_ids(tok, messages))
+    def stream_chat(self, base_model, adapter_dir, messages, params, *, tools=None) -> Iterator[Delta | Generation]:
+        """Deltas, then exactly one Generation. Errors in the request raise here, not mid-stream."""
+        return self._stream(base_model, adapter_dir, params, lambda tok: _chat_ids(tok, messages, tools))
 
-    def stream_complete(self, base_model, adapter_dir, prompt, params) -> Iterator[str | Generation]:
+    def stream_complete(self, base_model, adapter_dir, prompt, params) -> Iterator[Delta | Generation]:
         return self._stream(base_model, adapter_dir, params, lambda tok: tok(prompt)["input_ids"])
 
     def loaded(self) -> dict:
         with self._lock:
             # Base models by the references callers used; adapters by their resolved directories.
             bases = sorted(ref for ref, path in self._paths.items() if path in self._bases)
-            return {"base_models": bases, "adapters": self._adapters.paths()}
+        return {"base_models": bases, "adapters": self._adapters.paths(),
+                "adapter_bytes": self._adapters.total_bytes()}
+
+    def unload_adapter(self, adapter_dir) -> None:
+        """Stop serving an adapter: unloaded now, or when the rows that use it finish."""
+        path = Path(adapter_dir).expanduser().resolve()
+        with self._lock:
+            self._adapter_tokenizers.pop(path, None)
+        if not self._closed:
+            self._batcher.call(lambda: self._batcher.unload(path))
 
     def close(self) -> None:
+        self._closed = True
+        self._batcher.close()
         with self._lock:
-            self._closed = True
             self._adapters.clear()
             self._bases.clear()
             self._paths.clear()
+            self._adapter_tokenizers.clear()
 
-    # ---- preparing a request ----------------------------------------------------------------
+    # ---- preparing a request (caller's thread) ------------------------------------------------
 
-    def _stream(self, base_model, adapter_dir, params: SamplingParams, encode) -> Iterator[str | Generation]:
-        # Load and tokenize now, in the caller's thread, so a bad model, adapter or prompt length
-        # raises before a streaming response has started. The worker re-checks the adapter under
-        # the lock, because another request may evict it in between.
-        with self._lock:
-            base, adapter = self._load(base_model, adapter_dir)
-            tokenizer = _tokenizer(base, adapter)
-            prompt_ids = list(encode(tokenizer))
-            max_new = _max_new_tokens(params, len(prompt_ids), base.context_length)
-        return self._generate(base_model, adapter_dir, tokenizer, prompt_ids, max_new, params)
+    def _stream(self, base_model, adapter_dir, params: SamplingParams, encode) -> Iterator[Delta | Generation]:
+        request = self._prepare(base_model, adapter_dir, params, encode)
+        self._batcher.submit(request)
+        return _results(request)
 
-    def _load(self, base_model: str, adapter_dir: Path | None) -> tuple[LoadedBase, LoadedAdapter | None]:
+    def _prepare(self, base_model, adapter_dir, params: SamplingParams, encode) -> Request:
         if self._closed:
-            raise RuntimeError("the inference engine is closed")
-        path = self._paths.get(base_model)
-        if path is None:
-            path = self._paths[base_model] = Path(self._resolve(base_model)).resolve()
-        base = self._bases.get(path)
-        if base is None:
-            base = self._bases[path] = _load_base(path)
-        adapter = self._adapters.get(base, adapter_dir) if adapter_dir is not None else None
-        return base, adapter
+            raise EngineClosed("the inference engine is closed")
+        base = self._base(base_model)
+        path = check_adapter_dir(adapter_dir) if adapter_dir is not None else None
+        adapter_tokenizer = self._adapter_tokenizer(path) if path is not None else None
+        # The adapter dir's tokenizer when it has a chat template (training saved it), else the base's.
+        tokenizer = adapter_tokenizer if adapter_tokenizer is not None and adapter_tokenizer.chat_template else base.tokenizer
+        prompt_ids = list(encode(tokenizer))
+        max_new = _max_new_tokens(params, len(prompt_ids), base.context_length)
+        if path is not None and self._adapters.lookup(base, path) is None:
+            # Load now (on the worker, between two steps), so a broken adapter fails this call.
+            self._batcher.call(lambda: self._adapters.get(base, path, self._batcher.in_use(), tokenizer=adapter_tokenizer))
+        eos = set(base.eos_ids)
+        if tokenizer.eos_token_id is not None:
+            eos.add(tokenizer.eos_token_id)
+        return Request(base=base, adapter_path=path, adapter_tokenizer=adapter_tokenizer, tokenizer=tokenizer,
+                       vocab=self._vocab(tokenizer), prompt_ids=prompt_ids, max_new=max_new, params=params,
+                       eos_ids=frozenset(eos))
 
-    # ---- generating -------------------------------------------------------------------------
-
-    def _generate(self, base_model, adapter_dir, tokenizer, prompt_ids, max_new, params) -> Iterator[str | Generation]:
-        out: queue.Queue = queue.Queue()  # unbounded: the worker never blocks on a slow consumer
-        cancel = threading.Event()
-        args = (base_model, adapter_dir, tokenizer, prompt_ids, max_new, params, out, cancel)
-        worker = threading.Thread(target=self._work, args=args, name="tuneserve-generate", daemon=True)
-        worker.start()
-        try:
-            while True:
-                item = out.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if isinstance(item, Generation):
-                    return
-        finally:
-            # Runs when the consumer closes the iterator (client disconnect) or drops it: the
-            # stopping criterion sees the flag at the next token and generate() returns.
-            cancel.set()
-
-    def _work(self, base_model, adapter_dir, tokenizer, prompt_ids, max_new, params, out, cancel) -> None:
-        try:
-            out.put(self._run(base_model, adapter_dir, tokenizer, prompt_ids, max_new, params, out, cancel))
-        except BaseException as exc:  # handed to the consumer, which re-raises it in its thread
-            out.put(exc)
-
-    def _run(self, base_model, adapter_dir, tokenizer, prompt_ids, max_new, params, out, cancel) -> Generation:
-        import torch
-        from transformers import StoppingCriteriaList
-
-        stream = TextStream(tokenizer, params.stop)
+    def _base(self, base_model: str) -> LoadedBase:
         with self._lock:
-            if cancel.is_set():  # the consumer left while we waited for the lock
-                return Generation("", "length", len(prompt_ids), 0)
-            base, adapter = self._load(base_model, adapter_dir)
-            model = base.model
-            eos_ids = _eos_ids(tokenizer, model)
-            config = generation_config(params, max_new, eos_ids, tokenizer.pad_token_id)
-            device = next(model.parameters()).device
-            input_ids = torch.tensor([prompt_ids], device=device)
-            if adapter is not None:
-                model.set_adapter(adapter.name)
-                adapters_off = nullcontext()
-            elif _is_peft(model):
-                # A base that carries adapters must not use them for a base-model request.
-                adapters_off = model.disable_adapter()
-            else:
-                adapters_off = nullcontext()
-            # Seeding the global RNG is safe under the lock; fork_rng restores it afterwards so a
-            # seeded request does not make the next unseeded one predictable.
-            devices = [device.index or 0] if device.type == "cuda" else []
-            rng = torch.random.fork_rng(devices=devices, enabled=params.seed is not None)
-            with rng, torch.inference_mode(), adapters_off:
-                if params.seed is not None:
-                    torch.manual_seed(params.seed)
-                output = model.generate(
-                    input_ids=input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    generation_config=config,
-                    stopping_criteria=StoppingCriteriaList([_Cancelled(stream, out, cancel)]),
-                )
-        completion = output[0, len(prompt_ids) :].tolist()
-        tail = stream.finish()
-        if tail:
-            out.put(tail)
-        stopped = stream.stopped or (bool(completion) and completion[-1] in eos_ids)
-        return Generation(stream.text, "stop" if stopped else "length", len(prompt_ids), len(completion))
+            path = self._paths.get(base_model)
+            if path is None:
+                path = Path(self._resolve(base_model)).resolve()
+            base = self._bases.get(path)
+            if base is None:
+                base = self._bases[path] = _load_base(path)
+            self._paths[base_model] = path
+            return base
+
+    def _adapter_tokenizer(self, path: Path):
+        with self._lock:
+            if path not in self._adapter_tokenizers:
+                self._adapter_tokenizers[path] = load_tokenizer(path)
+            return self._adapter_tokenizers[path]
+
+    def _vocab(self, tokenizer) -> Vocab:
+        with self._lock:
+            vocab = self._vocabs.get(tokenizer)
+            if vocab is None:
+                vocab = self._vocabs[tokenizer] = Vocab(tokenizer)
+            return vocab
+
+
+class _Results:
+    """The iterator a stream_* call returns: Deltas, then one Generation.
+
+    Closing it (a client disconnect) or dropping it, even before the first item, cancels the
+    row: it stops at the next decode step and its place in the batch is freed.
+    """
+
+    def __init__(self, request: Request):
+        self._request = request
+        self._done = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Delta | Generation:
+        if self._done:
+            raise StopIteration
+        item = self._request.out.get()
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        if isinstance(item, Generation):
+            self._done = True
+            self._request.cancel.set()
+        return item
+
+    def close(self) -> None:
+        self._done = True
+        self._request.cancel.set()
+
+    def __del__(self):
+        self._request.cancel.set()
+
+
+def _results(request: Request) -> Iterator[Delta | Generation]:
+    return _Results(request)
 
 
 # ---- loading and prompt helpers ------------------------------------------------------------
@@ -196,26 +194,15 @@ def _load_base(path: Path) -> LoadedBase:
     if not context:
         limit = tokenizer.model_max_length
         context = limit if limit and limit < 10**7 else _FALLBACK_CONTEXT  # "no limit" is 1e30 there
-    return LoadedBase(path=path, model=model, tokenizer=tokenizer, context_length=int(context))
+    return LoadedBase(path=path, model=model, tokenizer=tokenizer, context_length=int(context),
+                      eos_ids=tuple(_eos_ids(tokenizer, model)))
 
 
-def _is_peft(model) -> bool:
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
-
-
-def _tokenizer(base: LoadedBase, adapter: LoadedAdapter | None):
-    """The adapter dir's tokenizer when it has a chat template (training saved it), else the base's."""
-    if adapter is not None and adapter.tokenizer is not None and adapter.tokenizer.chat_template:
-        return adapter.tokenizer
-    return base.tokenizer
-
-
-def _chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+def _chat_ids(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
     if not tokenizer.chat_template:
         raise ValueError("this model has no chat template; use the completions endpoint")
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    extra = {"tools": tools} if tools else {}
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
     # The template writes the special tokens itself; adding them again would double the BOS.
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -246,7 +233,7 @@ def _eos_ids(tokenizer, model) -> list[int]:
     return ids
 
 
-def _last(stream: Iterator[str | Generation]) -> Generation:
+def _last(stream: Iterator[Delta | Generation]) -> Generation:
     for item in stream:
         if isinstance(item, Generation):
             return item

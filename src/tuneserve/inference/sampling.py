@@ -1,9 +1,10 @@
 """What a request asks the engine for, what comes back, and how generated tokens become text.
 
-Owns: `SamplingParams` and `Generation` (the engine's contract with the API routes), their
-translation into a transformers `GenerationConfig`, and `TextStream`, which turns token ids into
-text deltas that honour stop strings.
-Does not own: loading models or adapters, threads, locking (engine.py); HTTP shapes (api/).
+Owns: the engine's contract with the API routes (`SamplingParams`, `Delta`, `Generation`,
+`TokenLogprob`, `TopLogprob`), and `TextStream`, which turns token ids into text deltas that
+honour stop strings.
+Does not own: the numbers (logits.py: penalties, temperature, top_p, logprobs), JSON-mode
+constraints (json_mode.py), batching and threads (batcher.py), models (engine.py), HTTP shapes (api/).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 REPLACEMENT_CHAR = "\ufffd"  # what a byte-level tokenizer decodes half of a multi-byte character to
+MAX_TOP_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
@@ -19,33 +21,55 @@ class SamplingParams:
     temperature: float = 1.0  # 0 -> greedy
     top_p: float = 1.0
     stop: tuple[str, ...] = ()  # output is cut before the first one, finish_reason "stop"
-    seed: int | None = None  # same seed + same request -> same output
+    seed: int | None = None  # same seed + same request -> same output, whatever else shares the batch
+    presence_penalty: float = 0.0  # OpenAI: logit -= presence * (count > 0), over the row's generated tokens
+    frequency_penalty: float = 0.0  # OpenAI: logit -= frequency * count
+    logprobs: bool = False
+    top_logprobs: int = 0  # 0..20 alternatives per token (needs logprobs)
+    json_mode: bool = False  # response_format {"type": "json_object"}: the text is one JSON object
+
+    def __post_init__(self):
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its text, its log-probability and the most likely alternatives.
+
+    The log-probabilities are the log-softmax of the logits after the presence/frequency penalties
+    and the temperature (temperature 0 counts as 1), before top_p and the JSON-mode constraint: the
+    distribution the token was drawn from, before truncation. Sorted, most likely first.
+    """
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of streamed output: new text, and the logprobs of the tokens consumed since the last one."""
+
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
 class Generation:
     text: str
-    finish_reason: str  # "stop" (EOS or a stop string) | "length"
+    finish_reason: str  # "stop" (EOS, a stop string, a complete JSON object) | "length"
     prompt_tokens: int
-    completion_tokens: int
-
-
-def generation_config(params: SamplingParams, max_new_tokens: int, eos_ids: list[int], pad_id: int | None):
-    """An explicit GenerationConfig: OpenAI semantics only (temperature, top_p), none of the hub defaults."""
-    from transformers import GenerationConfig
-
-    common = dict(
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eos_ids,
-        pad_token_id=pad_id if pad_id is not None else (eos_ids[0] if eos_ids else None),
-        # transformers fills unset fields from the model's generation_config and then from global
-        # defaults (top_k=50); pin them so a hub model's repetition_penalty or top_k never leaks in.
-        repetition_penalty=1.0,
-        num_beams=1,
-    )
-    if params.temperature <= 0:
-        return GenerationConfig(do_sample=False, **common)
-    return GenerationConfig(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0, **common)
+    completion_tokens: int  # generated tokens, the EOS token included
+    logprobs: tuple[TokenLogprob, ...] | None = None  # one per text token (not the EOS), when asked
 
 
 class TextStream:

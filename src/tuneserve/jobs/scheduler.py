@@ -34,8 +34,10 @@ RESULT_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_m
 
 class Scheduler:
     def __init__(self, sessions: sessionmaker[Session], files: FileService, jobs_dir: Path, *,
-                 max_concurrent: int = 1, poll_interval_s: float = 0.5, runner: LocalRunner | None = None):
+                 max_concurrent: int = 1, poll_interval_s: float = 0.5, runner: LocalRunner | None = None,
+                 upstream=None):
         self.sessions = sessions
+        self.upstream = upstream  # inference.upstream.Upstream: each new fine-tuned adapter is registered there
         self.files = files
         self.jobs_dir = jobs_dir
         self.max_concurrent = max_concurrent
@@ -233,6 +235,8 @@ class Scheduler:
             ))
         results = self.files.create_bytes(job.project, f"{job_id}-results.csv", "fine-tune-results", _results_csv(metrics))
         name = model_name_for(job)
+        # Register with the upstream before the job says succeeded, so the model answers as soon as it is listed.
+        upstream_warning = self._register_upstream(name, (self.jobs_dir / job_id / "final").resolve())
         with self.sessions.begin() as session:
             done = session.execute(
                 update(Job).where(Job.id == job_id, Job.status == states.RUNNING).values(
@@ -240,8 +244,33 @@ class Scheduler:
                     result_files=[results.id], finished_at=now(), estimated_finish=None, runner_pid=None)
             ).rowcount
             if done:
+                if upstream_warning:
+                    add_event(session, job_id, upstream_warning, level="warn")
+                elif self.upstream is not None:
+                    add_event(session, job_id, f"Registered {name} with the inference server at {self.upstream.base_url}")
                 add_event(session, job_id, f"New fine-tuned model created: {name}")
                 add_event(session, job_id, "The job has successfully completed")
+        if not done and self.upstream is not None and not upstream_warning:
+            self._unregister_upstream(name)  # cancelled meanwhile
+
+    def _register_upstream(self, name: str, adapter: Path) -> str | None:
+        """Load the adapter into the upstream vLLM; a warning message if that fails (the job still succeeds,
+        and the first request for the model registers it again)."""
+        if self.upstream is None:
+            return None
+        try:
+            self.upstream.register_adapter(name, adapter)
+            return None
+        except Exception as exc:  # the training succeeded: a serving problem must not fail the job
+            log.warning("registering %s with %s failed: %s", name, self.upstream.base_url, exc)
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            return f"Could not register {name} with the inference server at {self.upstream.base_url}: {message}"
+
+    def _unregister_upstream(self, name: str) -> None:
+        try:
+            self.upstream.unregister_adapter(name)
+        except Exception as exc:
+            log.warning("unregistering %s from %s failed: %s", name, self.upstream.base_url, exc)
 
     def _finish_failed(self, job_id: str, reason: str) -> None:
         with self.sessions.begin() as session:

@@ -7,7 +7,7 @@ it from there. Every status change writes an event.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -32,11 +32,13 @@ def add_event(session: Session, job_id: str, message: str, *, level: str = "info
 
 
 class JobService:
-    def __init__(self, sessions: sessionmaker[Session], files: FileService, catalog: ModelCatalog, jobs_dir: Path):
+    def __init__(self, sessions: sessionmaker[Session], files: FileService, catalog: ModelCatalog, jobs_dir: Path,
+                 preflight: Callable[[TrainingSpec], None] | None = None):
         self.sessions = sessions
         self.files = files
         self.catalog = catalog
         self.jobs_dir = jobs_dir
+        self.preflight = preflight  # e.g. jobs.preflight.check_spec_for_vllm: refuse what the serving engine would
 
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id
@@ -87,6 +89,8 @@ class JobService:
             raise InvalidRequest(f"{param}: {error['msg']}", param=param, code="invalid_hyperparameters") from None
         except (TypeError, ValueError) as exc:
             raise InvalidRequest(f"invalid job parameters: {exc}", code="invalid_hyperparameters") from None
+        if self.preflight is not None:
+            self.preflight(spec)  # InvalidRequest (400, adapter_rejected_by_upstream) before anything is saved
         hp_public = {"n_epochs": hyperparameters.n_epochs, "batch_size": hyperparameters.batch_size,
                      "learning_rate_multiplier": hyperparameters.learning_rate_multiplier}
         job = Job(

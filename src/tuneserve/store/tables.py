@@ -63,6 +63,7 @@ class Job(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    model_deleted_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # removed from serving
     idempotency_key: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
     # Runner bookkeeping: which attempt, which process, how far the event file was read.
     attempts: Mapped[int] = mapped_column(Integer, default=0)

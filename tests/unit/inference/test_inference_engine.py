@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tuneserve.inference.engine import ContextLengthExceeded, Engine, Generation, SamplingParams
+from tuneserve.inference.engine import ContextLengthExceeded, Delta, Engine, Generation, SamplingParams
 from tuneserve.models import BUILTIN_SMOLLM2, resolve_model
 
 MESSAGES = [{"role": "user", "content": "Tell me a story about a cat."}]
@@ -16,13 +16,9 @@ GREEDY = SamplingParams(temperature=0, max_tokens=24)
 
 def _collect(stream):
     items = list(stream)
-    assert all(isinstance(item, str) and item for item in items[:-1])
+    assert all(isinstance(item, Delta) and item.text for item in items[:-1])
     assert isinstance(items[-1], Generation)
-    return items[:-1], items[-1]
-
-
-def _generate_threads():
-    return [t for t in threading.enumerate() if t.name == "tuneserve-generate" and t.is_alive()]
+    return [item.text for item in items[:-1]], items[-1]
 
 
 def test_greedy_is_deterministic_and_streaming_matches(engine, tiny):
@@ -97,18 +93,18 @@ def test_context_length_is_checked_before_streaming_starts(engine, tiny):
         engine.complete(tiny, None, "word " * 3000, SamplingParams())
 
 
-def test_closing_a_stream_stops_the_generation_thread(engine, tiny):
+def test_closing_a_stream_stops_its_row(engine, tiny):
     stream = engine.stream_complete(tiny, None, "Once upon a time", SamplingParams(temperature=0, max_tokens=2000))
-    assert isinstance(next(stream), str)
-    assert _generate_threads()
+    assert isinstance(next(stream), Delta)
+    assert engine._batcher.active_rows() == 1
     stream.close()
-    # Running to max_tokens takes several seconds even on the tiny model; a cancelled one ends
-    # at the next token.
+    # Running to max_tokens takes several seconds even on the tiny model; a cancelled row ends
+    # at the next step.
     deadline = time.monotonic() + 1.5
-    while _generate_threads() and time.monotonic() < deadline:
+    while engine._batcher.active_rows() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not _generate_threads()
-    # The lock was released: the next request runs.
+    assert engine._batcher.active_rows() == 0
+    # The engine is healthy: the next request runs.
     assert engine.chat(tiny, None, MESSAGES, SamplingParams(temperature=0, max_tokens=2)).completion_tokens == 2
 
 

@@ -1,0 +1,130 @@
+"""vLLM's runtime adapter protocol, spoken by tuneserve itself, and the proxy to an upstream vLLM.
+
+- `router`: `POST /v1/load_lora_adapter {"lora_name", "lora_path"}` serves a PEFT adapter directory
+  under a model name (the base model comes from its adapter_config.json); `POST /v1/unload_lora_adapter
+  {"lora_name"}` stops serving it. Answers as vLLM does: 200 with a plain-text "Success: ..." line;
+  errors in OpenAI's envelope (400 already loaded / bad directory, 404 unknown base model or adapter).
+  An adapter belongs to the caller's project (its API key), as fine-tuned models do.
+- `proxy_router` (with `--inference-backend vllm`): `/v1/chat/completions` and `/v1/completions` send
+  the request JSON as it came to the upstream and return its answer as it is (SSE bytes unchanged).
+  A fine-tuned model of the caller's project that the upstream does not know yet (restarted, or its
+  registration failed) is registered on the spot and the request retried once.
+Does not own: the HTTP client (inference/upstream.py) nor the model catalog (jobs/catalog.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from tuneserve.api.deps import Project
+from tuneserve.errors import InvalidRequest, NotFound
+from tuneserve.ids import now
+from tuneserve.inference.upstream import UpstreamError
+
+router = APIRouter(prefix="/v1", tags=["adapters"])
+proxy_router = APIRouter(prefix="/v1", tags=["inference"])
+
+
+class LoadLoraAdapterRequest(BaseModel):
+    lora_name: str = Field(min_length=1, max_length=256)
+    lora_path: str = Field(min_length=1)
+    load_inplace: bool = Field(False, description="Replace an adapter already loaded under this name (vLLM >= 0.10).")
+
+
+class UnloadLoraAdapterRequest(BaseModel):
+    lora_name: str = Field(min_length=1)
+
+
+@router.post("/load_lora_adapter", response_class=PlainTextResponse)
+def load_lora_adapter(request: Request, project: Project, body: LoadLoraAdapterRequest):
+    """Serve the PEFT adapter at `lora_path` as the model `lora_name` (vLLM's runtime LoRA loading)."""
+    from tuneserve.jobs.preflight import read_adapter_config
+    from tuneserve.models import ModelNotFound, check_model
+
+    path = Path(body.lora_path).expanduser()
+    config = read_adapter_config(path)
+    ref = config.get("base_model_name_or_path")
+    if not ref:
+        raise InvalidRequest(f"{path / 'adapter_config.json'} names no base_model_name_or_path", param="lora_path",
+                             code="invalid_adapter")
+    try:
+        base = check_model(str(ref))
+    except ModelNotFound as exc:
+        raise NotFound(f"The base model {ref!r} of this adapter does not exist here: {exc}", param="lora_path",
+                       code="model_not_found") from None
+    registry = request.app.state.runtime_adapters
+    if not registry.add(project, body.lora_name, base, path.resolve(), replace=body.load_inplace, created=now()):
+        raise InvalidRequest(f"The lora adapter '{body.lora_name}' has already been loaded.", param="lora_name",
+                             code="adapter_already_loaded")
+    return f"Success: LoRA adapter '{body.lora_name}' added successfully."
+
+
+@router.post("/unload_lora_adapter", response_class=PlainTextResponse)
+def unload_lora_adapter(request: Request, project: Project, body: UnloadLoraAdapterRequest):
+    """Stop serving an adapter loaded with /v1/load_lora_adapter."""
+    if not request.app.state.runtime_adapters.remove(project, body.lora_name):
+        raise NotFound(f"The lora adapter '{body.lora_name}' cannot be found.", param="lora_name", code="adapter_not_found")
+    return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
+
+
+# -- the proxy ------------------------------------------------------------------------------
+
+async def _json_body(request: Request) -> dict:
+    try:
+        body = json.loads(await request.body())
+    except ValueError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object", code="invalid_value")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise InvalidRequest("Invalid value for 'model': a model name is required", param="model", code="invalid_value")
+    return body
+
+
+def _own_adapter(request: Request, project: str, model: str) -> Path | None:
+    """A fine-tuned model (or checkpoint) must be the caller's: 404 otherwise, before anything is sent.
+    Other names (the upstream's base models and adapters) are the upstream's to resolve."""
+    if not model.startswith("ft:"):
+        return None
+    _base, adapter = request.app.state.catalog.lookup(project, model)
+    return adapter
+
+
+async def _proxy(request: Request, project: str, path: str):
+    from starlette.concurrency import run_in_threadpool
+
+    body = await _json_body(request)
+    upstream = request.app.state.upstream
+    adapter = await run_in_threadpool(_own_adapter, request, project, body["model"])
+    for attempt in (0, 1):
+        try:
+            if body.get("stream"):
+                chunks = await upstream.astream(path, body)
+                return StreamingResponse(chunks, media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            answer = await upstream.aforward(path, body)
+            return Response(answer.content, status_code=answer.status_code,
+                            media_type=answer.headers.get("content-type", "application/json"))
+        except UpstreamError as exc:
+            if exc.status != 404 or adapter is None or attempt:
+                raise
+            # The upstream does not know this fine-tuned model (it restarted, or registering it failed): register, retry.
+            await run_in_threadpool(upstream.register_adapter, body["model"], adapter.resolve())
+    raise AssertionError("unreachable")
+
+
+@proxy_router.post("/chat/completions")
+async def chat_completions(request: Request, project: Project):
+    """Chat completions, answered by the upstream inference server (the request JSON is passed as it is)."""
+    return await _proxy(request, project, "/v1/chat/completions")
+
+
+@proxy_router.post("/completions")
+async def completions(request: Request, project: Project):
+    """Text completions, answered by the upstream inference server."""
+    return await _proxy(request, project, "/v1/completions")

@@ -1,0 +1,58 @@
+"""GET /v1/fine_tuning/jobs/{job_id}/download: a fine-tuned model as a tar.gz (a tuneserve extension).
+
+OpenAI has no such route; Together offers one (`/v1/finetune/download`). tuneserve serves a
+succeeded job's model in two forms:
+
+- `type=adapter`: the PEFT adapter directory (adapter_model.safetensors, adapter_config.json,
+  tokenizer and chat template) that vLLM and PEFT load as it is; `checkpoint_step=N` picks the
+  checkpoint of step N instead of the final adapter;
+- `type=merged`: the base model with the adapter merged in, plain safetensors weights with the
+  same tokenizer, chat template and generation_config, that `AutoModelForCausalLM.from_pretrained`
+  loads without PEFT. It is built once and cached in JOB_DIR/exports/.
+
+Both come as `application/gzip` named `{job_id}-{type}.tar.gz` with a Content-Length, under one
+top-level folder of the same name. The job must belong to the caller's project (404 otherwise)
+and have succeeded (400 `job_not_succeeded` otherwise). Exporting (torch) is imported on first use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse
+
+from tuneserve.api.deps import Project
+from tuneserve.errors import InvalidRequest, NotFound
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+
+
+@router.get("/{job_id}/download")
+def download_model(request: Request, project: Project, job_id: str,
+                   type: Literal["adapter", "merged"] = Query("adapter", description="adapter (PEFT tar.gz) or merged (full weights)"),
+                   checkpoint_step: int | None = Query(None, ge=1, description="a checkpoint's step instead of the final model")):
+    """Download the fine-tuned model as a tar.gz: its adapter, or merged full weights (a tuneserve extension)."""
+    jobs = request.app.state.jobs
+    job = jobs.get(project, job_id)  # NotFound for another project's job
+    if job.status != "succeeded":
+        raise InvalidRequest(f"Job {job_id} has status {job.status!r}; only a succeeded job can be downloaded",
+                             param="fine_tuning_job_id", code="job_not_succeeded")
+    job_dir: Path = jobs.job_dir(job_id)
+    adapter = job_dir / "final" if checkpoint_step is None else job_dir / "checkpoints" / f"step-{checkpoint_step}"
+    if not (adapter / "adapter_config.json").is_file():
+        what = "final adapter" if checkpoint_step is None else f"checkpoint at step {checkpoint_step}"
+        raise NotFound(f"Job {job_id} has no {what}", param="checkpoint_step" if checkpoint_step else "fine_tuning_job_id",
+                       code="checkpoint_not_found" if checkpoint_step else "not_found")
+
+    from tuneserve import export
+
+    name = f"{job_id}-{type}"
+    cached = job_dir / "exports" / (f"{name}.tar.gz" if checkpoint_step is None else f"{name}-step-{checkpoint_step}.tar.gz")
+    if not cached.is_file():
+        if type == "adapter":
+            export.export_adapter(adapter, cached, top=name)
+        else:
+            export.merged_tarball(adapter, job.spec["model"], cached, top=name)
+    return FileResponse(cached, media_type="application/gzip", filename=f"{name}.tar.gz")
