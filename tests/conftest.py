@@ -87,6 +87,16 @@ def wait_for_status(client, job_id: str, statuses: set[str], timeout_s: float = 
     raise AssertionError(f"job {job_id} still {job.status} after {timeout_s}s")
 
 
+def fine_tune_tiny(client, data: bytes, suffix: str, *, timeout_s: float = 240, **hyperparameters):
+    """Upload `data` and fine-tune the tiny model on it to success (batch 4 unless given)."""
+    file = client.files.create(file=(f"{suffix}.jsonl", data), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model=TINY, training_file=file.id, suffix=suffix,
+                                         hyperparameters={"batch_size": 4, **hyperparameters})
+    job = wait_for_status(client, job.id, {"succeeded", "failed"}, timeout_s=timeout_s)
+    assert job.status == "succeeded", job.error
+    return job
+
+
 def chat_jsonl(n: int, *, answer: str = "The capital of Zorbia is Quillton.") -> bytes:
     import json
 

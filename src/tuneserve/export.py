@@ -134,6 +134,7 @@ def export_merged(adapter_dir: Path, base_model: str, out_dir: Path, *, dtype=No
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tuneserve.atomic import write_dir_atomically
     from tuneserve.models import resolve_model
 
     adapter_dir = check_adapter_dir(adapter_dir)
@@ -148,10 +149,7 @@ def export_merged(adapter_dir: Path, base_model: str, out_dir: Path, *, dtype=No
     tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else model_dir
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(out_dir)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    def write(tmp: Path) -> None:
         merged.save_pretrained(tmp)  # safetensors (the only format transformers 5 writes) + config + generation_config
         tokenizer.save_pretrained(tmp)
         template = tokenizer_dir / "chat_template.jinja"
@@ -159,16 +157,8 @@ def export_merged(adapter_dir: Path, base_model: str, out_dir: Path, *, dtype=No
             shutil.copy2(template, tmp / "chat_template.jinja")
         if not any(tmp.glob("*.safetensors")):
             raise ExportError("the merged model was not saved as safetensors")
-        if out_dir.exists():
-            old = _tmp_sibling(out_dir, "old")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_dir_atomically(out_dir, write)
     return out_dir
 
 

@@ -3,20 +3,14 @@
 import openai
 import pytest
 
-from tests.conftest import TINY, chat_jsonl, wait_for_status
+from tests.conftest import TINY, chat_jsonl, fine_tune_tiny
 
 QUESTION = [{"role": "user", "content": "Question 3: what is the capital of Zorbia?"}]
 
 
 @pytest.fixture(scope="module")
 def tuned(server):
-    client = server.client()
-    file = client.files.create(file=("zorbia.jsonl", chat_jsonl(16)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=file.id, suffix="infer",
-                                         hyperparameters={"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 10})
-    job = wait_for_status(client, job.id, {"succeeded", "failed"}, timeout_s=180)
-    assert job.status == "succeeded", job.error
-    return job
+    return fine_tune_tiny(server.client(), chat_jsonl(16), "infer", n_epochs=3, learning_rate_multiplier=10)
 
 
 def greedy(client, model, messages=QUESTION, **kw):

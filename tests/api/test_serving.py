@@ -7,20 +7,11 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import TINY, chat_jsonl, wait_for_status
+from tests.conftest import TINY, chat_jsonl, fine_tune_tiny
 
 ASK = [{"role": "user", "content": "Question 3: what is the capital of Zorbia?"}]
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                                  "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
-
-
-def train(client, data: bytes, name: str, **hp):
-    file = client.files.create(file=(name, data), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=file.id, suffix=name.split(".")[0],
-                                         hyperparameters={"batch_size": 4, **hp})
-    job = wait_for_status(client, job.id, {"succeeded", "failed"}, timeout_s=240)
-    assert job.status == "succeeded", job.error
-    return job
 
 
 def test_chat_logprobs_and_top_logprobs(client):
@@ -77,7 +68,7 @@ def test_tool_calls_are_parsed_back(client):
     line = json.dumps({"messages": [{"role": "user", "content": "What is the weather in Paris?"},
                                     {"role": "assistant", "content": "", "tool_calls": [call]}],
                        "tools": [WEATHER_TOOL]})
-    job = train(client, (line + "\n").encode() * 12, "weather.jsonl", n_epochs=30, learning_rate_multiplier=10)
+    job = fine_tune_tiny(client, (line + "\n").encode() * 12, "weather", n_epochs=30, learning_rate_multiplier=10)
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
     reply = client.chat.completions.create(model=job.fine_tuned_model, messages=messages, tools=[WEATHER_TOOL],
                                            temperature=0, max_tokens=40)
@@ -93,7 +84,7 @@ def test_tool_calls_are_parsed_back(client):
 
 
 def test_delete_fine_tuned_model(client):
-    job = train(client, chat_jsonl(12), "deleteme.jsonl", n_epochs=1)
+    job = fine_tune_tiny(client, chat_jsonl(12), "deleteme", n_epochs=1)
     assert client.chat.completions.create(model=job.fine_tuned_model, messages=ASK, max_tokens=3).choices
     deleted = client.models.delete(job.fine_tuned_model)
     assert deleted.deleted is True and deleted.id == job.fine_tuned_model

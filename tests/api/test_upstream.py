@@ -11,7 +11,6 @@ that key. The proof that B answers, not A: B unloads the adapter and A's next ca
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 

@@ -2,9 +2,6 @@
 real `tuneserve serve` process: upload, fine-tune, watch, paginate, cancel, chat, complete."""
 
 import json
-import os
-import subprocess
-import time
 
 import pytest
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -134,15 +133,9 @@ def resolve_model(ref: str) -> Path:
 
 def _build_into(target: Path, build) -> None:
     """Build in a temporary directory and rename it into place: a crash leaves no half model."""
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        build(tmp)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    from tuneserve.atomic import write_dir_atomically
+
+    write_dir_atomically(target, build)
 
 
 def _load_smollm2_tokenizer():

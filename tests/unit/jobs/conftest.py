@@ -7,7 +7,6 @@ The database fixtures (engine, sessions, files) come from tests/unit/conftest.py
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 

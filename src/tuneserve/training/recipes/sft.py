@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +48,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tuneserve.data.records import DataError, PreferenceExample, Record
 from tuneserve.models import resolve_model
+from tuneserve.atomic import write_dir_atomically
 from tuneserve.training.events import EventWriter
 from tuneserve.training.formatting import IGNORE_INDEX, Formatted, format_examples
 from tuneserve.training.spec import TrainingSpec
@@ -419,23 +418,8 @@ def _save_adapter(directory: Path, model: PeftModel, tokenizer: Any, spec: Train
 
 
 def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    """Write into a temporary sibling, then rename: readers see the old directory or the complete new one."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        write(tmp)
-        if target.exists():  # a rerun replaces it; keep the old one until the new one is in place
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    """Readers (and a resumed run) see the old directory or the complete new one."""
+    write_dir_atomically(target, write)
 
 
 # --- progress -----------------------------------------------------------------------------------
