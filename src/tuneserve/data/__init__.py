@@ -8,8 +8,8 @@ or storage of uploads (store/).
 
 from pathlib import Path
 
-from tuneserve.data.formats import FORMATS, DataWarning, detect_format, iter_examples, load_examples, scan_records
-from tuneserve.data.records import DataError, Example, PreferenceExample, Record, TextExample
+from tuneserve.data.formats import FORMATS, detect_format, iter_examples, load_examples, scan_records
+from tuneserve.data.records import DataError, DataWarning, Example, PreferenceExample, Record, TextExample
 from tuneserve.data.validation import LineError, ValidationReport, validate_file
 
 

@@ -1,6 +1,6 @@
 """Reading training files and normalizing every supported format to canonical records.
 
-Owns: the containers (JSONL, one JSON array, Parquet), format detection, normalization to
+Owns: format detection, normalization to
 `Example` / `PreferenceExample` / `TextExample` (records.py), and every per-record check, each
 failure a `DataError` naming the line and the field path (`messages[2].content`). Does not own:
 the report that collects them (validation.py), tokenization (training/formatting.py, tokens.py).
@@ -20,14 +20,7 @@ Formats (detected per record by its keys; a file holds one format; `FORMATS` lis
     sharegpt_dpo       {"conversations": [turns], "chosen": {"from": "gpt", "value"}, "rejected": ...}
     opea_dpo           {"system"?, "question": str, "chosen": str, "rejected": str}     (OPEA)
 
-Containers, chosen by content, not by name:
-  Parquet     the magic bytes "PAR1" (pyarrow; rows become dicts; a null column value counts as absent).
-  JSON array  the first non-blank character is "[". The array is loaded whole (one `json.loads`):
-              record numbers are item numbers. JSON arrays are the small-data container (alpaca,
-              LLaMA-Factory); large data comes as JSONL or Parquet, which stream.
-  JSONL       anything else: one JSON object per line, blank lines skipped, numbers are line numbers.
-  A name ending .jsonl / .json / .parquet that disagrees with the content is a `container_mismatch`
-  warning, not an error: we read both JSON containers, so refusing would only annoy.
+Containers (JSONL, one JSON array, Parquet) are read by containers.py.
 
 Decisions, and why:
 - Roles. "developer" (OpenAI's newer name) becomes "system". The deprecated "function" role
@@ -61,14 +54,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tuneserve.data.records import DataError, Example, PreferenceExample, Record, TextExample
+from tuneserve.data.containers import clip, open_records
+from tuneserve.data.records import DataError, DataWarning, Example, PreferenceExample, Record, TextExample, Warn
 
 ROLES = ("system", "user", "assistant", "tool")
 ROLE_ALIASES = {"developer": "system", "function": "tool"}
 SFT_FORMATS = ("chat", "prompt_completion", "alpaca", "sharegpt")
 PREFERENCE_FORMATS = ("openai_dpo", "chosen_rejected", "sharegpt_dpo", "opea_dpo")
 FORMATS = (*SFT_FORMATS, "text", *PREFERENCE_FORMATS)
-CONTAINERS = ("jsonl", "json", "parquet")
 
 # Top-level keys each format knows; others are warned about and dropped. "id" is ignored everywhere.
 FORMAT_KEYS = {
@@ -91,24 +84,8 @@ SHAREGPT_ROLES = {
     "function_call": "assistant",  # an assistant turn that calls tools: value is {"name", "arguments"} JSON
     "observation": "tool", "tool": "tool",  # the answer to the previous call
 }
-EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
-_SNIFF = 4096
-_BOM = b"\xef\xbb\xbf"
 
 
-@dataclass
-class DataWarning:
-    """Something worth fixing that does not stop training (the report lists it)."""
-
-    line: int | None
-    code: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.message}" if self.line is not None else self.message
-
-
-Warn = Callable[[DataWarning], None]
 
 
 def kind_of(fmt: str | None) -> str | None:
@@ -116,137 +93,6 @@ def kind_of(fmt: str | None) -> str | None:
     if fmt is None:
         return None
     return "preference" if fmt in PREFERENCE_FORMATS else "text" if fmt == "text" else "sft"
-
-
-# --- containers ---------------------------------------------------------------------------------
-
-
-def open_records(path: str | Path, *, warn: Warn | None = None, name: str | None = None) -> tuple[str, Iterator[tuple[int, Any]]]:
-    """Sniff the container and return it with an iterator of (line or item number, value).
-
-    File-level problems found by sniffing (empty, binary, UTF-16) raise DataError now; the rest
-    (broken JSON, bad bytes further on) raise from the iterator, naming the line. `name` is the
-    file's name as the user gave it, for the extension check (default: the path's own name).
-    """
-    path = Path(path)
-    warn = warn or (lambda w: None)
-    with path.open("rb") as f:
-        head = f.read(_SNIFF)
-        first = _first_non_blank(f, head)
-    if head.startswith(b"PAR1"):
-        container = "parquet"
-    else:
-        if first is None:
-            raise DataError("the file is empty", code="empty_file")
-        if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-            raise DataError("the file is UTF-16 encoded; save it as UTF-8", code="invalid_file_encoding")
-        if b"\x00" in head:
-            raise DataError("the file is binary, not UTF-8 JSON text (nor Parquet)", code="invalid_file_encoding")
-        if head.startswith(_BOM):
-            warn(DataWarning(1, "utf8_bom", "the file starts with a UTF-8 byte order mark; it was skipped"))
-        container = "json" if first == b"[" else "jsonl"
-    expected = EXTENSIONS.get(Path(name or path.name).suffix.lower())
-    if expected and expected != container:
-        warn(DataWarning(None, "container_mismatch", f"the file is named {expected.upper()} but holds {_CONTAINER_NAMES[container]}; read as {container}"))
-    reader = {"parquet": _read_parquet, "json": _read_json_array, "jsonl": _read_jsonl}[container]
-    return container, reader(path)
-
-
-_CONTAINER_NAMES = {"parquet": "Parquet", "json": "one JSON array", "jsonl": "JSON lines"}
-
-
-def _first_non_blank(f: Any, head: bytes) -> bytes | None:
-    """The first byte that is not whitespace (after a BOM), reading on past the sniff if needed."""
-    chunk = head.removeprefix(_BOM)
-    while chunk:
-        stripped = chunk.lstrip()
-        if stripped:
-            return stripped[:1]
-        chunk = f.read(1 << 20)
-    return None
-
-
-def read_records(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line or item number, parsed value) from a JSONL, JSON array or Parquet file.
-
-    Raises DataError for an empty or binary file, undecodable bytes or broken JSON, naming the line.
-    """
-    return open_records(path)[1]
-
-
-def _decode(raw: bytes, line: int) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not valid UTF-8 (byte {exc.start + 1} of the line is 0x{raw[exc.start]:02x})", line=line, code="invalid_file_encoding") from None
-
-
-def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if number == 1:
-                raw = raw.removeprefix(_BOM)
-            if b"\x00" in raw:
-                raise DataError("binary data (NUL byte)", line=number, code="invalid_file_encoding")
-            text = _decode(raw, number).strip()
-            if not text:
-                continue
-            try:
-                yield number, json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise DataError(_json_error(exc, text), line=number, code="invalid_json") from None
-            except RecursionError:
-                raise DataError("invalid JSON: nested too deeply", line=number, code="invalid_json") from None
-
-
-def _json_error(exc: json.JSONDecodeError, text: str) -> str:
-    """The decoder's message with a column, never the line itself (which may be 10 MB)."""
-    if exc.pos >= len(text) and text[:1] in "{[":
-        return ("invalid JSON: the object is not closed on this line. Is one JSON object spread over several lines "
-                "(pretty-printed)? JSONL needs each object on one line")
-    return f"invalid JSON: {exc.msg} (column {exc.colno})"
-
-
-def _read_json_array(path: Path) -> Iterator[tuple[int, Any]]:
-    raw = path.read_bytes()
-    skip = len(_BOM) if raw.startswith(_BOM) else 0
-    try:
-        text = raw[skip:].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        at = skip + exc.start
-        line = raw[:at].count(b"\n") + 1
-        raise DataError(f"not valid UTF-8 (byte 0x{raw[at]:02x})", line=line, code="invalid_file_encoding") from None
-    del raw
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno, code="invalid_json") from None
-    except RecursionError:
-        raise DataError("invalid JSON: nested too deeply", code="invalid_json") from None
-    del text
-    if not isinstance(items, list):  # unreachable for a file that starts with "[", kept for safety
-        raise DataError("a JSON file must hold an array of records", code="invalid_json")
-    for number, item in enumerate(items, start=1):
-        yield number, item
-
-
-def _read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:  # pragma: no cover - pyarrow is a dependency
-        raise DataError("reading Parquet needs the pyarrow package (pip install pyarrow)", code="invalid_file_format") from None
-    try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
-        number = 0
-        for batch in batches:
-            for row in batch.to_pylist():
-                number += 1
-                # every row has every column: a null means "absent" in this row
-                yield number, {k: v for k, v in row.items() if v is not None}
-    except DataError:
-        raise
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise DataError(f"not a readable Parquet file: {_clip(str(exc), 200)}", code="invalid_parquet") from None
 
 
 # --- detection ----------------------------------------------------------------------------------
@@ -280,7 +126,7 @@ def detect_format(record: Any) -> str | None:
 def unknown_format_message(record: Any) -> str:
     if not isinstance(record, dict):
         return f"expected a JSON object, got {_jtype(record)}"
-    keys = ", ".join(_clip(str(k), 40) for k in sorted(record)[:8]) or "none"
+    keys = ", ".join(clip(str(k), 40) for k in sorted(record)[:8]) or "none"
     return (f"unknown record format (keys: {keys}); expected 'messages', 'prompt'+'completion', "
             "'instruction'+'output', 'conversations', 'text', or a preference pair ('chosen'+'rejected', "
             "'preferred_output'+'non_preferred_output')")
@@ -300,7 +146,7 @@ def normalize(record: dict[str, Any], fmt: str, line: int, *, warn: Warn | None 
         raise DataError(f"unknown format {fmt!r}", line=line, code="unknown_format")
     for key in record:
         if key not in known and key not in IGNORED_KEYS:
-            ctx.warn("unknown_key", f"unknown key {_clip(str(key), 40)!r} for the {fmt} format; it is ignored")
+            ctx.warn("unknown_key", f"unknown key {clip(str(key), 40)!r} for the {fmt} format; it is ignored")
     if fmt == "text":
         text = ctx.string(record, "text", "text")
         if not text.strip():
@@ -376,7 +222,7 @@ def _message(message: Any, path: str, ctx: _Ctx, *, default_role: str | None = N
         raise ctx.error("unknown_role", f"{path}.role: unknown role {_short(role)} (expected one of system, user, assistant, tool)")
     for key in message:
         if key not in MESSAGE_KEYS:
-            ctx.warn("unknown_message_key", f"{path}.{_clip(str(key), 40)} is not a message key; it is ignored")
+            ctx.warn("unknown_message_key", f"{path}.{clip(str(key), 40)} is not a message key; it is ignored")
     calls = _tool_calls(message, path, ctx)
     if calls and role != "assistant":
         raise ctx.error("invalid_tool_calls", f"{path} is a {role} message; only assistant messages call tools")
@@ -581,7 +427,7 @@ def _sharegpt_turn(turn: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
         raise ctx.error("unknown_role", f"{path}.from: unknown role {_short(source)} (expected one of {expected})")
     for key in turn:
         if key not in ("from", "value"):
-            ctx.warn("unknown_message_key", f"{path}.{_clip(str(key), 40)} is not a turn key; it is ignored")
+            ctx.warn("unknown_message_key", f"{path}.{clip(str(key), 40)} is not a turn key; it is ignored")
     value = ctx.string(turn, "value", f"{path}.value")
     if source != "function_call":
         return {"role": SHAREGPT_ROLES[source], "content": value}
@@ -603,7 +449,7 @@ def _preference(record: dict[str, Any], fmt: str, ctx: _Ctx) -> PreferenceExampl
             raise ctx.error("invalid_messages", f"input must be an object with 'messages', got {_jtype(given)}")
         for key in given:
             if key not in ("messages", "tools", "parallel_tool_calls", "functions"):
-                ctx.warn("unknown_key", f"unknown key input.{_clip(str(key), 40)}; it is ignored")
+                ctx.warn("unknown_key", f"unknown key input.{clip(str(key), 40)}; it is ignored")
         prompt, paths = _messages(given.get("messages"), "input.messages", ctx)
         tools = _tools(given.get("tools"), "input.tools", ctx) + _tools(given.get("functions"), "input.functions", ctx)
         chosen = _answer(record, ("preferred_output", "preferred_completion"), ctx)
@@ -704,7 +550,7 @@ def scan_records(
                 on_error(exc)
             except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
                 # a shape no rule foresaw: report it on its line rather than fail the upload with a 5xx
-                error = DataError(f"this record could not be read ({type(exc).__name__}: {_clip(str(exc), 120)})", line=line, code="invalid_record")
+                error = DataError(f"this record could not be read ({type(exc).__name__}: {clip(str(exc), 120)})", line=line, code="invalid_record")
                 if on_error is None:
                     raise error from exc
                 on_error(error)
@@ -759,10 +605,6 @@ def _jtype(value: Any) -> str:
     return type(value).__name__
 
 
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _short(value: Any) -> str:
     """repr, clipped: error messages never echo a huge value."""
-    return _clip(repr(value), 60)
+    return clip(repr(value), 60)

@@ -10,7 +10,7 @@ Three kinds of record:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 Kind = Literal["sft", "preference", "text"]
 
@@ -66,3 +66,18 @@ class DataError(ValueError):
         self.line = line
         self.code = code
         super().__init__(f"line {line}: {message}" if line is not None else message)
+
+
+@dataclass
+class DataWarning:
+    """Something worth fixing that does not stop training (the report lists it)."""
+
+    line: int | None
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}" if self.line is not None else self.message
+
+
+Warn = Callable[[DataWarning], None]

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from tuneserve.data.formats import DataWarning, ScanState, kind_of, scan_records
+from tuneserve.data.formats import ScanState, kind_of, scan_records
+from tuneserve.data.records import DataWarning
 from tuneserve.data.records import DataError, Example, PreferenceExample, Record, TextExample
 
 MAX_LISTED_ERRORS = 20

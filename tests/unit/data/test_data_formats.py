@@ -7,7 +7,8 @@ import json
 import pytest
 
 from tuneserve.data import DataError, Example, PreferenceExample, count_examples, iter_examples, load_examples
-from tuneserve.data.formats import detect_format, normalize, read_records
+from tuneserve.data.containers import read_records
+from tuneserve.data.formats import detect_format, normalize
 
 
 def u(text):

@@ -12,7 +12,7 @@ from tuneserve.data import load_examples
 from tuneserve.data.records import DataError
 from tuneserve.training.formatting import format_examples
 
-from conftest import NAMES, make_spec, read_events
+from tests.unit.training.conftest import NAMES, make_spec, read_events
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from tuneserve.data import load_examples
 from tuneserve.training.formatting import format_examples
 from tuneserve.training.recipes.sft import _linear_warmup_decay, latest_checkpoint
 
-from conftest import read_events
+from tests.unit.training.conftest import read_events
 
 METRICS_KEYS = {"type", "time", "step", "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "learning_rate", "tokens_per_second"}
 RESULT_KEYS = {"type", "time", "trained_tokens", "train_runtime_s", "train_loss", "model_path", "adapter_path"}

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import make_spec, read_events, tiny_conversations, write_jsonl
+from tests.unit.training.conftest import make_spec, read_events, tiny_conversations, write_jsonl
 
 
 def run_process(job_dir: Path) -> subprocess.CompletedProcess:
