@@ -32,14 +32,8 @@ MAX_LISTED_WARNINGS = 20
 MIN_EXAMPLES = 10  # OpenAI's minimum for a fine-tuning job
 
 
-@dataclass
-class LineError:
-    line: int | None
-    code: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.message}" if self.line is not None else self.message
+# A listed error has the same shape as a warning (line, code, message); one class serves both.
+LineError = DataWarning
 
 
 @dataclass
