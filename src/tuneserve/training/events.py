@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+# A file in JOB_DIR that asks a run to checkpoint and stop at its next step (a pause, where a
+# signal cannot reach the process: Ray workers). Written by the runner, read by the training side.
+STOP_REQUEST_FILE = "stop-requested"
+
+
 class EventWriter:
     """Appends events to a JSON-lines file, flushed line by line so a reader can tail it."""
 
@@ -41,6 +46,19 @@ class EventWriter:
 
     def close(self) -> None:
         self._file.close()
+
+
+class NullEventWriter(EventWriter):
+    """For the processes of a data-parallel run other than rank 0: only rank 0 reports."""
+
+    def __init__(self):
+        self._echo = None
+
+    def emit(self, type: str, **fields: Any) -> dict[str, Any]:
+        return {"type": type, "time": time.time(), **fields}
+
+    def close(self) -> None:
+        pass
 
 
 def read_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:

@@ -14,12 +14,20 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-# Base learning rates that `learning_rate_multiplier` scales (OpenAI's multiplier semantics).
-# LoRA on small instruct models wants a higher rate than full fine-tuning.
-BASE_LEARNING_RATE = {"lora": 1e-3}
+# Base learning rates that `learning_rate_multiplier` scales (OpenAI's multiplier semantics), by
+# (method, training_type). Adapters on small instruct models want a high rate; IA3's scaling
+# vectors a higher one still (T-Few used 3e-3); full fine-tuning a low one; DPO moves a tuned
+# policy a little, so it starts lower than supervised training.
+BASE_LEARNING_RATE = {
+    ("supervised", "lora"): 1e-3, ("supervised", "qlora"): 1e-3, ("supervised", "ia3"): 3e-3, ("supervised", "full"): 2e-5,
+    ("dpo", "lora"): 1e-4, ("dpo", "qlora"): 1e-4, ("dpo", "ia3"): 3e-4, ("dpo", "full"): 1e-6,
+}
 
 MAX_EPOCHS = 50
 MAX_BATCH_SIZE = 256
+
+Method = Literal["supervised", "dpo"]
+TrainingType = Literal["lora", "qlora", "ia3", "full"]
 
 
 class Frozen(BaseModel):
@@ -33,15 +41,36 @@ class LoraSpec(Frozen):
     alpha: float = Field(32, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    use_rslora: bool = Field(False, description="Scale by alpha/sqrt(r) instead of alpha/r (rank-stabilized LoRA).")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA). vLLM cannot serve DoRA adapters.")
 
 
 class Hyperparameters(Frozen):
     """Concrete hyperparameters: every "auto" is already resolved."""
 
     n_epochs: int = Field(ge=1, le=MAX_EPOCHS)
-    batch_size: int = Field(ge=1, le=MAX_BATCH_SIZE)
+    batch_size: int = Field(ge=1, le=MAX_BATCH_SIZE, description="Examples per optimizer step.")
     learning_rate_multiplier: float = Field(gt=0, le=100)
-    learning_rate: float = Field(gt=0, description="Absolute peak rate: base rate x multiplier.")
+    learning_rate: float = Field(gt=0, description="Absolute peak rate: base rate x multiplier, or as given.")
+    beta: float | None = Field(None, gt=0, le=10, description="DPO only: how far the policy may move from the reference.")
+
+
+class Optimization(Frozen):
+    """Together-style training options (defaults in parentheses are what tuneserve uses when unset)."""
+
+    lr_scheduler_type: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(0.05, ge=0, le=1, description="Fraction of steps spent ramping up the rate.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Decay ends at this fraction of the peak rate.")
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping; 0 turns it off.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=256, description="Micro-batches per step (same result, less memory).")
+    gradient_checkpointing: bool = False
+    torch_compile: bool = False
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 matmuls where the hardware has them (CUDA; CPUs with AVX512-BF16/AMX), else fp32.")
+    packing: Literal["auto", "padding_free", "per_example", "length_grouped"] = Field(
+        "auto", description="How steps avoid padding: padding_free packs rows for flash-attention varlen (CUDA); per_example "
+                            "runs each example alone (CPU); length_grouped pads examples of similar length; auto picks.")
 
 
 class TrainingSpec(Frozen):
@@ -50,14 +79,22 @@ class TrainingSpec(Frozen):
     model: str = Field(description="Base model: built-in id, hub id or local directory.")
     training_file: str = Field(description="Path of the training data (any supported format).")
     validation_file: str | None = None
-    method: Literal["supervised"] = "supervised"
-    training_type: Literal["lora"] = "lora"
+    method: Method = "supervised"
+    training_type: TrainingType = "lora"
     hyperparameters: Hyperparameters
     lora: LoraSpec = LoraSpec()
+    optimization: Optimization = Optimization()
     seed: int = Field(42, ge=0, le=2**31 - 1)
     max_seq_length: int = Field(1024, ge=16, le=131072)
-    init_adapter: str | None = Field(None, description="Adapter directory to start from (continued fine-tuning).")
+    train_on_inputs: bool = Field(False, description="Also train on prompt tokens (user/system turns), not only answers.")
+    n_checkpoints: int | None = Field(None, ge=1, le=1000, description="Checkpoints over the run, evenly spaced (default: one per epoch).")
+    n_evals: int | None = Field(None, ge=0, le=1000, description="Validation passes during the run (default: one per epoch).")
+    init_adapter: str | None = Field(None, description="Adapter (or full model) directory to start from (continued fine-tuning).")
     logging_steps: int = Field(1, ge=1)
+    wandb: dict[str, Any] | None = Field(None, description="W&B run settings (project, name, entity, tags); the key comes from WANDB_API_KEY.")
+    num_workers: int = Field(1, ge=1, le=1024, description="Data-parallel workers (OPEA's name).")
+    resources_per_worker: dict[str, float] = Field(default_factory=dict, description="e.g. {'CPU': 2, 'GPU': 1} (OPEA's name).")
+    auto_evaluate: bool = Field(False, description="Evaluate the result against its base on the validation file when done.")
 
     def write(self, job_dir: Path) -> Path:
         job_dir.mkdir(parents=True, exist_ok=True)
@@ -70,6 +107,9 @@ class TrainingSpec(Frozen):
     @classmethod
     def read(cls, job_dir: Path) -> "TrainingSpec":
         return cls.model_validate_json((job_dir / "spec.json").read_text())
+
+
+OPTIMIZATION_KEYS = tuple(Optimization.model_fields)
 
 
 def auto_n_epochs(n_examples: int) -> int:
@@ -87,7 +127,8 @@ def auto_batch_size(n_examples: int) -> int:
     return max(4, min(32, round(n_examples * 0.002)))
 
 
-def resolve_hyperparameters(requested: dict[str, Any] | None, n_examples: int, training_type: str = "lora") -> Hyperparameters:
+def resolve_hyperparameters(requested: dict[str, Any] | None, n_examples: int, training_type: str = "lora",
+                            method: str = "supervised") -> Hyperparameters:
     """Turn a request's hyperparameters (numbers or "auto", any key missing) into concrete ones.
 
     Range errors raise pydantic.ValidationError; callers map them to a 400 naming the field.
@@ -104,7 +145,8 @@ def resolve_hyperparameters(requested: dict[str, Any] | None, n_examples: int, t
         n_epochs=pick("n_epochs", auto_n_epochs(n_examples)),
         batch_size=pick("batch_size", auto_batch_size(n_examples)),
         learning_rate_multiplier=multiplier,
-        learning_rate=float(lr) if lr not in (None, "auto") else BASE_LEARNING_RATE[training_type] * multiplier,
+        learning_rate=float(lr) if lr not in (None, "auto") else BASE_LEARNING_RATE[(method, training_type)] * multiplier,
+        beta=float(pick("beta", 0.1)) if method == "dpo" else None,
     )
 
 
@@ -131,5 +173,9 @@ def load_spec_file(path: Path, count_examples) -> TrainingSpec:
         raw["method"] = method
     if "training_file" not in raw:
         raise ValueError(f"{path}: 'training_file' is required")
-    raw["hyperparameters"] = resolve_hyperparameters(hp, count_examples(raw["training_file"]), raw.get("training_type", "lora"))
+    for key in OPTIMIZATION_KEYS:  # Together-style options may sit at the top level of a spec file
+        if key in raw:
+            raw.setdefault("optimization", {})[key] = raw.pop(key)
+    raw["hyperparameters"] = resolve_hyperparameters(hp, count_examples(raw["training_file"]), raw.get("training_type", "lora"),
+                                                     raw.get("method", "supervised"))
     return TrainingSpec.model_validate(raw)
