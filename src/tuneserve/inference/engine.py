@@ -120,7 +120,10 @@ class Engine:
         with self._lock:
             path = self._paths.get(base_model)
             if path is None:
-                path = Path(self._resolve(base_model)).resolve()
+                local = Path(base_model)
+                # An adapter that cannot share a batch with LoRA adapters (IA3) is served merged, as a model of its own.
+                is_adapter = local.is_absolute() and (local / "adapter_config.json").is_file()
+                path = local.resolve() if is_adapter else Path(self._resolve(base_model)).resolve()
             base = self._bases.get(path)
             if base is None:
                 base = self._bases[path] = _load_base(path)
@@ -187,7 +190,14 @@ def _load_base(path: Path) -> LoadedBase:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cuda = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if cuda else torch.float32)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    if (path / "adapter_config.json").is_file():  # merge the adapter into its base: one plain model
+        from peft import PeftConfig, PeftModel
+
+        base_dir = _default_resolve(PeftConfig.from_pretrained(path).base_model_name_or_path)
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype), path).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model.to("cuda" if cuda else "cpu").eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     context = getattr(model.config, "max_position_embeddings", None)

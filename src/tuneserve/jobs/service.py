@@ -22,7 +22,7 @@ from tuneserve.models import ModelNotFound, check_model
 from tuneserve.store.files import FileService
 from tuneserve.store.pagination import page_after
 from tuneserve.store.tables import Checkpoint, Job, JobEvent
-from tuneserve.training.spec import LoraSpec, TrainingSpec, resolve_hyperparameters
+from tuneserve.training.spec import OPTIMIZATION_KEYS, LoraSpec, Optimization, TrainingSpec, resolve_hyperparameters
 
 
 def add_event(session: Session, job_id: str, message: str, *, level: str = "info", type: str = "message",
@@ -53,34 +53,51 @@ class JobService:
                 return existing
 
         base, init_adapter = self._resolve_model(project, request["model"])
+        method_type, hp_request = _method_and_hyperparameters(request)
+        training_type = request.get("training_type") or "lora"
+        check_training_type(training_type)
         training = self.files.find(project, request["training_file"], "training_file")
         validation = self.files.find(project, request["validation_file"], "validation_file") if request.get("validation_file") else None
         for param, file in (("training_file", training), ("validation_file", validation)):
             if file is not None and file.purpose != "fine-tune":
                 raise InvalidRequest(f"{file.id} has purpose {file.purpose!r}; upload it with purpose 'fine-tune'", param=param)
-            if file is not None and file.kind == "preference":
-                raise InvalidRequest(f"{file.id} holds preference pairs (chosen/rejected): they train with method 'dpo', "
-                                     "which this server does not offer yet; use conversations for 'supervised'",
+            if file is not None and method_type == "supervised" and file.kind == "preference":
+                raise InvalidRequest(f"{file.id} holds preference pairs (chosen/rejected): they train with method 'dpo'; "
+                                     "'supervised' trains on conversations, prompt/completion or text",
                                      param=param, code="unsupported_data_for_method")
+            if file is not None and method_type == "dpo" and file.kind not in (None, "preference"):
+                raise InvalidRequest(f"{file.id} holds {file.kind} examples, but method 'dpo' trains on preference pairs "
+                                     "(a prompt with a chosen and a rejected answer)", param=param, code="unsupported_data_for_method")
         if (training.n_examples or 0) < MIN_EXAMPLES:
             raise InvalidRequest(f"Training file has {training.n_examples} example(s), but must have at least {MIN_EXAMPLES} "
                                  "examples (as OpenAI requires)", param="training_file", code="too_few_examples")
+        if request.get("auto_evaluate") and validation is None:
+            raise InvalidRequest("auto_evaluate compares the result with its base on the validation file: give a validation_file",
+                                 param="auto_evaluate")
+        wandb = _wandb_settings(request.get("integrations"))
 
-        method_type, hp_request = _method_and_hyperparameters(request)
         job_id = new_id("ftjob")
         try:
-            hyperparameters = resolve_hyperparameters(hp_request, training.n_examples or 0)
+            if request.get("learning_rate") is not None:
+                hp_request["learning_rate"] = request["learning_rate"]
+            hyperparameters = resolve_hyperparameters(hp_request, training.n_examples or 0, training_type, method_type)
             seed = int(request["seed"]) if request.get("seed") is not None else int.from_bytes(job_id.encode()[-4:], "big") % (2**31)
+            optional = {key: request[key] for key in _SPEC_OPTIONS if request.get(key) is not None}
+            if optional.get("train_on_inputs") == "auto":
+                optional.pop("train_on_inputs")
             spec = TrainingSpec(
                 model=base,
                 training_file=str(self.files.blobs.path(training.id)),
                 validation_file=str(self.files.blobs.path(validation.id)) if validation else None,
                 method=method_type,
+                training_type=training_type,
                 hyperparameters=hyperparameters,
                 lora=LoraSpec(**(request.get("lora") or {})),
+                optimization=Optimization(**{k: request[k] for k in OPTIMIZATION_KEYS if request.get(k) is not None}),
                 seed=seed,
                 init_adapter=init_adapter,
-                **({"max_seq_length": request["max_seq_length"]} if request.get("max_seq_length") else {}),
+                wandb=wandb,
+                **optional,
             )
         except ValidationError as exc:
             error = exc.errors()[0]
@@ -93,6 +110,8 @@ class JobService:
             self.preflight(spec)  # InvalidRequest (400, adapter_rejected_by_upstream) before anything is saved
         hp_public = {"n_epochs": hyperparameters.n_epochs, "batch_size": hyperparameters.batch_size,
                      "learning_rate_multiplier": hyperparameters.learning_rate_multiplier}
+        if method_type == "dpo":
+            hp_public["beta"] = hyperparameters.beta
         job = Job(
             id=job_id, project=project, model=request["model"], training_file=training.id,
             validation_file=validation.id if validation else None, status=states.VALIDATING,
@@ -110,10 +129,10 @@ class JobService:
         return job
 
     def _resolve_model(self, project: str, model: str) -> tuple[str, str | None]:
-        """A base model, or a fine-tuned model / checkpoint to continue from: (base, adapter dir)."""
+        """A base model, or a fine-tuned model / checkpoint to continue from: (base, its adapter or model dir)."""
         if model.startswith("ft:"):
-            base, adapter = self.catalog.lookup(project, model, param="model")
-            return base, str(adapter)
+            base, artifact = self.catalog.artifact(project, model, param="model")
+            return base, str(artifact)
         try:
             return check_model(model), None
         except ModelNotFound as exc:
@@ -166,11 +185,81 @@ class JobService:
         return self.get(project, job_id)
 
 
+    def pause(self, project: str, job_id: str) -> Job:
+        """Pause a queued or running job. A running one writes a checkpoint at its next step and stops."""
+        return self._move(project, job_id, states.PAUSABLE, states.PAUSED, "Fine-tuning job paused"
+                          " (a running job checkpoints at its next step, then stops)", "job_not_pausable")
+
+    def resume(self, project: str, job_id: str) -> Job:
+        """Queue a paused job again; it continues from its last checkpoint."""
+        return self._move(project, job_id, {states.PAUSED}, states.QUEUED, "Fine-tuning job resumed; it continues from its last "
+                          "checkpoint", "job_not_resumable")
+
+    def _move(self, project: str, job_id: str, allowed: set[str] | frozenset[str], target: str, message: str, code: str) -> Job:
+        self.get(project, job_id)
+        with self.sessions.begin() as session:
+            job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+            if job.status == target:
+                return job
+            if job.status not in allowed:
+                raise InvalidRequest(f"Job {job_id} is {job.status}; only a job that is {' or '.join(sorted(allowed))} can become {target}",
+                               param="fine_tuning_job_id", code=code)
+            job.status = target
+            job.estimated_finish = None
+            add_event(session, job_id, message)
+        return self.get(project, job_id)
+
+
 # OpenAI refuses jobs with fewer examples; so do we (the upload report warns first).
 MIN_EXAMPLES = 10
 
 # Which request section a pydantic model's error belongs to, for the error's `param`.
-_SPEC_PARAMS = {"Hyperparameters": "hyperparameters.", "LoraSpec": "lora.", "TrainingSpec": ""}
+_SPEC_PARAMS = {"Hyperparameters": "hyperparameters.", "LoraSpec": "lora.", "TrainingSpec": "", "Optimization": ""}
+
+# Top-level request fields that go into the TrainingSpec as they are (Together's names).
+_SPEC_OPTIONS = ("max_seq_length", "train_on_inputs", "n_checkpoints", "n_evals", "num_workers", "resources_per_worker",
+                 "auto_evaluate")
+
+
+def check_training_type(training_type: str) -> None:
+    """QLoRA needs CUDA and bitsandbytes: refuse it up front on a server that has neither."""
+    if training_type not in ("lora", "qlora", "ia3", "full"):
+        raise InvalidRequest(f"training_type {training_type!r} is not one of lora, qlora, ia3, full", param="training_type",
+                             code="unsupported_training_type")
+    if training_type == "qlora":
+        import importlib.util
+
+        import torch  # only for this check; the API imports it lazily
+
+        if not torch.cuda.is_available():
+            raise InvalidRequest("training_type 'qlora' trains a 4-bit (NF4) base model, which needs a CUDA GPU; this server has "
+                                 "none. Use 'lora' (same adapter, full-precision base)", param="training_type",
+                                 code="unsupported_training_type")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise InvalidRequest("training_type 'qlora' needs the bitsandbytes package: pip install 'tuneserve[gpu]'",
+                                 param="training_type", code="unsupported_training_type")
+
+
+def _wandb_settings(integrations: list[dict] | None) -> dict | None:
+    """OpenAI's `integrations: [{type: wandb, wandb: {...}}]`, checked here so a job never fails late for it."""
+    import importlib.util
+    import os
+
+    for i, integration in enumerate(integrations or []):
+        kind = integration.get("type") if isinstance(integration, dict) else None
+        if kind != "wandb":
+            raise InvalidRequest(f"integrations[{i}].type {kind!r} is not supported; only 'wandb' is", param=f"integrations.{i}.type")
+        settings = integration.get("wandb") or {}
+        if not isinstance(settings, dict) or not settings.get("project"):
+            raise InvalidRequest("integrations: a wandb integration needs wandb.project", param=f"integrations.{i}.wandb.project")
+        if importlib.util.find_spec("wandb") is None:
+            raise InvalidRequest("integrations: W&B logging needs the wandb package on the server: pip install 'tuneserve[wandb]'",
+                                 param=f"integrations.{i}", code="integration_unavailable")
+        if not os.environ.get("WANDB_API_KEY"):
+            raise InvalidRequest("integrations: W&B logging needs WANDB_API_KEY in the server's environment (keys are never "
+                                 "taken from requests)", param=f"integrations.{i}", code="integration_unavailable")
+        return {k: settings[k] for k in ("project", "name", "entity", "tags") if settings.get(k) is not None}
+    return None
 
 
 def model_name_for(job: Job) -> str:
@@ -186,8 +275,8 @@ def _method_and_hyperparameters(request: dict[str, Any]) -> tuple[str, dict[str,
     hp = dict(request.get("hyperparameters") or {})
     method = request.get("method") or {}
     method_type = method.get("type") or "supervised"
-    if method_type != "supervised":
-        raise InvalidRequest(f"method.type {method_type!r} is not supported yet; use 'supervised'", param="method.type",
+    if method_type not in ("supervised", "dpo"):
+        raise InvalidRequest(f"method.type {method_type!r} is not supported; use 'supervised' or 'dpo'", param="method.type",
                              code="unsupported_method")
     hp.update({k: v for k, v in ((method.get(method_type) or {}).get("hyperparameters") or {}).items() if v is not None})
     return method_type, hp

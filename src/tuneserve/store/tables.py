@@ -72,6 +72,10 @@ class Job(Base):
     last_step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     step_time_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Which worker runs the job and when it last said it is alive; the runner's own id for the run.
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    runner_ref: Mapped[str | None] = mapped_column(String(256), nullable=True)
 
 
 class JobEvent(Base):
@@ -96,3 +100,31 @@ class Checkpoint(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     path: Mapped[str] = mapped_column(String(2048))
     fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(1024))
+
+
+class Evaluation(Base):
+    """An evaluation (tuneserve extension): models answer a dataset file and are scored. The summary
+    is here; the answers and the report are in DATA_DIR/evaluations/{id}/ (evaluation/)."""
+
+    __tablename__ = "evaluations"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    project: Mapped[str] = mapped_column(String(128), index=True)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    models: Mapped[list[Any]] = mapped_column(JSON)
+    dataset_file: Mapped[str] = mapped_column(String(64))
+    judge_model: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    judge_base_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)  # max_tokens, temperature, concurrency, max_items
+    user_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    fine_tuning_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)  # auto_evaluate: one per job
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Which server runs it and when it last said so: a restarted server takes back its own, any server a silent one's.
+    worker_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)

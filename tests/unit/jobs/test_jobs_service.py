@@ -67,7 +67,7 @@ def test_both_hyperparameter_forms(jobs, training_file, jobs_dir, form):
     assert job.method["supervised"]["hyperparameters"] == hp
     spec = TrainingSpec.read(jobs_dir / job.id)
     assert (spec.hyperparameters.n_epochs, spec.hyperparameters.batch_size) == (2, 8)
-    assert spec.hyperparameters.learning_rate == pytest.approx(BASE_LEARNING_RATE["lora"] * 0.5)
+    assert spec.hyperparameters.learning_rate == pytest.approx(BASE_LEARNING_RATE[("supervised", "lora")] * 0.5)
 
 
 def test_method_hyperparameters_win_and_nulls_are_ignored(jobs, training_file):
@@ -81,8 +81,16 @@ def test_method_hyperparameters_win_and_nulls_are_ignored(jobs, training_file):
 
 def test_unsupported_method(jobs, training_file, sessions):
     with pytest.raises(InvalidRequest) as info:
-        jobs.create("proj", request(training_file.id, method={"type": "dpo"}))
+        jobs.create("proj", request(training_file.id, method={"type": "reinforcement"}))
     assert (info.value.code, info.value.param) == ("unsupported_method", "method.type")
+    assert job_rows(sessions) == []
+
+
+def test_dpo_needs_preference_data(jobs, training_file, sessions):
+    with pytest.raises(InvalidRequest) as info:
+        jobs.create("proj", request(training_file.id, method={"type": "dpo"}))
+    assert (info.value.code, info.value.param) == ("unsupported_data_for_method", "training_file")
+    assert "preference pairs" in info.value.message
     assert job_rows(sessions) == []
 
 

@@ -21,7 +21,7 @@ from tuneserve.training.spec import (
     resolve_hyperparameters,
 )
 
-BASE_LR = BASE_LEARNING_RATE["lora"]
+BASE_LR = BASE_LEARNING_RATE[("supervised", "lora")]
 SIZES = [0, 1, 10, 91, 133, 400, 999, 5_000, 8_333, 8_334, 12_500, 100_000, 10_000_000]
 
 
@@ -66,7 +66,8 @@ def test_auto_resolves_to_concrete_numbers(requested):
     hp = resolve_hyperparameters(requested, 91)
     assert hp == Hyperparameters(n_epochs=auto_n_epochs(91), batch_size=auto_batch_size(91),
                                  learning_rate_multiplier=1.0, learning_rate=BASE_LR)
-    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in hp.model_dump().values())
+    assert hp.beta is None  # supervised: no DPO beta
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in hp.model_dump(exclude_none=True).values())
 
 
 def test_multiplier_scales_the_base_rate():

@@ -1,0 +1,49 @@
+"""The local runner with several processes per job (one per GPU on a multi-GPU host; here forced to 2
+CPU processes over gloo with --procs-per-job): the job trains as two ranks to success, and a cancel
+reaches every rank."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import TINY, chat_jsonl, start_server, wait_for_status
+
+
+def training_pids(job_dir: Path) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"tuneserve.training {job_dir}"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_two_ranks_train_to_success_and_cancel_reaches_both(tmp_path, tiny_model_ready):
+    data_dir = tmp_path / "data"
+    server = start_server(data_dir, "--procs-per-job", "2")
+    try:
+        client = server.client()
+        file = client.files.create(file=("t.jsonl", chat_jsonl(48)), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model=TINY, training_file=file.id, hyperparameters={"n_epochs": 2, "batch_size": 4})
+        job_dir = data_dir / "jobs" / job.id
+        assert len(wait_for(lambda: len(training_pids(job_dir)) == 2 and training_pids(job_dir), 60, "two ranks")) == 2
+        job = wait_for_status(client, job.id, {"succeeded", "failed", "cancelled"}, timeout_s=120)
+        assert job.status == "succeeded", job.error
+        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+        assert any(m.startswith("Training on 48 examples") and "2 process(es)" in m for m in messages), messages
+        assert (job_dir / "stderr-rank1.log").exists()  # each rank keeps its own log
+
+        long = client.fine_tuning.jobs.create(model=TINY, training_file=file.id, hyperparameters={"n_epochs": 30, "batch_size": 4})
+        long_dir = data_dir / "jobs" / long.id
+        wait_for(lambda: len(training_pids(long_dir)) == 2, 60, "two ranks")
+        assert client.fine_tuning.jobs.cancel(long.id).status == "cancelled"
+        wait_for(lambda: training_pids(long_dir) == [], 20, "both ranks to end")
+    finally:
+        server.stop()
