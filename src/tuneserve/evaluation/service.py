@@ -1,0 +1,212 @@
+"""Evaluations as jobs (a tuneserve extension): what the API does with them, and what the
+evaluation worker records, without HTTP.
+
+Owns: the `evaluations` table and the reports under DATA_DIR/evaluations/{id}/. Does not own:
+running an evaluation (worker.py, runner.py). Statuses: queued -> running -> succeeded | failed |
+cancelled. An evaluation running when its server stopped is queued again when that server starts
+(or, with servers sharing a database, when it has said nothing for STALE_AFTER_S).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import exists, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from tuneserve.data.records import DataError
+from tuneserve.errors import InvalidRequest, NotFound, TuneserveError
+from tuneserve.evaluation.dataset import load_eval_items
+from tuneserve.ids import new_id, now
+from tuneserve.jobs import states
+from tuneserve.jobs.catalog import ModelCatalog
+from tuneserve.store.files import FileService
+from tuneserve.store.pagination import page_after
+from tuneserve.store.tables import Evaluation, Job
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+MAX_MODELS = 8
+DEFAULTS = {"max_tokens": 256, "temperature": 0.0, "concurrency": 4, "max_items": None}
+# A fine-tuning job's automatic evaluation uses at most this many validation examples (CPU-friendly).
+AUTO_EVALUATE_MAX_ITEMS = 200
+# A running evaluation whose server said nothing (no progress) for this long is taken back by another.
+STALE_AFTER_S = 600.0
+
+
+class EvaluationService:
+    def __init__(self, sessions: sessionmaker[Session], files: FileService, catalog: ModelCatalog, reports_dir: Path, *,
+                 check_base_models: bool = True):
+        self.sessions = sessions
+        self.files = files
+        self.catalog = catalog
+        self.reports_dir = reports_dir
+        # With an upstream vLLM, base-model names are vLLM's to judge; fine-tuned names are always checked here.
+        self.check_base_models = check_base_models
+
+    # -- create -------------------------------------------------------------------------
+    def create(self, project: str, request: dict[str, Any], *, fine_tuning_job_id: str | None = None) -> Evaluation:
+        """Check the models and the dataset now (a bad line is a 400 naming it), then queue."""
+        models = list(request.get("models") or [])
+        if not 1 <= len(models) <= MAX_MODELS or len(set(models)) != len(models):
+            raise InvalidRequest(f"models must name 1 to {MAX_MODELS} different models", param="models", code="invalid_value")
+        for i, model in enumerate(models):
+            if model.startswith("ft:") or self.check_base_models:
+                self.catalog.lookup(project, model, param=f"models[{i}]")
+        params = {k: request.get(k) if request.get(k) is not None else v for k, v in DEFAULTS.items()}
+        file = self.files.get(project, request.get("dataset_file") or "", param="dataset_file")
+        path = self.files.blobs.path(file.id)
+        if not path.exists():
+            raise InvalidRequest(f"the content of {file.id} is no longer stored", param="dataset_file", code="file_content_missing")
+        try:
+            n_items = len(load_eval_items(path, max_items=params["max_items"]))
+        except DataError as exc:
+            raise InvalidRequest(f"dataset_file {file.id} is not an evaluation dataset: {exc}", param="dataset_file",
+                                 code=exc.code) from None
+        judge_model, judge_base_url = request.get("judge_model"), request.get("judge_base_url")
+        if judge_base_url:
+            if not judge_model:
+                raise InvalidRequest("judge_base_url needs judge_model", param="judge_model", code="invalid_value")
+            if urlsplit(judge_base_url).scheme not in ("http", "https") or not urlsplit(judge_base_url).netloc:
+                raise InvalidRequest("judge_base_url must be an http(s) URL", param="judge_base_url", code="invalid_value")
+        elif judge_model and (judge_model.startswith("ft:") or self.check_base_models):
+            self.catalog.lookup(project, judge_model, param="judge_model")  # judged by this server: it must exist here
+        row = Evaluation(id=new_id("eval"), project=project, status=QUEUED, models=models, dataset_file=file.id,
+                         judge_model=judge_model, judge_base_url=judge_base_url, params=params,
+                         user_metadata=request.get("metadata"), fine_tuning_job_id=fine_tuning_job_id, progress_done=0,
+                         progress_total=n_items * len(models), created_at=now())
+        with self.sessions.begin() as session:
+            session.add(row)
+        return row
+
+    def create_auto_evaluations(self) -> list[Evaluation]:
+        """Queue an evaluation of [the model it was tuned from, the fine-tuned model] on the validation
+        file for every succeeded job that asked for one (`auto_evaluate`) and has none yet."""
+        with self.sessions() as session:
+            jobs = session.execute(
+                select(Job.id, Job.project, Job.model, Job.fine_tuned_model, Job.validation_file, Job.spec).where(
+                    Job.status == states.SUCCEEDED, Job.validation_file.is_not(None), Job.fine_tuned_model.is_not(None),
+                    ~exists().where(Evaluation.fine_tuning_job_id == Job.id))).all()
+        created = []
+        for job in jobs:
+            if not (job.spec or {}).get("auto_evaluate"):
+                continue
+            request = {"models": [job.model, job.fine_tuned_model], "dataset_file": job.validation_file,
+                       "max_items": AUTO_EVALUATE_MAX_ITEMS, "metadata": {"auto_evaluate": "true"}}
+            try:
+                created.append(self.create(job.project, request, fine_tuning_job_id=job.id))
+            except TuneserveError as exc:  # recorded as failed, so it is not tried again at every poll
+                created.append(self._record_failed(job.project, request, job.id, exc))
+            except IntegrityError:
+                pass  # another server sharing the database made it first
+        return created
+
+    def _record_failed(self, project: str, request: dict[str, Any], job_id: str, exc: TuneserveError) -> Evaluation:
+        row = Evaluation(id=new_id("eval"), project=project, status=FAILED, models=request["models"],
+                         dataset_file=request["dataset_file"], params={**DEFAULTS, "max_items": request["max_items"]},
+                         user_metadata=request["metadata"], fine_tuning_job_id=job_id, progress_done=0, progress_total=0,
+                         error={"message": exc.message, "code": exc.code}, created_at=now(), finished_at=now())
+        with self.sessions.begin() as session:
+            session.add(row)
+        return row
+
+    # -- read ---------------------------------------------------------------------------
+    def get(self, project: str, evaluation_id: str) -> Evaluation:
+        with self.sessions() as session:
+            row = session.scalar(select(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.project == project))
+        if row is None:
+            raise NotFound(f"No such evaluation: {evaluation_id}", param="evaluation_id", code="evaluation_not_found")
+        return row
+
+    def list(self, project: str, *, after: str | None = None, limit: int = 20) -> tuple[list[Evaluation], bool]:
+        with self.sessions() as session:
+            return page_after(session, select(Evaluation).where(Evaluation.project == project), Evaluation,
+                              after=after, limit=limit)
+
+    def items(self, project: str, evaluation_id: str, *, after: str | None = None, limit: int = 20) -> tuple[list[dict], bool]:
+        """Per-item answers and scores, in dataset order; `after` is the last index seen. Empty until it succeeds."""
+        row = self.get(project, evaluation_id)
+        report = self.report_dir(row.id) / "report.json"
+        if row.status != SUCCEEDED or not report.exists():
+            return [], False
+        items = json.loads(report.read_text(encoding="utf-8"))["items"]
+        start = 0
+        if after is not None:
+            if not after.lstrip("-").isdigit():
+                raise InvalidRequest("after must be the index of an item", param="after", code="invalid_value")
+            start = int(after) + 1
+        page = items[max(0, start): max(0, start) + limit]
+        return page, max(0, start) + limit < len(items)
+
+    def report_html(self, project: str, evaluation_id: str) -> Path:
+        row = self.get(project, evaluation_id)
+        path = self.report_dir(row.id) / "report.html"
+        if not path.exists():
+            raise InvalidRequest(f"Evaluation {evaluation_id} is {row.status}; its report is written when it has run",
+                                 param="evaluation_id", code="report_not_ready")
+        return path
+
+    # -- change -------------------------------------------------------------------------
+    def cancel(self, project: str, evaluation_id: str) -> Evaluation:
+        """Cancel; a running evaluation stops after the answers in flight (within seconds)."""
+        row = self.get(project, evaluation_id)
+        if row.status in (SUCCEEDED, FAILED):
+            raise InvalidRequest(f"Evaluation {evaluation_id} has already {row.status}; it cannot be cancelled",
+                                 param="evaluation_id", code="evaluation_not_cancellable")
+        with self.sessions.begin() as session:
+            session.execute(update(Evaluation).where(Evaluation.id == row.id, Evaluation.status.in_((QUEUED, RUNNING)))
+                            .values(status=CANCELLED, finished_at=now()))
+        return self.get(project, evaluation_id)
+
+    # -- the worker's side ----------------------------------------------------------------
+    def report_dir(self, evaluation_id: str) -> Path:
+        return self.reports_dir / evaluation_id
+
+    def dataset_path(self, row: Evaluation) -> Path:
+        return self.files.blobs.path(row.dataset_file)
+
+    def requeue_interrupted(self, worker_id: str, stale_after_s: float = STALE_AFTER_S) -> int:
+        """Queue again (to run from the beginning) what this server was running when it stopped, and
+        what any server has been silent on for `stale_after_s`. Servers sharing a database keep theirs."""
+        stale = time.time() - stale_after_s
+        with self.sessions.begin() as session:
+            return session.execute(
+                update(Evaluation).where(Evaluation.status == RUNNING, or_(
+                    Evaluation.worker_id == worker_id, Evaluation.worker_id.is_(None), Evaluation.heartbeat_at < stale))
+                .values(status=QUEUED, started_at=None, progress_done=0, worker_id=None, heartbeat_at=None)).rowcount
+
+    def claim_next(self, worker_id: str) -> Evaluation | None:
+        """The oldest queued evaluation, now running here; None when none is queued (or another took it)."""
+        with self.sessions() as session:
+            row = session.scalar(select(Evaluation).where(Evaluation.status == QUEUED).order_by(Evaluation.seq).limit(1))
+        if row is None:
+            return None
+        with self.sessions.begin() as session:
+            claimed = session.execute(update(Evaluation).where(Evaluation.id == row.id, Evaluation.status == QUEUED)
+                                      .values(status=RUNNING, started_at=now(), progress_done=0, worker_id=worker_id,
+                                              heartbeat_at=time.time())).rowcount
+        return self.get(row.project, row.id) if claimed else None
+
+    def status(self, evaluation_id: str) -> str | None:
+        with self.sessions() as session:
+            return session.scalar(select(Evaluation.status).where(Evaluation.id == evaluation_id))
+
+    def set_progress(self, evaluation_id: str, done: int, total: int) -> None:
+        """Record progress; it also says the worker is alive."""
+        with self.sessions.begin() as session:
+            session.execute(update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == RUNNING)
+                            .values(progress_done=done, progress_total=total, heartbeat_at=time.time()))
+
+    def finish(self, evaluation_id: str, *, summary: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> None:
+        """succeeded with a summary, or failed with {message, code}; a cancelled evaluation stays cancelled."""
+        values: dict[str, Any] = {"status": FAILED if error else SUCCEEDED, "finished_at": now(), "error": error}
+        if summary is not None:
+            values["summary"] = summary
+        with self.sessions.begin() as session:
+            session.execute(update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == RUNNING)
+                            .values(**values))
