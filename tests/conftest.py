@@ -87,10 +87,10 @@ def wait_for_status(client, job_id: str, statuses: set[str], timeout_s: float = 
     raise AssertionError(f"job {job_id} still {job.status} after {timeout_s}s")
 
 
-def fine_tune_tiny(client, data: bytes, suffix: str, *, timeout_s: float = 240, **hyperparameters):
+def fine_tune_tiny(client, data: bytes, suffix: str, *, timeout_s: float = 240, seed: int | None = None, **hyperparameters):
     """Upload `data` and fine-tune the tiny model on it to success (batch 4 unless given)."""
     file = client.files.create(file=(f"{suffix}.jsonl", data), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=file.id, suffix=suffix,
+    job = client.fine_tuning.jobs.create(model=TINY, training_file=file.id, suffix=suffix, seed=seed,
                                          hyperparameters={"batch_size": 4, **hyperparameters})
     job = wait_for_status(client, job.id, {"succeeded", "failed"}, timeout_s=timeout_s)
     assert job.status == "succeeded", job.error

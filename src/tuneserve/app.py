@@ -13,12 +13,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneserve import __version__
-from tuneserve.api import adapters, downloads, files, fine_tuning, inference, models, opea
+from tuneserve.api import adapters, console, downloads, files, fine_tuning, inference, models, opea
+from tuneserve.api import evaluations as evaluations_api
 from tuneserve.errors import TuneserveError
+from tuneserve.evaluation.service import EvaluationService
+from tuneserve.evaluation.worker import EvaluationWorker, InternalTokens, self_base_url
 from tuneserve.inference.upstream import RuntimeAdapters, Upstream
 from tuneserve.jobs.catalog import ModelCatalog
 from tuneserve.jobs.scheduler import Scheduler
 from tuneserve.jobs.service import JobService
+from tuneserve.jobs.worker import runner_from
 from tuneserve.settings import Settings
 from tuneserve.store.blobs import BlobStore
 from tuneserve.store.db import make_engine, make_sessionmaker, migrate
@@ -62,13 +66,26 @@ def build_app(settings: Settings) -> FastAPI:
             preflight = partial(check_spec_for_vllm, max_lora_rank=settings.vllm_max_lora_rank)
         state.jobs = JobService(sessions, state.files, state.catalog, jobs_dir, preflight=preflight)
         state.engine, state.engine_lock = None, threading.Lock()
+        # With --api-only no job runs here (`tuneserve worker` processes run them), so no runner is built.
         state.scheduler = Scheduler(sessions, state.files, jobs_dir, max_concurrent=settings.max_concurrent_jobs,
-                                    poll_interval_s=settings.poll_interval_s, upstream=state.upstream)
+                                    poll_interval_s=settings.poll_interval_s, upstream=state.upstream,
+                                    runner=runner_from(settings) if settings.run_scheduler else None,
+                                    heartbeat_interval_s=settings.heartbeat_every_s,
+                                    heartbeat_timeout_s=settings.heartbeat_timeout_s)
         if settings.run_scheduler:
             state.scheduler.start()
+        # Evaluations run in the API server (with --api-only too): they call its own OpenAI API over HTTP,
+        # with an internal token for the evaluation's project (evaluation/worker.py, api/deps.py).
+        state.internal_tokens = InternalTokens()
+        state.evaluations = EvaluationService(sessions, state.files, state.catalog, settings.data_dir / "evaluations",
+                                              check_base_models=settings.inference_backend != "vllm")
+        state.evaluation_worker = EvaluationWorker(state.evaluations, state.internal_tokens,
+                                                   self_base_url(settings.host, settings.port))
+        state.evaluation_worker.start()
         try:
             yield
         finally:
+            state.evaluation_worker.stop()
             state.scheduler.stop()
             if state.engine is not None:
                 state.engine.close()
@@ -78,8 +95,9 @@ def build_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="tuneserve", version=__version__, lifespan=lifespan,
                   description="Self-hosted fine-tuning with OpenAI's API: files, fine-tuning jobs, models, chat/completions.")
-    for module in (files, fine_tuning, downloads, opea, models, adapters):
+    for module in (files, fine_tuning, downloads, opea, models, adapters, console):
         app.include_router(module.router)
+    app.include_router(evaluations_api.router)
     # With an upstream vLLM, chat/completions are proxied to it; otherwise this process generates.
     app.include_router(adapters.proxy_router if settings.inference_backend == "vllm" else inference.router)
 

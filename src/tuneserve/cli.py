@@ -1,4 +1,4 @@
-"""The `tuneserve` command: serve, train, keys, data, demo.
+"""The `tuneserve` command: serve, train, keys, data, eval, demo.
 
 One function per subcommand; each is thin over the same services the API uses.
 """
@@ -25,10 +25,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
                             max_concurrent_jobs=args.max_concurrent_jobs, insecure=args.insecure,
                             max_upload_bytes=args.max_upload_bytes,
                             **{k: v for k, v in (("inference_backend", args.inference_backend), ("vllm_url", args.vllm_url),
-                                                 ("vllm_max_lora_rank", args.vllm_max_lora_rank)) if v is not None})
+                                                 ("vllm_max_lora_rank", args.vllm_max_lora_rank)) if v is not None},
+                            **_worker_options(args), **({"run_scheduler": False} if args.api_only else {}))
     except ValidationError as exc:
         print(f"error: {exc.errors()[0]['msg']}", file=sys.stderr)
         return 2
+    if settings.runner == "ray" and settings.run_scheduler:
+        from tuneserve.jobs.worker import runner_from
+
+        try:  # say now, not in a traceback at start-up, when the cluster cannot be reached
+            runner_from(settings)
+        except (ConnectionError, ImportError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.db_url)
     migrate(engine)
@@ -43,6 +52,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"http://{settings.host}:{settings.port}  data: {settings.data_dir.resolve()}", file=sys.stderr)
     uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
     return 0
+
+
+def _worker_options(args: argparse.Namespace) -> dict:
+    """The runner and lease flags shared by `serve` and `worker` (unset flags leave env/defaults)."""
+    names = ("runner", "ray_address", "procs_per_job", "heartbeat_timeout_s")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def _add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runner", choices=("local", "ray"), default=None,
+                        help="local (default): training processes on this machine; ray: Ray jobs on --ray-address")
+    parser.add_argument("--ray-address", default=None,
+                        help="the Ray cluster's Jobs API, i.e. its dashboard: http://RAY_HEAD:8265")
+    parser.add_argument("--procs-per-job", type=int, default=None,
+                        help="local runner: processes per job (default: one per visible GPU, 1 without GPUs)")
+    parser.add_argument("--heartbeat-timeout-s", type=float, default=None,
+                        help="take back a job whose worker was silent this long (default 30)")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from tuneserve.jobs.worker import run_worker
+    from tuneserve.settings import Settings
+
+    try:
+        settings = Settings(data_dir=args.data_dir, database_url=args.database_url,
+                            max_concurrent_jobs=args.max_concurrent_jobs, **_worker_options(args))
+    except ValidationError as exc:
+        print(f"error: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    import logging
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return run_worker(settings)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -128,6 +172,18 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_data_synthesize(args: argparse.Namespace) -> int:
+    from tuneserve.data.synth_cli import cmd_synthesize
+
+    return cmd_synthesize(args)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tuneserve.evaluation.cli import cmd_eval as run
+
+    return run(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from tuneserve.demo import run_demo
 
@@ -154,7 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "(its API key, if any, from TUNESERVE_VLLM_API_KEY)")
     serve.add_argument("--vllm-max-lora-rank", type=int, default=None,
                        help="the upstream's --max-lora-rank (default 16): jobs with a larger lora.r are refused")
+    serve.add_argument("--api-only", action="store_true",
+                       help="serve the API but run no jobs: `tuneserve worker` processes on the same database run them")
+    _add_worker_arguments(serve)
     serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run jobs from a shared database (PostgreSQL), without the API")
+    worker.add_argument("--data-dir", type=Path, default=Path("./tuneserve-data"),
+                        help="the same data directory as the API's (shared storage across hosts)")
+    worker.add_argument("--database-url", default=None, help="the API's database, e.g. postgresql://user@db/tuneserve")
+    worker.add_argument("--max-concurrent-jobs", type=int, default=1)
+    worker.add_argument("--log-level", default="info")
+    _add_worker_arguments(worker)
+    worker.set_defaults(func=cmd_worker)
 
     train = sub.add_parser("train", help="one training run without a server")
     train.add_argument("spec", type=Path, help="YAML or JSON: model, training_file, hyperparameters, method, lora, seed")
@@ -193,6 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("-n", type=int, default=3)
     preview.add_argument("--max-seq-length", type=int, default=1024)
     preview.set_defaults(func=cmd_data_preview)
+
+    from tuneserve.data.synth_cli import add_synthesize_arguments
+    from tuneserve.evaluation.cli import add_eval_arguments
+
+    synthesize = data.add_parser("synthesize", help="Q&A training data from documents (PDF, Markdown, text) with an LLM")
+    add_synthesize_arguments(synthesize)  # DOCS --base-url U --model M --output F [--curate] [--rpm R] [--config Y] ...
+    synthesize.set_defaults(func=cmd_data_synthesize)
+
+    evaluate = sub.add_parser("eval", help="compare models on a Q&A dataset: ROUGE, exact match, LLM judge; JSON+HTML report")
+    add_eval_arguments(evaluate)  # --base-url U --model M [--model M2] --dataset F --output DIR [--judge-model J] ...
+    evaluate.set_defaults(func=cmd_eval)
 
     demo = sub.add_parser("demo", help="fine-tune SmolLM2 on a new identity through the OpenAI client")
     demo.add_argument("--data-dir", type=Path, default=Path("./tuneserve-demo"))

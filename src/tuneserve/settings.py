@@ -21,7 +21,14 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1)
     insecure: bool = Field(False, description="Allow a non-loopback host with no API key.")
     poll_interval_s: float = Field(0.5, gt=0)
-    run_scheduler: bool = True
+    run_scheduler: bool = Field(True, description="Run jobs in this server; False (serve --api-only): `tuneserve worker` runs them.")
+    runner: Literal["local", "ray"] = Field("local", description="local: processes on this machine; ray: Ray jobs on --ray-address.")
+    ray_address: str | None = Field(None, description="The Ray cluster's Jobs API (its dashboard), e.g. http://ray-head:8265.")
+    procs_per_job: int | None = Field(None, ge=1, description="Local runner: processes per job (default: one per visible GPU, "
+                                      "1 without GPUs).")
+    heartbeat_interval_s: float | None = Field(None, gt=0, description="How often a worker says it still holds its jobs "
+                                               "(default: a sixth of the timeout, at most 5 s).")
+    heartbeat_timeout_s: float = Field(30.0, gt=0, description="A job whose worker was silent this long is taken back.")
     inference_backend: Literal["local", "vllm"] = Field(
         "local", description="local: this process generates; vllm: proxy to an upstream vLLM (--vllm-url).")
     vllm_url: str | None = Field(None, description="Root URL of the upstream vLLM server, e.g. http://vllm:8000.")
@@ -34,6 +41,18 @@ class Settings(BaseSettings):
         if self.inference_backend == "vllm" and not self.vllm_url:
             raise ValueError("inference_backend 'vllm' needs vllm_url (--vllm-url http://HOST:8000)")
         return self
+
+    @model_validator(mode="after")
+    def _ray_needs_address(self) -> "Settings":
+        if self.runner == "ray" and not self.ray_address:
+            raise ValueError("runner 'ray' needs ray_address (--ray-address http://RAY_HEAD:8265)")
+        if self.heartbeat_timeout_s <= 2 * self.heartbeat_every_s:
+            raise ValueError("heartbeat_timeout_s must be more than twice heartbeat_interval_s")
+        return self
+
+    @property
+    def heartbeat_every_s(self) -> float:
+        return self.heartbeat_interval_s or min(5.0, self.heartbeat_timeout_s / 6)
 
     @property
     def db_url(self) -> str:

@@ -69,7 +69,10 @@ def test_tool_calls_are_parsed_back(client):
     line = json.dumps({"messages": [{"role": "user", "content": "What is the weather in Paris?"},
                                     {"role": "assistant", "content": "", "tool_calls": [call]}],
                        "tools": [WEATHER_TOOL]})
-    job = fine_tune_tiny(client, (line + "\n").encode() * 12, "weather", n_epochs=30, learning_rate_multiplier=10)
+    # The random 2-layer model must learn the call by heart. With batch 4 (90 steps) it did for 4 seeds of 6;
+    # with batch 2 (180 steps) for 12 of 12 (seeds 1-6, 30 and 40 epochs). The seed keeps CI's run the same.
+    job = fine_tune_tiny(client, (line + "\n").encode() * 12, "weather", seed=3, n_epochs=30, learning_rate_multiplier=10,
+                         batch_size=2)
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
     reply = client.chat.completions.create(model=job.fine_tuned_model, messages=messages, tools=[WEATHER_TOOL],
                                            temperature=0, max_tokens=40)

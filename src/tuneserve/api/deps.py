@@ -21,7 +21,9 @@ def current_project(request: Request) -> str:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'")
-    project = keys.project_of(token.strip())
+    # The evaluation worker calls this server with a short-lived in-memory token of one project (evaluation/worker.py).
+    internal = getattr(request.app.state, "internal_tokens", None)
+    project = (internal.project_of(token.strip()) if internal is not None else None) or keys.project_of(token.strip())
     if project is None:
         raise Unauthorized("Incorrect API key provided")
     return project

@@ -38,6 +38,18 @@ def cancel_job(request: Request, project: Project, job_id: str):
     return job_object(request.app.state.jobs.cancel(project, job_id))
 
 
+@router.post("/{job_id}/pause")
+def pause_job(request: Request, project: Project, job_id: str):
+    """Pause a queued or running job; a running one writes a checkpoint at its next step, then stops."""
+    return job_object(request.app.state.jobs.pause(project, job_id))
+
+
+@router.post("/{job_id}/resume")
+def resume_job(request: Request, project: Project, job_id: str):
+    """Resume a paused job: it is queued again and continues from its last checkpoint."""
+    return job_object(request.app.state.jobs.resume(project, job_id))
+
+
 @router.get("/{job_id}/events")
 def list_events(request: Request, project: Project, job_id: str, after: str | None = None, limit: int = Query(20, ge=1, le=1000)):
     """The job's events, newest first: status changes, messages, and metrics per logging step."""

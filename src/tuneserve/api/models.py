@@ -1,4 +1,8 @@
-"""/v1/models: base models available here and the project's fine-tuned models."""
+"""/v1/models: base models available here and the project's fine-tuned models.
+
+Lineage is in each card: `root` is the base model, `parent` the model it was fine-tuned from
+(a base model or another fine-tuned model), and `fine_tuning_job_id` the job that made it.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ def _cards(request: Request, project: str) -> list[dict]:
     for job in catalog.fine_tuned(project):
         base = job.spec["model"]
         cards.append({"id": job.fine_tuned_model, "object": "model", "created": job.finished_at or job.created_at,
-                      "owned_by": project, "root": base, "parent": job.model})
+                      "owned_by": project, "root": base, "parent": job.model,
+                      "fine_tuning_job_id": job.id})  # tuneserve extension: the job that made it (lineage)
     for adapter in catalog.runtime_adapters(project):  # loaded with /v1/load_lora_adapter (vLLM's protocol)
         cards.append({"id": adapter["name"], "object": "model", "created": adapter["created"], "owned_by": project,
                       "root": adapter["base"], "parent": adapter["base"]})

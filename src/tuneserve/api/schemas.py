@@ -19,6 +19,7 @@ class Hyperparameters(BaseModel):
     n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] | None = None
     batch_size: Auto | Annotated[int, Field(ge=1, le=256)] | None = None
     learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] | None = None
+    beta: Auto | Annotated[float, Field(gt=0, le=10)] | None = Field(None, description="DPO only (default 0.1).")
 
 
 class MethodBody(BaseModel):
@@ -45,7 +46,31 @@ class CreateFineTuningJob(BaseModel):
     suffix: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[^:\s]+$")
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     metadata: dict[str, str] | None = None
-    integrations: list[dict[str, Any]] | None = None
+    integrations: list[dict[str, Any]] | None = Field(
+        None, description='[{"type": "wandb", "wandb": {"project": ..., "name", "entity", "tags"}}]; needs wandb and WANDB_API_KEY on the server.')
+    # tuneserve / Together extensions: how to train (all optional; limits are checked against the TrainingSpec).
+    training_type: Literal["lora", "qlora", "ia3", "full"] | None = Field(
+        None, description="lora (default); qlora (4-bit NF4 base, CUDA only); ia3 (OCI's T-Few); full (OCI's Vanilla).")
+    lora: dict[str, Any] | None = Field(None, description="{r, alpha, dropout, target_modules, use_rslora, use_dora}")
+    learning_rate: float | None = Field(None, description="Absolute peak rate (Together's); overrides learning_rate_multiplier.")
+    lr_scheduler_type: Literal["linear", "cosine", "constant"] | None = None
+    warmup_ratio: float | None = Field(None, description="Fraction of steps spent warming up (default 0.05).")
+    min_lr_ratio: float | None = Field(None, description="The schedule decays to this fraction of the peak (default 0).")
+    weight_decay: float | None = None
+    max_grad_norm: float | None = Field(None, description="Gradient clipping (default 1.0; 0 turns it off).")
+    train_on_inputs: bool | Auto | None = Field(None, description="Train on prompt tokens too (default false).")
+    n_checkpoints: int | None = Field(None, description="Checkpoints over the run, evenly spaced (default: one per epoch).")
+    n_evals: int | None = Field(None, description="Validation passes during the run (default: one per epoch).")
+    gradient_accumulation_steps: int | None = Field(None, description="Micro-batches per step: same update, less memory.")
+    max_seq_length: int | None = Field(None, description="Tokens per example; longer ones are truncated (default 1024).")
+    gradient_checkpointing: bool | None = None
+    torch_compile: bool | None = None
+    precision: Literal["auto", "bf16", "fp32"] | None = Field(None, description="auto (default): bf16 where the hardware has it.")
+    packing: Literal["auto", "padding_free", "per_example", "length_grouped"] | None = Field(
+        None, description="auto (default): padding_free with flash-attention on CUDA, per_example on CPU, else length_grouped.")
+    num_workers: int | None = Field(None, description="Data-parallel workers (OPEA's name), for the Ray runner.")
+    resources_per_worker: dict[str, float] | None = Field(None, description="e.g. {\"CPU\": 2, \"GPU\": 1} (OPEA's name).")
+    auto_evaluate: bool | None = Field(None, description="When the job succeeds, evaluate it against its base on the validation file.")
     General: dict[str, Any] | None = None
     Dataset: dict[str, Any] | None = None
     Training: dict[str, Any] | None = None
@@ -77,22 +102,29 @@ class CreateFineTuningJob(BaseModel):
             request["method"] = {"type": self.method.type, self.method.type: {"hyperparameters": hp}}
         training = self.Training or {}
         opea_hp = {"n_epochs": training.get("epochs"), "batch_size": training.get("batch_size"),
-                   "learning_rate": training.get("learning_rate")}
+                   "learning_rate": training.get("learning_rate"), "beta": training.get("dpo_beta")}
         if any(v is not None for v in opea_hp.values()):
             request["hyperparameters"] = {**request.get("hyperparameters", {}), **{k: v for k, v in opea_hp.items() if v is not None}}
+        for ours, theirs in (("num_workers", "num_training_workers"), ("resources_per_worker", "resources_per_worker"),
+                             ("weight_decay", "weight_decay"), ("gradient_accumulation_steps", "gradient_accumulation_steps"),
+                             ("lr_scheduler_type", "lr_scheduler")):
+            if training.get(theirs) is not None:
+                request.setdefault(ours, training[theirs])
         if (self.Dataset or {}).get("max_length"):
             request["max_seq_length"] = int(self.Dataset["max_length"])
         general = self.General or {}
+        if general.get("task") == "dpo":
+            request["method"] = {"type": "dpo", "dpo": {"hyperparameters": request.pop("hyperparameters", {})}}
+        if general.get("enable_gradient_checkpointing"):
+            request.setdefault("gradient_checkpointing", True)
         if "lora_config" in general:
             lora = general["lora_config"]
-            if lora is None:
-                from tuneserve.errors import InvalidRequest
-
-                raise InvalidRequest("full fine-tuning (General.lora_config: null) is not supported yet; use LoRA",
-                                     param="General.lora_config", code="unsupported_training_type")
-            mapped = {"r": lora.get("r"), "alpha": lora.get("lora_alpha"), "dropout": lora.get("lora_dropout"),
-                      "target_modules": lora.get("target_modules")}
-            request["lora"] = {k: v for k, v in mapped.items() if v is not None}
+            if lora is None:  # OPEA's way of asking for full fine-tuning
+                request.setdefault("training_type", "full")
+            else:
+                mapped = {"r": lora.get("r"), "alpha": lora.get("lora_alpha"), "dropout": lora.get("lora_dropout"),
+                          "target_modules": lora.get("target_modules")}
+                request["lora"] = {k: v for k, v in mapped.items() if v is not None}
         return request
 
 
@@ -118,8 +150,15 @@ def job_object(job: Job) -> dict[str, Any]:
         "model": job.model, "organization_id": job.project, "result_files": job.result_files or [], "seed": job.seed,
         "status": job.status, "trained_tokens": job.trained_tokens, "training_file": job.training_file,
         "validation_file": job.validation_file, "estimated_finish": job.estimated_finish if job.status == "running" else None,
-        "integrations": [], "metadata": job.user_metadata, "method": job.method, "suffix": job.suffix,
+        "integrations": _integrations(job), "metadata": job.user_metadata, "method": job.method, "suffix": job.suffix,
+        # tuneserve extension: how it trains.
+        "training_type": job.spec.get("training_type", "lora"),
     }
+
+
+def _integrations(job: Job) -> list[dict[str, Any]]:
+    wandb = job.spec.get("wandb")
+    return [{"type": "wandb", "wandb": wandb}] if wandb else []
 
 
 def event_object(event: JobEvent) -> dict[str, Any]:
