@@ -47,16 +47,17 @@ def has_metrics(client, job_id: str) -> bool:
     return any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job_id, limit=20))
 
 
-def create(client, n_examples: int, n_epochs: int):
+def create(client, n_examples: int, n_epochs: int, training_type: str = "lora"):
     file = client.files.create(file=("t.jsonl", chat_jsonl(n_examples)), purpose="fine-tune")
     return client.fine_tuning.jobs.create(
         model=TINY, training_file=file.id, hyperparameters={"n_epochs": n_epochs, "batch_size": 4},
-        extra_body={"num_workers": 2, "resources_per_worker": {"CPU": 1}})
+        extra_body={"num_workers": 2, "resources_per_worker": {"CPU": 1}, "training_type": training_type})
 
 
 def test_two_ray_workers_train_pause_resume_and_succeed(ray_server, ray_cluster):
+    """Full fine-tuning: the two workers shard the model with FSDP; the pause checkpoint gathers it whole."""
     client = ray_server.client()
-    job = create(client, 96, 4)  # 24 steps an epoch
+    job = create(client, 96, 4, "full")  # 24 steps an epoch
     job = wait_for_status(client, job.id, {"running", "failed"}, timeout_s=120)
     assert job.status == "running", job.error
     # The job links to its Ray job on the dashboard.
@@ -80,8 +81,8 @@ def test_two_ray_workers_train_pause_resume_and_succeed(ray_server, ray_cluster)
     assert ray_status(ray_cluster, f"{job.id}-attempt-2") == "SUCCEEDED"
     log = messages(client, job.id)
     assert f"Resumed from checkpoint step-{paused_step} (step {paused_step} of 96)" in log
-    # Both attempts trained on two Ray Train workers.
-    assert sum("2 process(es)" in m for m in log if m.startswith("Training on")) == 2
+    # Both attempts trained on two Ray Train workers, sharded.
+    assert sum("2 process(es) (FSDP)" in m for m in log if m.startswith("Training on")) == 2
     steps = sorted(c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id, limit=20))
     assert steps[-1] == 96 and len(steps) == len(set(steps))
     reply = client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}],
@@ -93,6 +94,7 @@ def test_cancel_stops_the_ray_job(ray_server, ray_cluster):
     client = ray_server.client()
     job = create(client, 200, 20)
     wait_for(lambda: has_metrics(client, job.id), 150, "the first metrics")
+    assert any("2 process(es) (DDP)" in m for m in messages(client, job.id))  # an adapter: data parallel, not sharded
     assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
     wait_for(lambda: ray_status(ray_cluster, f"{job.id}-attempt-1") != "RUNNING", 60, "Ray to stop the job")
     assert ray_status(ray_cluster, f"{job.id}-attempt-1") == "STOPPED"

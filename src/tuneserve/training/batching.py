@@ -72,7 +72,9 @@ def epoch_plan(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, *
 
 
 def micro_batches(indices: list[int], n: int) -> list[list[int]]:
-    """Split one step's examples into at most `n` non-empty micro-batches of near-equal size."""
+    """Split one step's examples into at most `n` non-empty micro-batches of near-equal size (none for none)."""
+    if not indices:
+        return []
     n = max(1, min(n, len(indices)))
     size, extra = divmod(len(indices), n)
     out, start = [], 0

@@ -3,10 +3,11 @@
     plan the epoch's batches -> per step: micro-batches -> loss -> backward -> clip -> optimizer
     -> metrics event -> validation every n_evals -> checkpoint every n_checkpoints -> stop if asked
 
-Owns: the optimizer (AdamW) and learning-rate schedule, gradient accumulation, data-parallel
-gradient sync, the metrics events and trackers, checkpoints with everything needed to resume
+Owns: the optimizer (AdamW) and learning-rate schedule, gradient accumulation, the metrics events
+and trackers, checkpoints with everything needed to resume
 (weights, optimizer, schedule, RNG, position in the epoch), and a graceful stop (pause).
-Does not own what a loss is or how examples become tensors: a recipe gives a `Task`.
+Does not own what a loss is or how examples become tensors (a recipe gives a `Task`), nor how the
+model is spread over processes (training.parallel: DDP, or FSDP for full fine-tuning).
 
 Choices, and why:
 - The loss of a step is the sum over the whole step (all micro-batches, all processes) divided
@@ -37,7 +38,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from tuneserve.atomic import write_dir_atomically
-from tuneserve.training import distributed, model as model_io
+from tuneserve.training import distributed, model as model_io, parallel
 from tuneserve.training.batching import epoch_plan, micro_batches
 from tuneserve.training.events import EventWriter
 from tuneserve.training.spec import TrainingSpec
@@ -60,11 +61,12 @@ class Task(Protocol):
 
     def units(self, items: Sequence[Any]) -> int: ...
 
-    def loss(self, forward: Callable[..., torch.Tensor], items: Sequence[Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-        """(summed loss over the items, summed metrics, real tokens processed)."""
+    def loss(self, forward: Callable[..., Any], items: Sequence[Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        """(summed loss over the items, summed metrics, real tokens processed), computed through
+        `forward(head, **model_inputs)` (training.model.Loaded.apply_head's contract)."""
         ...
 
-    def evaluate(self, items: Sequence[Any], prefix: str) -> dict[str, float]: ...
+    def evaluate(self, forward: Callable[..., Any], items: Sequence[Any], prefix: str) -> dict[str, float]: ...
 
     def metric_names(self) -> dict[str, str]:
         """Summed metric -> the name its per-unit mean is reported under."""
@@ -88,16 +90,16 @@ class LoopState:
 
 
 class _Trunk(torch.nn.Module):
-    """The decoder as one module returning the last hidden states: what data parallelism wraps
-    (all parameters, the LM head included, are registered here, so their gradients sync)."""
+    """The model as one module whose forward is `Loaded.apply_head`: what DDP and FSDP wrap (every
+    parameter, the LM head included, is registered here, so all of their gradients sync)."""
 
     def __init__(self, loaded: model_io.Loaded):
         super().__init__()
         self.model = loaded.model
-        self._hidden_states = loaded.hidden_states
+        self._apply_head = loaded.apply_head
 
-    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        return self._hidden_states(**inputs)
+    def forward(self, head: Callable[[torch.Tensor, torch.nn.Module], Any], **inputs: torch.Tensor) -> Any:
+        return self._apply_head(head, **inputs)
 
 
 def train_loop(spec: TrainingSpec, job_dir: Path, events: EventWriter, loaded: model_io.Loaded, tokenizer: Any, task: Task,
@@ -113,28 +115,32 @@ def train_loop(spec: TrainingSpec, job_dir: Path, events: EventWriter, loaded: m
     checkpoint_steps = _spread(total_steps, spec.n_checkpoints or hp.n_epochs)
     eval_steps = _spread(total_steps, hp.n_epochs if spec.n_evals is None else spec.n_evals) if valid_items else set()
 
-    trainable = loaded.trainable()
+    # A checkpoint's whole weights load before the model is wrapped (FSDP then keeps each rank's shard).
+    resume_from = latest_checkpoint(job_dir)
+    saved = _load_checkpoint(resume_from, loaded, total_steps) if resume_from is not None else None
+    kind = parallel.strategy(spec.training_type)
+    trunk = _Trunk(loaded)
+    forward = parallel.wrap(trunk, loaded.decoder().layers, loaded.device, kind)
+    # Under FSDP every rank runs every forward, evaluations included; DDP's ranks evaluate unwrapped.
+    evaluator = forward if kind == parallel.FSDP else trunk
+
+    trainable = loaded.trainable()  # after wrapping: FSDP has replaced the parameters by their shards
     decay = [p for p in trainable if p.ndim >= 2]  # no weight decay on biases and norms
     rest = [p for p in trainable if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opt.weight_decay}, {"params": rest, "weight_decay": 0.0}],
                                   lr=hp.learning_rate, fused=loaded.device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(opt.lr_scheduler_type, warmup_steps, total_steps, opt.min_lr_ratio))
-    trunk = _Trunk(loaded)
-    forward = trunk
-    if distributed.active():
-        device_ids = [loaded.device.index] if loaded.device.type == "cuda" else None
-        forward = torch.nn.parallel.DistributedDataParallel(trunk, device_ids=device_ids)
     if main:
+        processes = f"{distributed.world_size()} process(es)" + (f" ({kind.upper()})" if kind != parallel.SINGLE else "")
         events.message(
             f"Training on {len(train_items)} examples ({len(valid_items)} validation): {hp.n_epochs} epochs x {steps_per_epoch} "
             f"steps of batch {hp.batch_size} = {total_steps} steps, warm-up {warmup_steps}, {opt.lr_scheduler_type} schedule, "
             f"peak learning rate {hp.learning_rate:g}, {model_io.BATCHING_NAMES[loaded.batching]}"
-            f", {distributed.world_size()} process(es), device {loaded.device.type}")
+            f", {processes}, device {loaded.device.type}")
 
     state = LoopState(total_steps=total_steps)
-    resume_from = latest_checkpoint(job_dir)
-    if resume_from is not None:
-        state = _resume(resume_from, loaded, optimizer, scheduler, total_steps)
+    if saved is not None:
+        state = _restore(saved, forward, optimizer, scheduler, kind)
         if main:
             events.message(f"Resumed from checkpoint {resume_from.name} (step {state.global_step} of {total_steps})")
 
@@ -152,7 +158,7 @@ def train_loop(spec: TrainingSpec, job_dir: Path, events: EventWriter, loaded: m
                     learning_rate = scheduler.get_last_lr()[0]  # the rate this step uses
                     alone = loaded.batching == "rows" or (loaded.batching == "mixed" and max(lengths[i] for i in indices) > ROWS_MIN_TOKENS)
                     split = len(step_items) if alone else opt.gradient_accumulation_steps
-                    loss_sum, metric_sums, n_tokens = _step(forward, task, step_items, trainable, optimizer, opt, split)
+                    loss_sum, metric_sums, n_tokens = _step(forward, kind, task, step_items, trainable, optimizer, opt, split)
                     scheduler.step()
                     state.global_step += 1
                     state.step_in_epoch += 1
@@ -178,10 +184,11 @@ def train_loop(spec: TrainingSpec, job_dir: Path, events: EventWriter, loaded: m
                     end_of_epoch = state.step_in_epoch == len(plan)
                     checkpoint_metrics = {"step": state.global_step, "train_loss": state.epoch_loss_sum / max(state.epoch_units, 1),
                                           **{task.metric_names()[k]: v / max(state.epoch_units, 1) for k, v in state.epoch_metric_sums.items()}}
-                    if state.global_step in eval_steps and main:
-                        valid = task.evaluate(valid_items[:PERIODIC_VALID_EXAMPLES], "valid")
-                        events.emit("metrics", step=state.global_step, total_steps=total_steps, epoch=state.epoch, **valid)
-                        trackers.log(valid, state.global_step)
+                    if state.global_step in eval_steps:
+                        valid = task.evaluate(evaluator, valid_items[:PERIODIC_VALID_EXAMPLES], "valid")
+                        if main:
+                            events.emit("metrics", step=state.global_step, total_steps=total_steps, epoch=state.epoch, **valid)
+                            trackers.log(valid, state.global_step)
                         checkpoint_metrics.update(valid)
                     stop = distributed.any_true(stop_requested(), loaded.device)
                     if end_of_epoch:
@@ -191,8 +198,8 @@ def train_loop(spec: TrainingSpec, job_dir: Path, events: EventWriter, loaded: m
                     if state.global_step in checkpoint_steps or stop:
                         state.train_runtime_s += time.perf_counter() - loop_start
                         loop_start = time.perf_counter()
+                        path = save_checkpoint(job_dir, loaded, tokenizer, state, forward, optimizer, scheduler, kind)
                         if main:
-                            path = save_checkpoint(job_dir, loaded, tokenizer, state, optimizer, scheduler)
                             events.emit("checkpoint", step=state.global_step, epoch=state.epoch - (1 if end_of_epoch else 0),
                                         path=path.relative_to(job_dir).as_posix(), metrics=checkpoint_metrics)
                         distributed.barrier()
@@ -213,12 +220,13 @@ def train_loop(spec: TrainingSpec, job_dir: Path, events: EventWriter, loaded: m
 
     # The whole validation set once at the end, then the final artifact.
     result: dict[str, Any] = {"type": "result"}
+    full_valid = task.evaluate(evaluator, valid_items, "full_valid") if valid_items else {}
+    weights = parallel.full_model_state(loaded.model, kind)  # a collective under FSDP
     if main:
-        full_valid = task.evaluate(valid_items, "full_valid") if valid_items else {}
         if full_valid:
             events.emit("metrics", step=state.global_step, total_steps=total_steps, epoch=hp.n_epochs, **full_valid)
         final_dir = job_dir / "final"
-        write_dir_atomically(final_dir, lambda tmp: model_io.save(tmp, loaded, tokenizer))
+        write_dir_atomically(final_dir, lambda tmp: model_io.save(tmp, loaded, tokenizer, weights))
         events.message(f"Saved the final {'adapter' if loaded.is_adapter else 'model'} to {final_dir}")
         if run_tokens and run_step_time > 0:
             _record_throughput(spec.model, loaded.device, run_tokens / run_step_time / distributed.world_size(), events)
@@ -228,29 +236,28 @@ def train_loop(spec: TrainingSpec, job_dir: Path, events: EventWriter, loaded: m
     return result
 
 
-def _step(forward: torch.nn.Module, task: Task, items: Sequence[Any], trainable: list[torch.nn.Parameter],
+def _step(forward: torch.nn.Module, kind: str, task: Task, items: Sequence[Any], trainable: list[torch.nn.Parameter],
           optimizer: torch.optim.Optimizer, opt, split: int) -> tuple[float, dict[str, float], int]:
     """One optimizer step over this process's share of `items`, in `split` micro-batches; returns
-    its summed loss and metrics."""
+    its summed loss and metrics. Every rank runs as many micro-batches as the busiest one (DDP and
+    FSDP communicate inside forward and backward, so all must take part); padding ones count zero."""
     world, rank = distributed.world_size(), distributed.rank()
     units = max(task.units(items), 1)
     mine = micro_batches(items_of_rank(items, rank, world), split)
+    rounds = max(len(micro_batches(items_of_rank(items, r, world), split)) for r in range(world))
     loss_total, metric_totals, tokens = 0.0, {}, 0
-    for k, micro in enumerate(mine):
-        last = k == len(mine) - 1
-        sync = contextlib.nullcontext() if last or not hasattr(forward, "no_sync") else forward.no_sync()
-        with sync:
-            loss_sum, metric_sums, n_tokens = task.loss(forward, micro)
-            # DDP averages gradients over processes; scale so the result is the sum over the step / its units.
-            (loss_sum * (world / units)).backward()
+    for k in range(rounds):
+        padding = k >= len(mine)
+        with parallel.gradient_sync(forward, kind, sync=k == rounds - 1):
+            loss_sum, metric_sums, n_tokens = task.loss(forward, items[:1] if padding else mine[k])
+            # DDP and FSDP average gradients over processes; scale so the result is the sum over the step / its units.
+            (loss_sum * (0.0 if padding else world / units)).backward()
+        if padding:
+            continue
         loss_total += float(loss_sum.detach())
         for name, value in metric_sums.items():
             metric_totals[name] = metric_totals.get(name, 0.0) + float(value)
         tokens += n_tokens
-    if world > 1 and not mine:  # more processes than examples in this step: join the gradient sync with zeros
-        for p in trainable:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
     if opt.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(trainable, opt.max_grad_norm)
     optimizer.step()
@@ -301,31 +308,35 @@ def latest_checkpoint(job_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def save_checkpoint(job_dir: Path, loaded: model_io.Loaded, tokenizer: Any, state: LoopState, optimizer: torch.optim.Optimizer,
-                    scheduler: Any) -> Path:
-    """Write checkpoints/step-N: the artifact as served, plus trainer_state.pt to resume from."""
+def save_checkpoint(job_dir: Path, loaded: model_io.Loaded, tokenizer: Any, state: LoopState, module: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, kind: str = parallel.SINGLE) -> Path:
+    """Write checkpoints/step-N: the artifact as served, plus trainer_state.pt to resume from.
+    Every rank calls it (FSDP gathers the whole weights and optimizer state); rank 0 writes."""
     target = job_dir / "checkpoints" / f"step-{state.global_step}"
+    weights = parallel.full_model_state(loaded.model, kind)
+    optimizer_state = parallel.optimizer_state(module, optimizer, kind)
 
     def write(tmp: Path) -> None:
-        model_io.save(tmp, loaded, tokenizer)
+        model_io.save(tmp, loaded, tokenizer, weights)
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save({"state": asdict(state), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
+        torch.save({"state": asdict(state), "optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng},
                    tmp / STATE_FILE)
 
-    write_dir_atomically(target, write)
+    if distributed.is_main():
+        write_dir_atomically(target, write)
     return target
 
 
-def _resume(checkpoint: Path, loaded: model_io.Loaded, optimizer: torch.optim.Optimizer, scheduler: Any, total_steps: int) -> LoopState:
-    """Load weights, optimizer, schedule and RNG from a checkpoint; return where training stands."""
+def _load_checkpoint(checkpoint: Path, loaded: model_io.Loaded, total_steps: int) -> dict[str, Any]:
+    """Load a checkpoint's weights into the (not yet wrapped) model; return the rest of what it saved."""
     from safetensors.torch import load_file
 
     saved = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)  # our own file
-    state = LoopState(**saved["state"])
-    if state.total_steps != total_steps:
-        raise ValueError(f"{checkpoint} was written by a run of {state.total_steps} steps, this one has {total_steps}: not the same job")
+    if saved["state"]["total_steps"] != total_steps:
+        raise ValueError(f"{checkpoint} was written by a run of {saved['state']['total_steps']} steps, this one has "
+                         f"{total_steps}: not the same job")
     weights = load_file(model_io.weights_file(checkpoint), device=str(loaded.device))
     if loaded.is_adapter:
         from peft import set_peft_model_state_dict
@@ -335,13 +346,18 @@ def _resume(checkpoint: Path, loaded: model_io.Loaded, optimizer: torch.optim.Op
             raise ValueError(f"{checkpoint} does not match this adapter: unexpected {result.unexpected_keys[:3]}")
     else:
         loaded.model.load_state_dict(weights, strict=False)
-    optimizer.load_state_dict(saved["optimizer"])
+    return saved
+
+
+def _restore(saved: dict[str, Any], module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, kind: str) -> LoopState:
+    """Optimizer, schedule and RNG as the checkpoint left them; returns where training stands."""
+    parallel.load_optimizer_state(module, optimizer, saved["optimizer"], kind)
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"]["torch"])
     random.setstate(saved["rng"]["python"])
     if "cuda" in saved["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-    return state
+    return LoopState(**saved["state"])
 
 
 def _record_throughput(model_ref: str, device: torch.device, tokens_per_second: float, events: EventWriter) -> None:

@@ -17,7 +17,7 @@ import contextlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from peft import IA3Config, LoraConfig, PeftModel, get_peft_model
@@ -68,6 +68,11 @@ class Loaded:
 
     def lm_head(self) -> torch.nn.Module:
         return self.causal_lm.get_output_embeddings()
+
+    def apply_head(self, head: Callable[[torch.Tensor, torch.nn.Module], Any], **inputs: torch.Tensor) -> Any:
+        """`head(last hidden states, LM head)`: a loss from the hidden states, within one call of the
+        decoder, so a wrapper that shards weights (FSDP) has the head's weights whole when it runs."""
+        return head(self.hidden_states(**inputs), self.lm_head())
 
 
 def device_and_dtype(precision: str = "auto") -> tuple[torch.device, torch.dtype]:
@@ -192,14 +197,15 @@ def _nf4_config(dtype: torch.dtype):
                               bnb_4bit_compute_dtype=dtype)
 
 
-def save(directory: Path, loaded: Loaded, tokenizer: Any) -> None:
-    """The adapter (or the whole model) with the tokenizer and chat template beside it."""
+def save(directory: Path, loaded: Loaded, tokenizer: Any, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """The adapter (or the whole model) with the tokenizer and chat template beside it. `state_dict`:
+    the whole weights gathered from a sharded model (training.parallel), else the model's own."""
     if loaded.is_adapter:
         # save_embedding_layers=False: we never resize the vocabulary, and the "auto" check would look
         # the base model up on the hub by name (a network call, and a warning offline).
         loaded.model.save_pretrained(directory, save_embedding_layers=False)
     else:
-        loaded.model.save_pretrained(directory, safe_serialization=True)
+        loaded.model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(directory)
 
 

@@ -5,7 +5,7 @@ Ray starts entrypoints) and trains with Ray Train's TorchTrainer: `num_workers` 
 each with `resources_per_worker` (the spec's OPEA names; {"GPU": 1} trains on GPUs over NCCL,
 otherwise on CPUs over gloo). Ray Train joins the workers into one torch.distributed group; each
 worker then calls `tuneserve.training.run.train(spec, job_dir)`, the same entry as a local run,
-which wraps the model for data parallelism, shards the data by rank, and lets only rank 0 write
+which wraps the model for data parallelism (DDP, or FSDP for full fine-tuning), shards the data by rank, and lets only rank 0 write
 events and checkpoints into JOB_DIR (shared storage that the API reads).
 
 Owns: the TorchTrainer set-up, the stop request (a pause touches JOB_DIR/stop-requested; every
@@ -26,9 +26,6 @@ from typing import Any
 from tuneserve.training.events import STOP_REQUEST_FILE, EventWriter, read_events
 
 USAGE = "usage: python -m tuneserve.training.ray_train JOB_DIR"
-# Tells the recipe which data parallelism to use when it runs as several ranks: DDP for adapters
-# (small gradients), FSDP for full fine-tuning (the whole model's gradients and optimizer states).
-PARALLEL_ENV = "TUNESERVE_PARALLEL"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{resources or 'default resources'} each, backend {'nccl' if use_gpu else 'gloo'}", flush=True)
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"job_dir": str(job_dir), "parallel": "fsdp" if spec.training_type == "full" else "ddp"},
+            train_loop_config={"job_dir": str(job_dir)},
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=spec.num_workers, use_gpu=use_gpu,
                                          resources_per_worker=resources or None),
@@ -74,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: the same `train` as a local run, with a stop request read from the shared directory."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ[PARALLEL_ENV] = config["parallel"]
     import ray.train
 
     from tuneserve.training.run import train

@@ -14,7 +14,6 @@ run behind that a restarted one would start a second time.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import socket
@@ -27,8 +26,6 @@ from pathlib import Path
 from tuneserve.jobs.runners.state import RunState
 
 _PR_SET_PDEATHSIG = 1
-# Which parallelism the recipe uses when it runs as several ranks (read from the environment).
-PARALLEL_ENV = "TUNESERVE_PARALLEL"
 
 
 def _die_with_parent() -> None:
@@ -73,13 +70,11 @@ class LocalRunner:
         if n <= 1:  # a session of its own: no terminal signal reaches it, and killpg reaches its children
             return RunHandle(job_id, job_dir, _spawn(command, base_env, job_dir, rank=0, group=None))
         port = _free_port()
-        parallel = "fsdp" if _training_type(job_dir) == "full" else "ddp"
         processes: list[subprocess.Popen] = []
         try:
             for rank in range(n):
                 env = {**base_env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(n),
-                       "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                       PARALLEL_ENV: parallel}
+                       "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
                 # Rank 0 leads a new process group (in this session: a group cannot span sessions); the others join it.
                 processes.append(_spawn(command, env, job_dir, rank=rank, group=processes[0].pid if processes else 0))
         except BaseException:
@@ -147,13 +142,6 @@ def visible_cuda_devices() -> int:
         return max(1, torch.cuda.device_count())
     except Exception:  # no torch or no driver: one process, which finds its device itself
         return 1
-
-
-def _training_type(job_dir: Path) -> str:
-    try:
-        return json.loads((job_dir / "spec.json").read_text()).get("training_type", "lora")
-    except (OSError, ValueError):
-        return "lora"
 
 
 def _free_port() -> int:

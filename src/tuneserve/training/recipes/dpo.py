@@ -101,15 +101,13 @@ class PreferenceTask:
         else:
             batch = collate_padded(sequences, self.pad, device)
             owners = torch.arange(len(sequences), device=device)[:, None].expand_as(batch.input_ids)
-        hidden = forward(**batch.model_inputs())
-        logps = sequence_logprobs(hidden, self.loaded.lm_head(), batch.labels, owners, len(sequences))
+        logps = forward(_logprobs_head(batch.labels, owners, len(sequences)), **batch.model_inputs())
         return logps[: len(items)], logps[len(items) :], batch.n_tokens
 
     def _one_sequence(self, forward, sequence: Formatted) -> tuple[torch.Tensor, int]:
         batch = collate_padded([sequence], self.pad, self.loaded.device)
-        hidden = forward(input_ids=batch.input_ids)
         owners = torch.zeros_like(batch.input_ids)
-        return sequence_logprobs(hidden, self.loaded.lm_head(), batch.labels, owners, 1), batch.n_tokens
+        return forward(_logprobs_head(batch.labels, owners, 1), input_ids=batch.input_ids), batch.n_tokens
 
     @torch.no_grad()
     def compute_reference(self, pairs: list[Pair]) -> None:
@@ -118,13 +116,10 @@ class PreferenceTask:
         model.eval()
         for start in range(0, len(pairs), REFERENCE_BATCH):
             chunk = pairs[start : start + REFERENCE_BATCH]
-            chosen, rejected, _ = self._logprobs(self._decoder_forward, chunk)
+            chosen, rejected, _ = self._logprobs(self.loaded.apply_head, chunk)  # before training: the model unwrapped
             for pair, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
                 pair.ref_chosen, pair.ref_rejected = c, r
         model.train(was_training)
-
-    def _decoder_forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        return self.loaded.hidden_states(**inputs)
 
     def loss(self, forward, items: Sequence[Pair]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
         chosen, rejected, n_tokens = self._logprobs(forward, items)
@@ -137,17 +132,22 @@ class PreferenceTask:
         return losses.sum(), metrics, n_tokens
 
     @torch.no_grad()
-    def evaluate(self, items: Sequence[Pair], prefix: str) -> dict[str, float]:
+    def evaluate(self, forward, items: Sequence[Pair], prefix: str) -> dict[str, float]:
         model = self.loaded.model
         was_training = model.training
         model.eval()
         loss_sum, wins, margin = 0.0, 0, 0.0
         for start in range(0, len(items), REFERENCE_BATCH):
-            losses, metrics, _ = self.loss(self._decoder_forward, items[start : start + REFERENCE_BATCH])
+            losses, metrics, _ = self.loss(forward, items[start : start + REFERENCE_BATCH])
             loss_sum, wins, margin = loss_sum + float(losses), wins + int(metrics["wins"]), margin + float(metrics["margin"])
         model.train(was_training)
         n = max(len(items), 1)
         return {f"{prefix}_loss": loss_sum / n, f"{prefix}_rewards_accuracy": wins / n, f"{prefix}_rewards_margin": margin / n}
+
+
+def _logprobs_head(labels: torch.Tensor, owners: torch.Tensor, n_sequences: int):
+    """The head the wrapped model applies to its hidden states (training.model.Loaded.apply_head)."""
+    return lambda hidden, lm_head: sequence_logprobs(hidden, lm_head, labels, owners, n_sequences)
 
 
 def load_pairs(path: str, kind: str) -> list[PreferenceExample]:

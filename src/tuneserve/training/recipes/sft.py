@@ -85,23 +85,26 @@ class SupervisedTask:
 
     def loss(self, forward, items: Sequence[Formatted]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
         batch = self.collate(items)
-        hidden = forward(**batch.model_inputs())
-        loss_sum, correct, _count = token_cross_entropy(hidden, self.loaded.lm_head(), batch.labels)
+        loss_sum, correct, _count = forward(_cross_entropy(batch.labels), **batch.model_inputs())
         return loss_sum, {"correct": correct}, batch.n_tokens
 
     @torch.no_grad()
-    def evaluate(self, items: Sequence[Formatted], prefix: str) -> dict[str, float]:
+    def evaluate(self, forward, items: Sequence[Formatted], prefix: str) -> dict[str, float]:
         """Token-weighted loss and accuracy over `items` (in order, no dropout)."""
         model = self.loaded.model
         was_training = model.training
         model.eval()
         loss_sum, correct, count = 0.0, 0, 0
         for batch in self.eval_batches(items):
-            hidden = self.loaded.hidden_states(**batch.model_inputs())
-            batch_loss, batch_correct, batch_count = token_cross_entropy(hidden, self.loaded.lm_head(), batch.labels)
+            batch_loss, batch_correct, batch_count = forward(_cross_entropy(batch.labels), **batch.model_inputs())
             loss_sum, correct, count = loss_sum + float(batch_loss), correct + int(batch_correct), count + int(batch_count)
         model.train(was_training)
         return {f"{prefix}_loss": loss_sum / max(count, 1), f"{prefix}_mean_token_accuracy": correct / max(count, 1)}
+
+
+def _cross_entropy(labels: torch.Tensor):
+    """The head the wrapped model applies to its hidden states (training.model.Loaded.apply_head)."""
+    return lambda hidden, lm_head: token_cross_entropy(hidden, lm_head, labels)
 
 
 def pad_id(tokenizer: Any) -> int:
