@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -61,13 +60,14 @@ def write_spec(job_dir: Path, data: Path, n: int, max_len: int) -> None:
 
 def run(job_dir: Path, ranks: int) -> dict:
     """Train as `ranks` processes; each one's peak RSS in MB, and the run's last training loss."""
-    port = _free_port()
+    from tuneserve.jobs.runners.local import free_port, rank_environment
+
+    port = free_port()
     processes = []
     for rank in range(ranks):
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}
         if ranks > 1:
-            env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(ranks), LOCAL_WORLD_SIZE=str(ranks),
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            env.update(rank_environment(rank, ranks, port))
         rss_file = job_dir / f"rss-rank{rank}.txt"
         command = ["/usr/bin/time", "-o", str(rss_file), "-f", "%M", sys.executable, "-m", "tuneserve.training", str(job_dir)]
         log = open(job_dir / f"rank{rank}.log", "w")
@@ -79,12 +79,6 @@ def run(job_dir: Path, ranks: int) -> dict:
     events = [json.loads(line) for line in (job_dir / "events.jsonl").read_text().splitlines()]
     losses = [e["train_loss"] for e in events if e["type"] == "metrics" and "train_loss" in e]
     return {"peak_rss_mb": rss, "last_loss": losses[-1], "steps": len(losses)}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

@@ -87,6 +87,22 @@ def wait_for_status(client, job_id: str, statuses: set[str], timeout_s: float = 
     raise AssertionError(f"job {job_id} still {job.status} after {timeout_s}s")
 
 
+def wait_for(predicate, timeout_s: float, what: str):
+    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def training_pids(job_dir: Path) -> list[int]:
+    """The training processes (every rank) of the job in `job_dir`."""
+    out = subprocess.run(["pgrep", "-f", f"tuneserve.training {job_dir}"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
 def fine_tune_tiny(client, data: bytes, suffix: str, *, timeout_s: float = 240, seed: int | None = None, **hyperparameters):
     """Upload `data` and fine-tune the tiny model on it to success (batch 4 unless given)."""
     file = client.files.create(file=(f"{suffix}.jsonl", data), purpose="fine-tune")

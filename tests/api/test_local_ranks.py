@@ -4,25 +4,8 @@ reaches every rank."""
 
 from __future__ import annotations
 
-import subprocess
-import time
-from pathlib import Path
 
-from tests.conftest import TINY, chat_jsonl, start_server, wait_for_status
-
-
-def training_pids(job_dir: Path) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"tuneserve.training {job_dir}"], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.conftest import TINY, chat_jsonl, start_server, training_pids, wait_for, wait_for_status
 
 
 def test_two_ranks_train_to_success_and_cancel_reaches_both(tmp_path, tiny_model_ready):

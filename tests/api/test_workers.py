@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.api.test_postgres_server import pg_url  # noqa: F401  (fixture: a fresh schema of the real PostgreSQL)
-from tests.conftest import TINY, chat_jsonl, start_server, wait_for_status
+from tests.conftest import TINY, chat_jsonl, start_server, training_pids, wait_for_status
 from tuneserve.store.db import make_engine
 
 pytestmark = pytest.mark.postgres
@@ -62,11 +62,6 @@ def holders(pg: str, job_ids: list[str]) -> dict[str, str]:
         rows = conn.execute(text("SELECT id, worker_id FROM jobs WHERE id = ANY(:ids)"), {"ids": job_ids}).all()
     engine.dispose()
     return dict(rows)
-
-
-def training_pids(job_dir: Path) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"tuneserve.training {job_dir}"], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
 
 
 def test_workers_share_ten_jobs_and_take_back_a_killed_workers_job(tmp_path, pg_url, tiny_model_ready):  # noqa: F811

@@ -2,21 +2,14 @@
 nothing is lost, and no training process runs twice."""
 
 import signal
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import SMOLLM2, start_server, wait_for_status
+from tests.conftest import SMOLLM2, start_server, training_pids, wait_for_status
 from tests.e2e.test_smollm2_flow import facts_jsonl
 
 pytestmark = pytest.mark.e2e
-
-
-def training_pids(job_dir: Path) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"tuneserve.training {job_dir}"], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
 
 
 def test_sigkill_mid_training_then_restart_succeeds(tmp_path):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import TINY, chat_jsonl, start_server, wait_for_status
+from tests.conftest import TINY, chat_jsonl, start_server, wait_for, wait_for_status
 
 pytestmark = pytest.mark.ray
 
@@ -27,16 +27,6 @@ def ray_status(address: str, submission_id: str) -> str:
     from ray.job_submission import JobSubmissionClient
 
     return str(JobSubmissionClient(address).get_job_status(submission_id).value)
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def messages(client, job_id: str) -> list[str]:

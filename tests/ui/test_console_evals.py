@@ -1,5 +1,4 @@
-"""Evals: reports listed and shown in detail when the server has the Evaluations API; a clear
-notice, and no request to the missing routes, when it does not."""
+"""Evals: an evaluation started from the page is listed and shown in detail."""
 
 from __future__ import annotations
 
@@ -14,14 +13,6 @@ pytestmark = pytest.mark.ui
 
 
 def test_an_evaluation_started_from_the_page_is_listed_and_shown(console, ui_server, seeded, artifacts):
-    page = console.open("#/evals")
-    if "/v1/evaluations" not in httpx.get(f"{ui_server.base_url}/openapi.json").json()["paths"]:
-        notice = page.wait_for_selector(".page-evals .notice-warn")
-        assert "not available on this server yet" in notice.inner_text()
-        assert not any("/v1/evaluations" in r for r in console.requests)
-        page.screenshot(path=artifacts / "evals-missing-1280.png", full_page=True)
-        return
-
     model = seeded["model"]
     page = console.open(f"#/evals?model={model}")
     page.wait_for_selector(f'.new-eval option[value="{seeded["file"]}"]', state="attached")

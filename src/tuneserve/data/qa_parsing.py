@@ -21,11 +21,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneserve.data.containers import clip
+
 QUESTION_KEYS = ("question", "q", "query", "prompt", "instruction")
 ANSWER_KEYS = ("answer", "a", "response", "output", "completion")
 CONTEXT_KEYS = ("context", "ctx", "source", "evidence", "passage")
 VERDICT_KEYS = ("result", "verdict", "decision", "judgement", "judgment", "answer", "label", "grade")
 REASON_KEYS = ("reason", "explanation", "rationale", "justification", "why")
+REASON_LIMIT = 500  # a judge's reason (or the reply standing in for it) is clipped to this many characters
 
 # Problem codes (counted in QAParse.problems and in the synthesis summary).
 UNPARSEABLE = "unparseable_reply"      # no JSON (nor labeled Q/A text) in the reply at all
@@ -97,14 +100,14 @@ def parse_verdict(text: str) -> tuple[str | None, str]:
         if isinstance(value, dict):
             verdict = _yes_no(_field(value, VERDICT_KEYS))
             if verdict is not None:
-                return verdict, _field(value, REASON_KEYS) or _clip(text)
+                return verdict, _field(value, REASON_KEYS) or clip(text.strip(), REASON_LIMIT)
     labeled = re.search(r"\b(?:result|verdict|decision|judge?ment|answer|grade)\s*[:=\-]\s*\**\s*\"?([A-Za-z]+)", text, re.I)
     if labeled and (verdict := _yes_no(labeled.group(1))) is not None:
         return verdict, _reason_after(text, labeled.end())
     first = re.match(r"\W*(yes|no)\b", text, re.I)
     if first and not re.match(r"\W*(yes|no)\W+(?:(?:or|and)\W+)?(yes|no)\b", text, re.I):  # "YES or NO", "yes/no"
         return first.group(1).upper(), _reason_after(text, first.end())
-    return None, _clip(text)
+    return None, clip(text.strip(), REASON_LIMIT)
 
 
 # --- finding JSON -----------------------------------------------------------------------------
@@ -223,9 +226,5 @@ def _yes_no(value: str) -> str | None:
 
 
 def _reason_after(text: str, pos: int) -> str:
-    return _clip(text[pos:].lstrip(" \t\n*\"'.,:;-").rstrip(" \t\n*\"")) or _clip(text)
-
-
-def _clip(text: str, limit: int = 500) -> str:
-    text = text.strip()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    reason = text[pos:].lstrip(" \t\n*\"'.,:;-").rstrip(" \t\n*\"")
+    return clip(reason.strip(), REASON_LIMIT) or clip(text.strip(), REASON_LIMIT)

@@ -36,12 +36,14 @@ from typing import Any, Callable
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from tuneserve.atomic import write_text_atomically
 from tuneserve.data.convert import validation_path
 from tuneserve.data.documents import TokenCounter, chunk_text, find_documents, read_document
 from tuneserve.data.formats import normalize
 from tuneserve.data.qa_parsing import QAPair, parse_qa_pairs, parse_verdict
 from tuneserve.data.rate_limit import RateLimiter
 from tuneserve.data.records import DataError
+from tuneserve.data.validation import MIN_EXAMPLES
 
 # Tokens the chat template adds around the messages; kept free in every chunk's budget.
 TEMPLATE_OVERHEAD_TOKENS = 32
@@ -217,7 +219,7 @@ def synthesize(options: SynthOptions, client: Any, counter: TokenCounter, *, jud
     summary.update(_write_outputs(options.output, train, held_out))
     summary["usable"] = bool(examples)
     summary["message"] = _message(summary, options.model)
-    _write_atomically(summary_path(options.output), json.dumps(summary, indent=2) + "\n")
+    write_text_atomically(summary_path(options.output), json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -282,7 +284,7 @@ def _write_outputs(output: Path, train: list[dict[str, Any]], held_out: list[dic
     written: dict[str, Any] = {}
     for path, records, key in ((output, train, "output"), (validation_path(output), held_out, "eval_output")):
         if records:
-            _write_atomically(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            write_text_atomically(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             written[key] = str(path)
         else:
             path.unlink(missing_ok=True)
@@ -294,8 +296,8 @@ def _message(summary: dict[str, Any], model: str) -> str:
         text = f"wrote {summary['train']} training examples to {summary['output']}"
         if summary["eval"]:
             text += f" and {summary['eval']} held-out examples to {summary['eval_output']}"
-        if summary["kept"] < 10:
-            text += " (a fine-tuning job needs at least 10 examples)"
+        if summary["kept"] < MIN_EXAMPLES:
+            text += f" (a fine-tuning job needs at least {MIN_EXAMPLES} examples)"
         return text
     if not summary["chunks"]:
         return f"nothing usable: the {summary['documents']} document(s) hold no text. No training file was written."
@@ -412,10 +414,3 @@ def _sibling(output: Path, suffix: str) -> Path:
             name = name[: -len(ending)]
             break
     return output.with_name(name + suffix)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -18,7 +18,7 @@ from typing import Any
 
 from tuneserve.data.containers import read_records
 from tuneserve.data.formats import PREFERENCE_FORMATS, detect_format, normalize, unknown_format_message
-from tuneserve.data.records import DataError, Example
+from tuneserve.data.records import DataError
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,7 @@ def _item(record: Any, line: int, index: int) -> EvalItem:
         why = unknown_format_message(record) if fmt is None else f"a {fmt} record has no single reference answer"
         raise DataError(f"{why}; an evaluation item is {{\"question\", \"answer\"}} or a conversation ending in an "
                         "assistant turn", line=line, code="invalid_eval_item")
-    example = normalize(record, fmt, line)
-    if not isinstance(example, Example):  # every sft format normalizes to an Example; kept for safety
-        raise DataError("not a conversation", line=line, code="invalid_eval_item")
+    example = normalize(record, fmt, line)  # an sft format: an Example
     # The weight is a training mark; the chat API does not take it.
     messages = [{**{k: v for k, v in m.items() if k != "weight"}, "content": m.get("content") or ""} for m in example.messages]
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant" and m["content"].strip()), default=None)

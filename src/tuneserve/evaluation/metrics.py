@@ -15,8 +15,6 @@ import re
 import string
 from functools import lru_cache
 
-import numpy as np
-
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 CI_LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 1000
@@ -55,6 +53,8 @@ def aggregate(values: list[float]) -> dict[str, float | None]:
     """{mean, ci_low, ci_high}: the mean and its bootstrap interval (all None for no values)."""
     if not values:
         return {"mean": None, "ci_low": None, "ci_high": None}
+    import numpy as np  # here, not at module level: the server imports this module at start-up
+
     data = np.asarray(values, dtype=float)
     mean = float(data.mean())
     if len(data) == 1:

@@ -8,13 +8,13 @@ no script, no stylesheet or font from anywhere else, so it opens offline and as 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from html import escape
 from pathlib import Path
 from typing import Any
 
+from tuneserve.atomic import write_text_atomically
 from tuneserve.evaluation.metrics import CI_METHOD, ROUGE_TYPES, aggregate
 
 METRICS = (*ROUGE_TYPES, "exact_match")
@@ -54,16 +54,13 @@ def write_report(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = directory / "report.json", directory / "report.html"
     for path, text in zip(paths, (json.dumps(report, indent=2, ensure_ascii=False) + "\n", render_html(report))):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomically(path, text)
     return paths
 
 
-def failed_models(report_or_summary: dict[str, Any]) -> list[str]:
+def failed_models(report: dict[str, Any]) -> list[str]:
     """Models whose every answer failed (an unknown model, a refused request): nothing was measured."""
-    summary = report_or_summary.get("summary", report_or_summary)
-    return [m for m, s in summary.items() if s["n"] and s["errors"] == s["n"]]
+    return [m for m, s in report["summary"].items() if s["n"] and s["errors"] == s["n"]]
 
 
 # --- HTML ---------------------------------------------------------------------------------------

@@ -29,8 +29,6 @@ from tuneserve.store.files import FileService
 from tuneserve.store.pagination import page_after
 from tuneserve.store.tables import Evaluation, Job
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
-TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 MAX_MODELS = 8
 DEFAULTS = {"max_tokens": 256, "temperature": 0.0, "concurrency": 4, "max_items": None}
 # A fine-tuning job's automatic evaluation uses at most this many validation examples (CPU-friendly).
@@ -76,7 +74,7 @@ class EvaluationService:
                 raise InvalidRequest("judge_base_url must be an http(s) URL", param="judge_base_url", code="invalid_value")
         elif judge_model and (judge_model.startswith("ft:") or self.check_base_models):
             self.catalog.lookup(project, judge_model, param="judge_model")  # judged by this server: it must exist here
-        row = Evaluation(id=new_id("eval"), project=project, status=QUEUED, models=models, dataset_file=file.id,
+        row = Evaluation(id=new_id("eval"), project=project, status=states.QUEUED, models=models, dataset_file=file.id,
                          judge_model=judge_model, judge_base_url=judge_base_url, params=params,
                          user_metadata=request.get("metadata"), fine_tuning_job_id=fine_tuning_job_id, progress_done=0,
                          progress_total=n_items * len(models), created_at=now())
@@ -107,7 +105,7 @@ class EvaluationService:
         return created
 
     def _record_failed(self, project: str, request: dict[str, Any], job_id: str, exc: TuneserveError) -> Evaluation:
-        row = Evaluation(id=new_id("eval"), project=project, status=FAILED, models=request["models"],
+        row = Evaluation(id=new_id("eval"), project=project, status=states.FAILED, models=request["models"],
                          dataset_file=request["dataset_file"], params={**DEFAULTS, "max_items": request["max_items"]},
                          user_metadata=request["metadata"], fine_tuning_job_id=job_id, progress_done=0, progress_total=0,
                          error={"message": exc.message, "code": exc.code}, created_at=now(), finished_at=now())
@@ -132,7 +130,7 @@ class EvaluationService:
         """Per-item answers and scores, in dataset order; `after` is the last index seen. Empty until it succeeds."""
         row = self.get(project, evaluation_id)
         report = self.report_dir(row.id) / "report.json"
-        if row.status != SUCCEEDED or not report.exists():
+        if row.status != states.SUCCEEDED or not report.exists():
             return [], False
         items = json.loads(report.read_text(encoding="utf-8"))["items"]
         start = 0
@@ -155,12 +153,13 @@ class EvaluationService:
     def cancel(self, project: str, evaluation_id: str) -> Evaluation:
         """Cancel; a running evaluation stops after the answers in flight (within seconds)."""
         row = self.get(project, evaluation_id)
-        if row.status in (SUCCEEDED, FAILED):
+        if row.status in (states.SUCCEEDED, states.FAILED):
             raise InvalidRequest(f"Evaluation {evaluation_id} has already {row.status}; it cannot be cancelled",
                                  param="evaluation_id", code="evaluation_not_cancellable")
         with self.sessions.begin() as session:
-            session.execute(update(Evaluation).where(Evaluation.id == row.id, Evaluation.status.in_((QUEUED, RUNNING)))
-                            .values(status=CANCELLED, finished_at=now()))
+            session.execute(update(Evaluation)
+                            .where(Evaluation.id == row.id, Evaluation.status.in_((states.QUEUED, states.RUNNING)))
+                            .values(status=states.CANCELLED, finished_at=now()))
         return self.get(project, evaluation_id)
 
     # -- the worker's side ----------------------------------------------------------------
@@ -176,19 +175,19 @@ class EvaluationService:
         stale = time.time() - stale_after_s
         with self.sessions.begin() as session:
             return session.execute(
-                update(Evaluation).where(Evaluation.status == RUNNING, or_(
+                update(Evaluation).where(Evaluation.status == states.RUNNING, or_(
                     Evaluation.worker_id == worker_id, Evaluation.worker_id.is_(None), Evaluation.heartbeat_at < stale))
-                .values(status=QUEUED, started_at=None, progress_done=0, worker_id=None, heartbeat_at=None)).rowcount
+                .values(status=states.QUEUED, started_at=None, progress_done=0, worker_id=None, heartbeat_at=None)).rowcount
 
     def claim_next(self, worker_id: str) -> Evaluation | None:
         """The oldest queued evaluation, now running here; None when none is queued (or another took it)."""
         with self.sessions() as session:
-            row = session.scalar(select(Evaluation).where(Evaluation.status == QUEUED).order_by(Evaluation.seq).limit(1))
+            row = session.scalar(select(Evaluation).where(Evaluation.status == states.QUEUED).order_by(Evaluation.seq).limit(1))
         if row is None:
             return None
         with self.sessions.begin() as session:
-            claimed = session.execute(update(Evaluation).where(Evaluation.id == row.id, Evaluation.status == QUEUED)
-                                      .values(status=RUNNING, started_at=now(), progress_done=0, worker_id=worker_id,
+            claimed = session.execute(update(Evaluation).where(Evaluation.id == row.id, Evaluation.status == states.QUEUED)
+                                      .values(status=states.RUNNING, started_at=now(), progress_done=0, worker_id=worker_id,
                                               heartbeat_at=time.time())).rowcount
         return self.get(row.project, row.id) if claimed else None
 
@@ -199,14 +198,14 @@ class EvaluationService:
     def set_progress(self, evaluation_id: str, done: int, total: int) -> None:
         """Record progress; it also says the worker is alive."""
         with self.sessions.begin() as session:
-            session.execute(update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == RUNNING)
+            session.execute(update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == states.RUNNING)
                             .values(progress_done=done, progress_total=total, heartbeat_at=time.time()))
 
     def finish(self, evaluation_id: str, *, summary: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> None:
         """succeeded with a summary, or failed with {message, code}; a cancelled evaluation stays cancelled."""
-        values: dict[str, Any] = {"status": FAILED if error else SUCCEEDED, "finished_at": now(), "error": error}
+        values: dict[str, Any] = {"status": states.FAILED if error else states.SUCCEEDED, "finished_at": now(), "error": error}
         if summary is not None:
             values["summary"] = summary
         with self.sessions.begin() as session:
-            session.execute(update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == RUNNING)
+            session.execute(update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == states.RUNNING)
                             .values(**values))

@@ -17,7 +17,6 @@ server send a secret to a URL of their choosing.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import secrets
@@ -32,7 +31,9 @@ from tuneserve.evaluation.endpoint import JUDGE_API_KEY_ENV, make_client, normal
 from tuneserve.evaluation.judge import Judge
 from tuneserve.evaluation.report import build_report, failed_models, write_report
 from tuneserve.evaluation.runner import Cancelled, EndpointUnreachable, run_evaluation
-from tuneserve.evaluation.service import RUNNING, EvaluationService
+from tuneserve.evaluation.service import EvaluationService
+from tuneserve.jobs import states
+from tuneserve.store.keys import hash_key
 from tuneserve.store.tables import Evaluation
 
 log = logging.getLogger("tuneserve.evaluations")
@@ -53,22 +54,18 @@ class InternalTokens:
     def issue(self, project: str) -> str:
         token = "ts-internal-" + secrets.token_urlsafe(32)
         with self._lock:
-            self._projects[_hash(token)] = project
+            self._projects[hash_key(token)] = project
         return token
 
     def revoke(self, token: str) -> None:
         with self._lock:
-            self._projects.pop(_hash(token), None)
+            self._projects.pop(hash_key(token), None)
 
     def project_of(self, token: str) -> str | None:
         if not token.startswith("ts-internal-"):
             return None
         with self._lock:
-            return self._projects.get(_hash(token))
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+            return self._projects.get(hash_key(token))
 
 
 def self_base_url(host: str, port: int) -> str:
@@ -141,7 +138,7 @@ class EvaluationWorker:
             results = run_evaluation(items, row.models, client, judge=self._judge(row, client),
                                      max_tokens=row.params["max_tokens"], temperature=row.params["temperature"],
                                      concurrency=row.params["concurrency"], on_progress=self._progress(row.id),
-                                     should_stop=lambda: self._stop.is_set() or self.service.status(row.id) != RUNNING)
+                                     should_stop=lambda: self._stop.is_set() or self.service.status(row.id) != states.RUNNING)
         except Cancelled:
             return  # cancelled by the API (it stays so), or the server is stopping (queued again at the next start)
         except EndpointUnreachable as exc:

@@ -8,6 +8,7 @@ when they are all LoRA, so the engine merges such an adapter into a copy of its 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sqlalchemy import select
@@ -94,8 +95,6 @@ def is_full_model(directory: Path) -> bool:
 
 def served_whole(directory: Path) -> bool:
     """Served as a model of its own: a full fine-tune, or an adapter that is not LoRA (merged on load)."""
-    import json
-
     if is_full_model(directory):
         return True
     try:

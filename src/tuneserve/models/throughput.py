@@ -15,12 +15,11 @@ neither measurement and a reader never sees half a file.
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
+from tuneserve.atomic import write_text_atomically
 from tuneserve.models.resolve import cache_dir, file_lock
 
 KEEP_LAST = 5  # measurements kept per (model, device); the estimate is their median
@@ -42,7 +41,7 @@ def record_throughput(model_ref: str, device: str, tokens_per_second: float) -> 
         entry = data.setdefault(model_ref, {}).setdefault(device, {})
         samples = [float(x) for x in entry.get("samples", [])][-(KEEP_LAST - 1) :] + [value]
         entry.update(samples=samples, median=statistics.median(samples), updated_at=int(time.time()))
-        _write_atomic(path, data)
+        write_text_atomically(path, json.dumps(data, indent=1, sort_keys=True))
     return entry["median"]
 
 
@@ -63,15 +62,3 @@ def _read(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _write_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -15,7 +15,8 @@ from tuneserve.ids import new_id, now
 from tuneserve.store.tables import ApiKey
 
 
-def _hash(key: str) -> str:
+def hash_key(key: str) -> str:
+    """The SHA-256 hex digest a key (or an internal token) is kept as."""
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -26,7 +27,7 @@ class KeyService:
     def create(self, project: str) -> str:
         key = "ts-" + secrets.token_urlsafe(32)
         with self.sessions.begin() as session:
-            session.add(ApiKey(id=new_id("key"), project=project, key_hash=_hash(key), created_at=now()))
+            session.add(ApiKey(id=new_id("key"), project=project, key_hash=hash_key(key), created_at=now()))
         return key
 
     def any(self) -> bool:
@@ -35,4 +36,4 @@ class KeyService:
 
     def project_of(self, key: str) -> str | None:
         with self.sessions() as session:
-            return session.scalar(select(ApiKey.project).where(ApiKey.key_hash == _hash(key)))
+            return session.scalar(select(ApiKey.project).where(ApiKey.key_hash == hash_key(key)))

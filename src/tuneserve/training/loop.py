@@ -158,11 +158,11 @@ def train_loop(spec: TrainingSpec, job_dir: Path, events: EventWriter, loaded: m
                     learning_rate = scheduler.get_last_lr()[0]  # the rate this step uses
                     alone = loaded.batching == "rows" or (loaded.batching == "mixed" and max(lengths[i] for i in indices) > ROWS_MIN_TOKENS)
                     split = len(step_items) if alone else opt.gradient_accumulation_steps
-                    loss_sum, metric_sums, n_tokens = _step(forward, kind, task, step_items, trainable, optimizer, opt, split)
+                    units = task.units(step_items)
+                    loss_sum, metric_sums, n_tokens = _step(forward, kind, task, step_items, units, trainable, optimizer, opt, split)
                     scheduler.step()
                     state.global_step += 1
                     state.step_in_epoch += 1
-                    units = task.units(step_items)
                     totals = distributed.all_sum(torch.tensor([loss_sum, n_tokens, *metric_sums.values()], dtype=torch.float64))
                     step_loss = float(totals[0]) / max(units, 1)
                     step_metrics = {task.metric_names()[k]: float(v) / max(units, 1) for k, v in zip(metric_sums, totals[2:])}
@@ -236,13 +236,13 @@ def train_loop(spec: TrainingSpec, job_dir: Path, events: EventWriter, loaded: m
     return result
 
 
-def _step(forward: torch.nn.Module, kind: str, task: Task, items: Sequence[Any], trainable: list[torch.nn.Parameter],
+def _step(forward: torch.nn.Module, kind: str, task: Task, items: Sequence[Any], units: int, trainable: list[torch.nn.Parameter],
           optimizer: torch.optim.Optimizer, opt, split: int) -> tuple[float, dict[str, float], int]:
-    """One optimizer step over this process's share of `items`, in `split` micro-batches; returns
-    its summed loss and metrics. Every rank runs as many micro-batches as the busiest one (DDP and
+    """One optimizer step over this process's share of `items` (`units` in all ranks' share), in
+    `split` micro-batches; returns its summed loss and metrics. Every rank runs as many micro-batches as the busiest one (DDP and
     FSDP communicate inside forward and backward, so all must take part); padding ones count zero."""
     world, rank = distributed.world_size(), distributed.rank()
-    units = max(task.units(items), 1)
+    units = max(units, 1)
     mine = micro_batches(items_of_rank(items, rank, world), split)
     rounds = max(len(micro_batches(items_of_rank(items, r, world), split)) for r in range(world))
     loss_total, metric_totals, tokens = 0.0, {}, 0

@@ -1,7 +1,7 @@
 """Where metrics go besides the event file: TensorBoard logs in the job directory, and W&B when asked.
 
-Owns: opening, writing and closing those writers. A tracker that fails never fails training: it
-warns once (as an event) and is dropped. The W&B key comes only from the environment
+Owns: opening, writing and closing those writers. A tracker that cannot start never fails
+training: it warns once (as an event) and is left out. The W&B key comes only from the environment
 (WANDB_API_KEY); the server refuses a W&B job up front when the package or the key is missing.
 """
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tuneserve import atomic
 from tuneserve.models import throughput
 
 
@@ -41,7 +42,7 @@ def test_file_is_written_atomically(store, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(throughput.json, "dump", crash)
+    monkeypatch.setattr(atomic.os, "fsync", crash)  # the disk fills up while the new file is written
     with pytest.raises(OSError):
         throughput.record_throughput("m", "cpu", 60)
     assert throughput.throughput_path().read_text() == before  # the old file is intact

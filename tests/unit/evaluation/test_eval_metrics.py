@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tuneserve.evaluation.metrics import BOOTSTRAP_RESAMPLES, aggregate, exact_match, normalize_answer, rouge
+from tuneserve.evaluation.metrics import aggregate, exact_match, normalize_answer, rouge
 
 
 def test_rouge_of_identical_and_disjoint_answers():
@@ -65,4 +65,3 @@ def test_degenerate_aggregates():
     assert aggregate([]) == {"mean": None, "ci_low": None, "ci_high": None}
     assert aggregate([0.7]) == {"mean": 0.7, "ci_low": 0.7, "ci_high": 0.7}
     assert aggregate([1.0] * 7) == {"mean": 1.0, "ci_low": 1.0, "ci_high": 1.0}
-    assert BOOTSTRAP_RESAMPLES == 1000

@@ -31,7 +31,7 @@ def answer(request) -> str:
     return "I am not sure, maybe Paris."
 
 
-def test_every_model_answers_every_item_and_is_scored(tmp_path):
+def test_every_model_answers_every_item_and_is_scored():
     client = ScriptedClient(answer)
     progress: list[tuple[int, int]] = []
     results = run_evaluation(ITEMS, ["base", "tuned"], client, max_tokens=32, temperature=0.0, concurrency=3,
@@ -49,7 +49,7 @@ def test_every_model_answers_every_item_and_is_scored(tmp_path):
     assert summary["base"]["n"] == 3 and summary["base"]["errors"] == 0 and "judge_yes" not in summary["base"]
 
 
-def test_the_judge_gives_verdicts_and_unreadable_replies_are_counted(tmp_path):
+def test_the_judge_gives_verdicts_and_unreadable_replies_are_counted():
     def judge_reply(request):
         user = request["messages"][-1]["content"]
         student = user.split("Student's answer: ")[1].split("\n")[0]

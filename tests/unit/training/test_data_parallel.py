@@ -9,37 +9,25 @@ micro-batches that keep the ranks in step are exercised."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tuneserve.jobs.runners.local import LocalRunner
 from tuneserve.training.run import train
 
 from tests.unit.training.conftest import make_spec, read_events
 
 
 def run_ranks(spec, job_dir: Path, n: int = 2) -> None:
-    """`python -m tuneserve.training JOB_DIR` as n ranks, as the local runner starts them."""
+    """`python -m tuneserve.training JOB_DIR` as n ranks, started by the local runner."""
     spec.write(job_dir)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    processes = []
-    for rank in range(n):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(n), "LOCAL_WORLD_SIZE": str(n),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-        log = open(job_dir / f"rank{rank}.log", "w")
-        processes.append(subprocess.Popen([sys.executable, "-m", "tuneserve.training", str(job_dir)], env=env, stdout=log,
-                                          stderr=subprocess.STDOUT))
-    codes = [p.wait(timeout=300) for p in processes]
-    assert codes == [0] * n, (job_dir / "rank0.log").read_text()[-3000:] + (job_dir / "rank1.log").read_text()[-3000:]
+    handle = LocalRunner(procs_per_job=n).start(job_dir.name, job_dir)
+    codes = [p.wait(timeout=300) for p in (handle.process, *handle.others)]
+    assert codes == [0] * n, (job_dir / "stderr.log").read_text()[-3000:] + (job_dir / "stderr-rank1.log").read_text()[-3000:]
 
 
 def spec_for(data_dir: Path, training_type: str):

@@ -69,12 +69,11 @@ class LocalRunner:
         command = [sys.executable, "-m", "tuneserve.training", str(job_dir)]
         if n <= 1:  # a session of its own: no terminal signal reaches it, and killpg reaches its children
             return RunHandle(job_id, job_dir, _spawn(command, base_env, job_dir, rank=0, group=None))
-        port = _free_port()
+        port = free_port()
         processes: list[subprocess.Popen] = []
         try:
             for rank in range(n):
-                env = {**base_env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(n),
-                       "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+                env = {**base_env, **rank_environment(rank, n, port)}
                 # Rank 0 leads a new process group (in this session: a group cannot span sessions); the others join it.
                 processes.append(_spawn(command, env, job_dir, rank=rank, group=processes[0].pid if processes else 0))
         except BaseException:
@@ -144,7 +143,13 @@ def visible_cuda_devices() -> int:
         return 1
 
 
-def _free_port() -> int:
+def rank_environment(rank: int, world: int, port: int) -> dict[str, str]:
+    """What torchrun gives rank `rank` of `world` processes on this host (training.distributed reads it)."""
+    return {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -9,7 +9,7 @@ and resuming look, and nothing has to be copied after a run (which a crash could
 logs are read only to explain a failure that the training program could not report itself (it
 never started, it was killed for memory).
 
-Ray's job states map onto OpenAI's statuses (RAY_TO_OPENAI): PENDING is `queued` (the cluster
+Ray's job states map onto OpenAI's statuses (in `poll`, through the scheduler): PENDING is `queued` (the cluster
 has no room yet), RUNNING `running`, SUCCEEDED `succeeded` (when the run wrote its result),
 FAILED `failed`, STOPPED `cancelled` (stopped by tuneserve, or by someone with `ray job stop`).
 
@@ -32,14 +32,10 @@ from tuneserve.training.events import STOP_REQUEST_FILE
 
 log = logging.getLogger("tuneserve.ray")
 
-RAY_TO_OPENAI = {"PENDING": "queued", "RUNNING": "running", "SUCCEEDED": "succeeded", "FAILED": "failed",
-                 "STOPPED": "cancelled"}
 # Passed to the run's environment: where models are cached and whether the hub may be reached.
 # Never secrets (HF_TOKEN, WANDB_API_KEY): Ray shows a job's runtime_env on its dashboard, so
 # those belong in the Ray nodes' own environment.
 FORWARDED_ENV = ("TUNESERVE_MODEL_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-# A pause asks the run to write a checkpoint and end: this file in JOB_DIR (the training
-# workers run on other machines, so a signal cannot reach them; the shared directory can).
 
 
 @dataclass

@@ -2,12 +2,10 @@
 //
 // - A 401 asks for a key once (one dialog for all requests waiting), stores it in localStorage, retries.
 // - Errors come back as ApiError with OpenAI's error fields (message, code, param) for the page to show.
-// - Optional endpoints (pause/resume, evaluations) are looked up in the server's OpenAPI schema first,
-//   so a page never calls a route the server does not have: it shows a notice instead.
 
 const KEY_STORAGE = 'tuneserve.apiKey';
 
-export class ApiError extends Error {
+class ApiError extends Error {
   constructor(message, status, {code = null, param = null} = {}) {
     super(message);
     this.status = status;
@@ -168,32 +166,4 @@ export async function* streamChat(body, signal) {
       }
     }
   }
-}
-
-// -- optional endpoints ------------------------------------------------------------------
-
-let schemaPaths = null;
-
-/** The server's routes, from its OpenAPI schema: a Set of "METHOD /path/{param}". Cached per page load. */
-async function routes() {
-  if (!schemaPaths) {
-    schemaPaths = fetch('/openapi.json').then((r) => (r.ok ? r.json() : {paths: {}})).then((schema) => {
-      const set = new Set();
-      for (const [path, ops] of Object.entries(schema.paths || {})) {
-        for (const method of Object.keys(ops)) set.add(`${method.toUpperCase()} ${path}`);
-      }
-      return set;
-    }).catch(() => null);
-  }
-  return schemaPaths;
-}
-
-/** Whether the server has this route, e.g. has('POST', '/v1/fine_tuning/jobs/{job_id}/pause'). */
-export async function has(method, pathPattern) {
-  const set = await routes();
-  if (!set) return true;  // no schema to tell: try it, and let the page handle a 404
-  const norm = (p) => p.replace(/\{[^}]+\}/g, '{}');
-  const want = `${method.toUpperCase()} ${norm(pathPattern)}`;
-  for (const route of set) if (norm(route) === want) return true;
-  return false;
 }

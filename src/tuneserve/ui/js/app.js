@@ -19,7 +19,7 @@ let cleanup = null;
 let renderSeq = 0;
 
 /** '#/jobs/ftjob-1?x=1' -> {page: 'jobs', parts: ['ftjob-1'], query: URLSearchParams} */
-export function parseHash(hash) {
+function parseHash(hash) {
   const raw = hash.replace(/^#\/?/, '');
   const [path, search = ''] = raw.split('?');
   const [page, ...parts] = path.split('/').filter(Boolean).map(decodeURIComponent);

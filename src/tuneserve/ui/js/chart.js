@@ -8,7 +8,7 @@ const H = 260;
 const M = {top: 12, right: 16, bottom: 34, left: 56};
 
 /** Round tick values covering [lo, hi], about `count` of them, and their labels (as many decimals as the step needs). */
-export function ticks(lo, hi, count = 5) {
+function ticks(lo, hi, count = 5) {
   if (!(hi > lo)) return [[lo, fmtNum(lo, 3)]];
   const raw = (hi - lo) / count;
   const mag = 10 ** Math.floor(Math.log10(raw));

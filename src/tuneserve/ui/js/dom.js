@@ -133,7 +133,7 @@ export function changed(el, value) {
 let counter = 0;
 export function uid(prefix = 'f') { counter += 1; return `${prefix}-${counter}`; }
 
-/** A labelled form field: [label, control] wrapped in a div; returns {wrap, input}. */
+/** A labelled form field: [label, control] (and an optional hint) wrapped in a div; returns the div. */
 export function field(label, control, hint) {
   if (!control.id) control.id = uid('field');
   const hintEl = hint ? h('small', {class: 'hint', id: `${control.id}-hint`}, hint) : null;

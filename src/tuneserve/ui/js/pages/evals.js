@@ -1,25 +1,14 @@
 // Evals: evaluation reports (tuneserve's /v1/evaluations), listed and shown in detail: the summary
 // per model and metric with confidence intervals, the answers item by item, and the HTML report.
-// A server without the Evaluations API gets a notice, and no request to the missing routes.
 
-import {api, has, listAll} from '../api.js';
+import {api, listAll} from '../api.js';
 import {h, add, clear, changed, notice, announce, fmtTime, fmtNum, facts, table, poll, field, pageTitle, statusBadge, uid} from '../dom.js';
 
 const ACTIVE = new Set(['queued', 'running']);
 const METRICS = [['rouge1', 'ROUGE-1'], ['rouge2', 'ROUGE-2'], ['rougeL', 'ROUGE-L'], ['exact_match', 'Exact match'], ['judge_yes', 'Judge: yes']];
 
 export async function render(root, route) {
-  if (!(await has('GET', '/v1/evaluations'))) {
-    add(root, pageTitle('Evaluations'),
-      notice('warn', h('strong', {}, 'Evaluations are not available on this server yet. '),
-        'This tuneserve has no Evaluations API (/v1/evaluations); the other pages work as usual.'));
-    return null;
-  }
   return route.parts[0] ? renderDetail(root, route.parts[0]) : renderList(root, route);
-}
-
-function unavailable(err) {
-  return err.status === 404 ? notice('warn', 'Evaluations are not available on this server yet.') : notice('error', err.message);
 }
 
 function renderList(root, route) {
@@ -41,7 +30,7 @@ function renderList(root, route) {
         : h('p', {class: 'muted'}, 'No evaluations yet.'));
     } catch (err) {
       changed(box, null);
-      clear(box, unavailable(err));
+      clear(box, notice('error', err.message));
     }
     box.setAttribute('aria-busy', 'false');
   }, 3000);
@@ -98,7 +87,7 @@ async function createForm(box, wantedModel) {
       announce(`Started evaluation ${created.id}`);
       location.hash = `#/evals/${created.id}`;
     } catch (err) {
-      clear(status, unavailable(err));
+      clear(status, notice('error', err.message));
     } finally {
       submit.disabled = false;
     }
@@ -124,12 +113,12 @@ function renderDetail(root, id) {
     try {
       ev = await api(`/v1/evaluations/${id}`);
     } catch (err) {
-      clear(head, unavailable(err));
+      clear(head, notice('error', err.message));
       return false;
     }
     clear(badge, statusBadge(ev.status));
     clear(actions, ACTIVE.has(ev.status) ? h('button', {type: 'button', class: 'danger', onclick: async () => {
-      try { await api(`/v1/evaluations/${id}/cancel`, {method: 'POST'}); announce('Evaluation cancelled'); } catch (err) { clear(head, unavailable(err)); }
+      try { await api(`/v1/evaluations/${id}/cancel`, {method: 'POST'}); announce('Evaluation cancelled'); } catch (err) { clear(head, notice('error', err.message)); }
     }}, 'Cancel') : null);
     clear(head, ev.error ? notice('error', ev.error.message || 'failed') : null,
       facts([['Models', (ev.models || []).map((m) => h('code', {class: 'block wrap'}, m))], ['Dataset', h('a', {href: `#/files/${ev.dataset_file}`}, ev.dataset_file)],
@@ -188,7 +177,7 @@ async function loadItems(box, id, models) {
       if (page.data.length) after = page.data[page.data.length - 1].index ?? page.data[page.data.length - 1].id;
       more.hidden = !page.has_more;
     } catch (err) {
-      box.append(unavailable(err));
+      box.append(notice('error', err.message));
       more.hidden = true;
     }
     more.disabled = false;
@@ -207,7 +196,7 @@ function reportView(box, id) {
       frame.hidden = false;
       button.hidden = true;
     } catch (err) {
-      box.append(unavailable(err));
+      box.append(notice('error', err.message));
     }
     button.disabled = false;
   }}, 'Show the HTML report');

@@ -1,7 +1,7 @@
 // One job, live: status timeline, progress, train/valid loss and accuracy charts (from the job's
 // metrics events), checkpoints with their metrics, the events log, cancel/pause/resume, download.
 
-import {api, download, has} from '../api.js';
+import {api, download} from '../api.js';
 import {h, add, clear, changed, notice, announce, fmtTime, fmtNum, fmtDuration, facts, table, poll, pageTitle, statusBadge} from '../dom.js';
 import {createChart} from '../chart.js';
 
@@ -19,8 +19,6 @@ const CHARTS = [
 
 export async function render(root, route) {
   const id = route.parts[0];
-  const [canPause, canResume, canEval] = await Promise.all([
-    has('POST', '/v1/fine_tuning/jobs/{job_id}/pause'), has('POST', '/v1/fine_tuning/jobs/{job_id}/resume'), has('GET', '/v1/evaluations')]);
 
   const badge = h('span', {id: 'job-status', 'aria-live': 'polite'});
   const actionStatus = h('div', {class: 'action-status', 'aria-live': 'polite'});
@@ -37,10 +35,8 @@ export async function render(root, route) {
     cancel: h('button', {type: 'button', class: 'danger', onclick: () => {
       if (confirm(`Cancel ${id}? Its training stops and cannot be resumed.`)) act('cancel', 'Cancelling…');
     }}, 'Cancel job'),
-    pause: h('button', {type: 'button', onclick: () => act('pause', 'Pausing (a running job saves a checkpoint first)…'), disabled: !canPause,
-      'aria-describedby': canPause ? null : 'pause-missing'}, 'Pause'),
-    resume: h('button', {type: 'button', onclick: () => act('resume', 'Resuming…'), disabled: !canResume,
-      'aria-describedby': canResume ? null : 'pause-missing'}, 'Resume'),
+    pause: h('button', {type: 'button', onclick: () => act('pause', 'Pausing (a running job saves a checkpoint first)…')}, 'Pause'),
+    resume: h('button', {type: 'button', onclick: () => act('resume', 'Resuming…')}, 'Resume'),
     adapter: h('button', {type: 'button', onclick: () => fetchModel('adapter')}, 'Download adapter'),
     merged: h('button', {type: 'button', onclick: () => fetchModel('merged')}, 'Download merged model'),
   };
@@ -50,7 +46,6 @@ export async function render(root, route) {
   add(root, 
     pageTitle(`Job ${id}`, badge),
     h('div', {class: 'actions job-actions'}, buttons.cancel, buttons.pause, buttons.resume, buttons.adapter, buttons.merged, chatLink, compareLink),
-    canPause && canResume ? null : h('p', {class: 'muted small', id: 'pause-missing'}, 'Pause and resume are not available on this server yet.'),
     actionStatus,
     h('section', {class: 'card', 'aria-labelledby': 'timeline-h'}, h('h2', {id: 'timeline-h'}, 'Status'), timeline, progress),
     h('section', {class: 'card', 'aria-labelledby': 'metrics-h'}, h('h2', {id: 'metrics-h'}, 'Metrics'), chartGrid),
@@ -58,7 +53,7 @@ export async function render(root, route) {
     h('div', {class: 'split'},
       h('div', {class: 'stack'},
         h('section', {class: 'card', 'aria-labelledby': 'summary-h'}, h('h2', {id: 'summary-h'}, 'Job'), summary),
-        canEval ? h('section', {class: 'card', 'aria-labelledby': 'job-evals-h'}, h('h2', {id: 'job-evals-h'}, 'Evaluations'), evalBox) : null),
+        h('section', {class: 'card', 'aria-labelledby': 'job-evals-h'}, h('h2', {id: 'job-evals-h'}, 'Evaluations'), evalBox)),
       h('section', {class: 'card', 'aria-labelledby': 'events-h'}, h('h2', {id: 'events-h'}, 'Events'), eventsBox)));
 
   let job = null;
@@ -75,8 +70,7 @@ export async function render(root, route) {
       draw();
       restart();
     } catch (err) {
-      const missing = err.status === 404 && what !== 'cancel';
-      clear(actionStatus, notice(missing ? 'warn' : 'error', missing ? `This server cannot ${what} jobs yet.` : err.message));
+      clear(actionStatus, notice('error', err.message));
     }
   }
 
@@ -116,7 +110,7 @@ export async function render(root, route) {
     const newEvents = await syncEvents();
     const ckpts = await api(`/v1/fine_tuning/jobs/${id}/checkpoints?limit=100`);
     renderCheckpoints(ckpts.data);
-    if (canEval) renderEvals();
+    renderEvals();
     draw(newEvents > 0);
     return !TERMINAL.has(job.status);
   }
@@ -260,19 +254,29 @@ export async function render(root, route) {
         h('td', {}, h('a', {href: `#/evals/${e.id}`}, e.id)), h('td', {}, statusBadge(e.status)), h('td', {}, e.models.join(', ')))))
         : h('p', {class: 'muted'}, 'No evaluation of this job yet. ', h('a', {href: `#/evals?model=${encodeURIComponent(job.fine_tuned_model || '')}`}, 'Evaluate it')));
     } catch (err) {
-      clear(evalBox, notice(err.status === 404 ? 'warn' : 'error', err.status === 404 ? 'Evaluations are not available on this server yet.' : err.message));
+      clear(evalBox, notice('error', err.message));
     }
   }
 
-  let stop = () => {};
+  let stopPoll = () => {};
+  let followUp = null;  // the one-off pass after the final status; stop() cancels it too
+  let live = false;
+  function stop() {
+    live = false;
+    stopPoll();
+    clearTimeout(followUp);
+    followUp = null;
+  }
   function restart() {
     stop();
-    stop = poll(async () => {
+    live = true;
+    stopPoll = poll(async () => {
       try {
         const again = await refresh();
-        if (!again) {
+        if (!again && live) {
           // One more pass a moment later picks up what the scheduler wrote with the final status.
-          setTimeout(() => refresh().catch(() => {}), 1500);
+          clearTimeout(followUp);
+          followUp = setTimeout(() => refresh().catch(() => {}), 1500);
         }
         return again;
       } catch (err) {

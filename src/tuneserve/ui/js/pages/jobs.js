@@ -89,6 +89,7 @@ const GROUPS = [
   {legend: 'Performance', fields: [
     {path: 'gradient_checkpointing', label: 'Gradient checkpointing', options: [['', 'default'], ['true', 'on'], ['false', 'off']]},
     {path: 'torch_compile', label: 'torch.compile', options: [['', 'default'], ['true', 'on'], ['false', 'off']]},
+    {path: 'precision', label: 'Precision', options: [['', 'default'], ['auto', 'auto'], ['bf16', 'bf16'], ['fp32', 'fp32']]},
     {path: 'packing', label: 'Packing', options: [['', 'default'], ['auto', 'auto'], ['padding_free', 'padding-free'], ['per_example', 'per example'], ['length_grouped', 'length-grouped']]},
     {path: 'num_workers', label: 'Workers (Ray runner)', type: NUM, min: 1, step: 1, placeholder: 'default'},
     {path: 'resources_per_worker', label: 'Resources per worker', type: 'text', placeholder: 'CPU=2, GPU=1', dict: true},
@@ -117,7 +118,7 @@ function setPath(obj, path, value) {
 }
 
 /** The request body from the form: only what the user set, so the server's defaults ("auto") apply. */
-export function buildRequest(form) {
+function buildRequest(form) {
   const v = (name) => form.elements[name];
   const body = {model: v('model').value, training_file: v('training_file').value};
   if (v('validation_file').value) body.validation_file = v('validation_file').value;

@@ -36,7 +36,7 @@ function tree(models, status, changed) {
     if (!parent) tops.push(m);
     else children.set(parent, [...(children.get(parent) || []), m]);
   }
-  const node = (m, depth) => {
+  const node = (m) => {
     const kids = children.get(m.id) || [];
     const base = !m.parent;
     return h('li', {class: base ? 'model base' : 'model tuned', 'data-model': m.id},
@@ -62,7 +62,7 @@ function tree(models, status, changed) {
               changed();
             } catch (err) { clear(status, notice('error', err.message)); }
           }}, 'Delete') : null)),
-      kids.length ? h('ul', {class: 'lineage'}, kids.map((k) => node(k, depth + 1))) : null);
+      kids.length ? h('ul', {class: 'lineage'}, kids.map((k) => node(k))) : null);
   };
-  return h('ul', {class: 'lineage root', 'aria-label': 'Models by lineage'}, tops.map((m) => node(m, 0)));
+  return h('ul', {class: 'lineage root', 'aria-label': 'Models by lineage'}, tops.map((m) => node(m)));
 }

@@ -8,7 +8,7 @@ import {h, add, clear, notice, announce, fmtNum, field, pageTitle} from '../dom.
 // Probability bands for the token colours, from likely (4) to unlikely (0).
 const BANDS = [[0.8, 4, '80% or more'], [0.5, 3, '50–80%'], [0.25, 2, '25–50%'], [0.05, 1, '5–25%'], [0, 0, 'under 5%']];
 
-export function band(p) {
+function band(p) {
   return BANDS.find(([lo]) => p >= lo)[1];
 }
 
@@ -129,7 +129,7 @@ export async function render(root, route) {
     if (colour.checked) { body.logprobs = true; body.top_logprobs = 5; }
     for (const empty of pane.log.querySelectorAll('.empty')) empty.remove();
     pane.log.append(h('div', {class: 'msg user'}, h('span', {class: 'who'}, 'You'), h('div', {class: 'text'}, userText)));
-    const text = h('div', {class: 'text answer', 'aria-busy': 'true'}, h('span', {class: 'cursor-blink', 'aria-hidden': 'true'}));
+    const text = h('div', {class: 'text answer', 'aria-busy': 'true'});
     const meta = h('div', {class: 'meta muted small'});
     const bubble = h('div', {class: 'msg assistant'}, h('span', {class: 'who'}, 'Assistant'), text, meta);
     pane.log.append(bubble);
@@ -141,7 +141,6 @@ export async function render(root, route) {
     let logSum = 0;
     const started = performance.now();
     let first = null;
-    text.replaceChildren();
     try {
       for await (const chunk of streamChat(body, signal)) {
         if (chunk.usage) usage = chunk.usage;
