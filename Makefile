@@ -38,4 +38,4 @@ browser:
 	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 clean:
-	rm -rf $(VENV) tuneserve-data tuneserve-demo
+	rm -rf $(VENV) tuneserve-data tuneserve-demo tuneserve-runs

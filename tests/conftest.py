@@ -54,19 +54,39 @@ class Server:
         self.process.wait()
 
 
-def start_server(data_dir: Path, *args: str, port: int | None = None, env: dict | None = None) -> Server:
+def clean_environment(**extra: str) -> dict[str, str]:
+    """This environment without the server settings (TUNESERVE_PORT, ...) a developer may have exported."""
+    from tuneserve.settings import Settings
+
+    settings_vars = Settings.environment_names()
+    return {**{k: v for k, v in os.environ.items() if k not in settings_vars}, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def start_server(data_dir: Path | None, *args: str, port: int | None = None, env: dict | None = None,
+                 cwd: Path | None = None) -> Server:
+    """`tuneserve serve` on a free port. `data_dir` may be relative (to `cwd`); None passes no --data-dir."""
     port = port or free_port()
-    log = data_dir.parent / f"server-{port}.log"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    root = cwd or data_dir.parent
+    data_flags = ["--data-dir", str(data_dir)] if data_dir is not None else []
+    if data_dir is not None and cwd is None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    log = root / f"server-{port}.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "tuneserve", "serve", "--port", str(port), "--data-dir", str(data_dir), "--log-level", "warning", *args],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        [sys.executable, "-m", "tuneserve", "serve", "--port", str(port), *data_flags, "--log-level", "warning", *args],
+        stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
-    server = Server(process, port, data_dir, log)
-    deadline = time.monotonic() + 60
+    server = Server(process, port, root / (data_dir if data_dir is not None else "tuneserve-data"), log)
+    wait_until_serving(server)
+    return server
+
+
+def wait_until_serving(server: Server, timeout_s: float = 60) -> Server:
+    """Wait for the health check to answer; fail with the server's log if it exits or never answers."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log.read_text()[-3000:]}")
         try:
             if httpx.get(f"{server.base_url}/v1/health_check", timeout=1).status_code == 200:
                 return server
@@ -74,7 +94,7 @@ def start_server(data_dir: Path, *args: str, port: int | None = None, env: dict 
             pass
         time.sleep(0.2)
     server.kill()
-    raise RuntimeError(f"server did not start:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(f"server did not start:\n{server.log.read_text()[-3000:]}")
 
 
 def wait_for_status(client, job_id: str, statuses: set[str], timeout_s: float = 300):

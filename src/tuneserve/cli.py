@@ -11,25 +11,40 @@ import sys
 from pathlib import Path
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+class CommandError(Exception):
+    """A bad flag or setting: `main` prints it as one `error: ...` line and exits 2, with no traceback."""
+
+
+def settings_from(args: argparse.Namespace):
+    """Settings from the flags given on the command line, over TUNESERVE_* variables, over defaults.
+
+    Every flag that maps to a setting defaults to None in argparse, so that a flag left out lets the
+    environment (then the default) decide. A bad value raises CommandError, naming flag and variable.
+    """
     from pydantic import ValidationError
 
-    from tuneserve.app import build_app
     from tuneserve.settings import Settings
+
+    flags = {name: value for name in Settings.model_fields if (value := getattr(args, name, None)) is not None}
+    if getattr(args, "api_only", False):
+        flags["run_scheduler"] = False
+    try:
+        return Settings(**flags)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        where = f"--{field.replace('_', '-')} / TUNESERVE_{field.upper()}: " if field in Settings.model_fields else ""
+        raise CommandError(where + error["msg"].removeprefix("Value error, ")) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from tuneserve.app import build_app
     from tuneserve.store.db import make_engine, make_sessionmaker, migrate
     from tuneserve.store.keys import KeyService
 
-    try:
-        settings = Settings(host=args.host, port=args.port, data_dir=args.data_dir, database_url=args.database_url,
-                            max_concurrent_jobs=args.max_concurrent_jobs, insecure=args.insecure,
-                            max_upload_bytes=args.max_upload_bytes,
-                            **{k: v for k, v in (("inference_backend", args.inference_backend), ("vllm_url", args.vllm_url),
-                                                 ("vllm_max_lora_rank", args.vllm_max_lora_rank)) if v is not None},
-                            **_worker_options(args), **({"run_scheduler": False} if args.api_only else {}))
-    except ValidationError as exc:
-        print(f"error: {exc.errors()[0]['msg']}", file=sys.stderr)
-        return 2
+    settings = settings_from(args)
     if settings.runner == "ray" and settings.run_scheduler:
         from tuneserve.jobs.worker import runner_from
 
@@ -54,10 +69,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker_options(args: argparse.Namespace) -> dict:
-    """The runner and lease flags shared by `serve` and `worker` (unset flags leave env/defaults)."""
-    names = ("runner", "ray_address", "procs_per_job", "heartbeat_timeout_s")
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+def _add_store_arguments(parser: argparse.ArgumentParser, *, shared: bool = False) -> None:
+    """--data-dir and --database-url, as `serve`, `worker` and `keys create` take them."""
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help=("the same data directory as the API's (shared storage across hosts); " if shared else "")
+                        + "default ./tuneserve-data ($TUNESERVE_DATA_DIR)")
+    parser.add_argument("--database-url", default=None,
+                        help="SQLAlchemy URL, e.g. postgresql://user@db/tuneserve (default: SQLite in the data dir; "
+                             "$TUNESERVE_DATABASE_URL)")
 
 
 def _add_worker_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,18 +91,11 @@ def _add_worker_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
+    import logging
 
     from tuneserve.jobs.worker import run_worker
-    from tuneserve.settings import Settings
 
-    try:
-        settings = Settings(data_dir=args.data_dir, database_url=args.database_url,
-                            max_concurrent_jobs=args.max_concurrent_jobs, **_worker_options(args))
-    except ValidationError as exc:
-        print(f"error: {exc.errors()[0]['msg']}", file=sys.stderr)
-        return 2
-    import logging
+    settings = settings_from(args)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return run_worker(settings)
@@ -99,19 +111,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (DataError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    spec.write(args.output_dir)
-    result = train(spec, args.output_dir, progress=True)
+    output_dir = (args.output_dir or Path("tuneserve-runs") / args.spec.stem).expanduser().resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    spec.write(output_dir)
+    result = train(spec, output_dir, progress=True)
     print(json.dumps(result))
     return 0
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    from tuneserve.settings import Settings
     from tuneserve.store.db import make_engine, make_sessionmaker, migrate
     from tuneserve.store.keys import KeyService
 
-    settings = Settings(data_dir=args.data_dir, database_url=args.database_url)
+    settings = settings_from(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.db_url)
     migrate(engine)
@@ -187,7 +199,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from tuneserve.demo import run_demo
 
-    return run_demo(args.data_dir, port=args.port, name=args.name, author=args.author)
+    import os
+
+    port = args.port if args.port is not None else os.environ.get("TUNESERVE_PORT", "8015")
+    if not str(port).isdigit() or not 1 <= int(port) <= 65535:
+        print(f"error: --port / TUNESERVE_PORT: {port!r} is not a port number", file=sys.stderr)
+        return 2
+    return run_demo(args.data_dir, port=int(port), name=args.name, author=args.author)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,13 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the API server (and its job scheduler)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8015)
-    serve.add_argument("--data-dir", type=Path, default=Path("./tuneserve-data"))
-    serve.add_argument("--database-url", default=None, help="SQLAlchemy URL (default: SQLite in the data dir)")
-    serve.add_argument("--max-concurrent-jobs", type=int, default=1)
-    serve.add_argument("--max-upload-bytes", type=int, default=512 * 1024 * 1024)
-    serve.add_argument("--insecure", action="store_true", help="allow a non-loopback host with no API key")
+    # Flags that are settings default to None: left out, TUNESERVE_<NAME> (then the default) decides.
+    serve.add_argument("--host", default=None, help="default 127.0.0.1 ($TUNESERVE_HOST)")
+    serve.add_argument("--port", type=int, default=None, help="default 8015 ($TUNESERVE_PORT)")
+    _add_store_arguments(serve)
+    serve.add_argument("--max-concurrent-jobs", type=int, default=None, help="default 1 ($TUNESERVE_MAX_CONCURRENT_JOBS)")
+    serve.add_argument("--max-upload-bytes", type=int, default=None,
+                       help="default 536870912, 512 MiB ($TUNESERVE_MAX_UPLOAD_BYTES)")
+    serve.add_argument("--insecure", action="store_true", default=None,
+                       help="allow a non-loopback host with no API key ($TUNESERVE_INSECURE=1)")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--inference-backend", choices=("local", "vllm"), default=None,
                        help="local (default): generate here; vllm: proxy chat/completions to --vllm-url and "
@@ -216,24 +236,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run jobs from a shared database (PostgreSQL), without the API")
-    worker.add_argument("--data-dir", type=Path, default=Path("./tuneserve-data"),
-                        help="the same data directory as the API's (shared storage across hosts)")
-    worker.add_argument("--database-url", default=None, help="the API's database, e.g. postgresql://user@db/tuneserve")
-    worker.add_argument("--max-concurrent-jobs", type=int, default=1)
+    _add_store_arguments(worker, shared=True)
+    worker.add_argument("--max-concurrent-jobs", type=int, default=None, help="default 1 ($TUNESERVE_MAX_CONCURRENT_JOBS)")
     worker.add_argument("--log-level", default="info")
     _add_worker_arguments(worker)
     worker.set_defaults(func=cmd_worker)
 
     train = sub.add_parser("train", help="one training run without a server")
     train.add_argument("spec", type=Path, help="YAML or JSON: model, training_file, hyperparameters, method, lora, seed")
-    train.add_argument("--output-dir", type=Path, required=True)
+    train.add_argument("--output-dir", type=Path, default=None,
+                       help="where the model, checkpoints and logs go (default ./tuneserve-runs/SPEC_NAME)")
     train.set_defaults(func=cmd_train)
 
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="print a new key for a project")
     create.add_argument("--project", required=True)
-    create.add_argument("--data-dir", type=Path, default=Path("./tuneserve-data"))
-    create.add_argument("--database-url", default=None)
+    _add_store_arguments(create)
     create.set_defaults(func=cmd_keys_create)
 
     data = sub.add_parser("data", help="training data tools").add_subparsers(dest="data_command", required=True)
@@ -274,8 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     demo = sub.add_parser("demo", help="fine-tune SmolLM2 on a new identity through the OpenAI client")
-    demo.add_argument("--data-dir", type=Path, default=Path("./tuneserve-demo"))
-    demo.add_argument("--port", type=int, default=8015)
+    # Its own data dir, never $TUNESERVE_DATA_DIR: the demo starts by wiping it.
+    demo.add_argument("--data-dir", type=Path, default=Path("./tuneserve-demo"),
+                      help="wiped and filled by the demo (default ./tuneserve-demo)")
+    demo.add_argument("--port", type=int, default=None, help="default 8015 ($TUNESERVE_PORT)")
     demo.add_argument("--name", default="Nova")
     demo.add_argument("--author", default="Quill Labs")
     demo.set_defaults(func=cmd_demo)
@@ -295,7 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

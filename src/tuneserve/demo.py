@@ -48,6 +48,20 @@ def identity_jsonl(name: str, author: str) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def _holds_other_data(data_dir: Path) -> bool:
+    """True when `data_dir` has files and is not a tuneserve data dir (a mistyped --data-dir)."""
+    return data_dir.is_dir() and any(data_dir.iterdir()) and not (data_dir / "tuneserve.db").is_file()
+
+
+def _server_environment() -> dict[str, str]:
+    """This environment less the server's own settings (TUNESERVE_DATABASE_URL, ...): the demo's server
+    runs on the embedded defaults and its own data dir, never on a real deployment's database."""
+    from tuneserve.settings import Settings
+
+    settings_vars = Settings.environment_names()
+    return {**{k: v for k, v in os.environ.items() if k not in settings_vars}, "PYTHONUNBUFFERED": "1"}
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
@@ -82,14 +96,20 @@ def run_demo(data_dir: Path, *, port: int = 8015, name: str = "Nova", author: st
     if not _port_free(port):
         console.print(f"[red]port {port} is taken; pass --port[/red]")
         return 2
+    data_dir = data_dir.expanduser().resolve()
+    if _holds_other_data(data_dir):
+        console.print(f"[red]{data_dir} holds files that are not a tuneserve data dir; the demo wipes its data dir, "
+                      "so pass another --data-dir[/red]")
+        return 2
     shutil.rmtree(data_dir, ignore_errors=True)
     base_url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "tuneserve", "serve", "--port", str(port), "--data-dir", str(data_dir),
-                               "--log-level", "warning"], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    server = subprocess.Popen([sys.executable, "-m", "tuneserve", "serve", "--host", "127.0.0.1", "--port", str(port),
+                               "--data-dir", str(data_dir), "--log-level", "warning"], env=_server_environment())
     try:
         _wait_ready(base_url, server)
         client = OpenAI(base_url=f"{base_url}/v1", api_key="unused-on-loopback")
         console.rule(f"tuneserve demo: teach {BUILTIN_SMOLLM2} that it is {name}, made by {author}")
+        console.print(f"server {base_url}, data in {data_dir}")
         training = client.files.create(file=("identity.jsonl", identity_jsonl(name, author)), purpose="fine-tune")
         console.print(f"uploaded {training.id}: {training.status_details}")
         base_answer = ask(client, BUILTIN_SMOLLM2, "Who are you?")

@@ -1,4 +1,8 @@
-"""One Settings object: environment (TUNESERVE_*) and CLI flags, checked at start."""
+"""One Settings object: CLI flags over the environment (TUNESERVE_*) over defaults, checked at start.
+
+The data dir (and a SQLite database URL) is made absolute here, once: the training processes
+run in their job directory, Ray jobs on other hosts, so nothing below may see a relative path.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,6 +40,29 @@ class Settings(BaseSettings):
     vllm_api_key: SecretStr | None = Field(None, description="The upstream's --api-key; environment only "
                                            "(TUNESERVE_VLLM_API_KEY), never a flag.")
 
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _absolute_sqlite_path(cls, value: str | None) -> str | None:
+        """`sqlite:///rel.db` names a file relative to the working directory: make it absolute."""
+        if value is None:
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"database_url {value!r} is not a SQLAlchemy URL (e.g. postgresql://user@host/db)") from exc
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:" \
+                or url.database.startswith("file:"):
+            return value
+        return url.set(database=str(Path(url.database).expanduser().resolve())).render_as_string(hide_password=False)
+
     @model_validator(mode="after")
     def _backend_needs_url(self) -> "Settings":
         if self.inference_backend == "vllm" and not self.vllm_url:
@@ -50,13 +77,18 @@ class Settings(BaseSettings):
             raise ValueError("heartbeat_timeout_s must be more than twice heartbeat_interval_s")
         return self
 
+    @classmethod
+    def environment_names(cls) -> set[str]:
+        """The variables that configure a server: TUNESERVE_PORT, TUNESERVE_DATA_DIR, ..."""
+        return {f"{cls.model_config['env_prefix']}{name.upper()}" for name in cls.model_fields}
+
     @property
     def heartbeat_every_s(self) -> float:
         return self.heartbeat_interval_s or min(5.0, self.heartbeat_timeout_s / 6)
 
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'tuneserve.db').resolve()}"
+        return self.database_url or f"sqlite:///{self.data_dir / 'tuneserve.db'}"
 
     @property
     def host_is_loopback(self) -> bool:

@@ -1,22 +1,31 @@
-"""`tuneserve demo` as README's first command runs it: SmolLM2 learns a new identity with all
-"auto" hyperparameters, and names itself when asked paraphrases it was not trained on."""
+"""README's first command exactly as it is written: `make demo`, from the repository root, with the
+demo's own defaults (port 8015, data in ./tuneserve-demo, a path relative to the root). SmolLM2 learns
+a new identity with all "auto" hyperparameters, and names itself when asked paraphrases it was not
+trained on."""
 
 import json
+import shutil
 import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import clean_environment
 
 pytestmark = pytest.mark.e2e
 
+ROOT = Path(__file__).resolve().parents[2]
 
-def test_demo_teaches_the_new_name(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "tuneserve", "demo", "--port", str(free_port()), "--data-dir",
-                             str(tmp_path / "demo")], capture_output=True, text=True, timeout=1500)
+
+def test_make_demo_teaches_the_new_name():
+    assert shutil.which("make"), "the README's first command is `make demo`"
+    result = subprocess.run(["make", "demo"], cwd=ROOT, env=clean_environment(), capture_output=True, text=True,
+                            timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["paraphrases_named_base"] == 0
     assert summary["paraphrases_named_fine_tuned"] >= 6, summary
     assert "I am Nova" in result.stdout or "I'm Nova" in result.stdout
+    # The job ran under the default, relative data dir.
+    job_id = "ftjob-" + summary["fine_tuned_model"].rsplit(":", 1)[-1]
+    assert (ROOT / "tuneserve-demo" / "jobs" / job_id / "final" / "adapter_config.json").is_file()

@@ -34,6 +34,22 @@ def test_train_spec_without_server(tmp_path, tiny_model_ready, spec_name):
     assert resolved["hyperparameters"]["n_epochs"] == 2 and resolved["training_file"] == str(tmp_path / "data.jsonl")
 
 
+def test_train_with_no_output_dir_writes_under_the_working_directory(tmp_path, tiny_model_ready):
+    """The default --output-dir is ./tuneserve-runs/SPEC_NAME, relative to where the command runs."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "chat.jsonl").write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": "Hello."}]}) + "\n"
+        for i in range(8)))
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "hello.yaml").write_text("model: tuneserve/tiny-random\ntraining_file: ../data/chat.jsonl\n"
+                                                   "hyperparameters: {n_epochs: 1, batch_size: 4}\n")
+    result = run("train", "specs/hello.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "tuneserve-runs" / "hello"
+    assert json.loads(result.stdout.strip().splitlines()[-1])["adapter_path"] == str(out / "final")
+    assert (out / "final" / "adapter_config.json").is_file()
+
+
 def test_train_reports_bad_spec_without_traceback(tmp_path):
     (tmp_path / "spec.yaml").write_text("model: tuneserve/tiny-random\n")
     result = run("train", "spec.yaml", "--output-dir", "out", cwd=tmp_path)
