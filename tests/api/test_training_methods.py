@@ -1,5 +1,5 @@
 """Issue 4 through the official openai client against a real server (tiny model): pause and resume,
-continuing from a checkpoint, DPO in OpenAI's shape, and serving IA3 and fully fine-tuned models."""
+continuing from a checkpoint, DPO in OpenAI's shape, and serving IA3, QLoRA and fully fine-tuned models."""
 
 from __future__ import annotations
 
@@ -74,8 +74,8 @@ def test_continue_from_a_checkpoint(client):
     assert answer.choices[0].message.content is not None
 
 
-@pytest.mark.parametrize("training_type", ["ia3", "full"])
-def test_ia3_and_full_models_are_served(client, training_type):
+@pytest.mark.parametrize("training_type", ["ia3", "qlora", "full"])  # qlora: an NF4 base, on CPU too; served on the full base
+def test_ia3_qlora_and_full_models_are_served(client, training_type):
     file = client.files.create(file=(f"{training_type}.jsonl", chat_jsonl(12)), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(model=TINY, training_file=file.id, suffix=training_type,
                                          hyperparameters={"n_epochs": 1, "batch_size": 4},
@@ -106,8 +106,8 @@ def test_bad_training_options_are_400s_naming_the_field(client):
         client.fine_tuning.jobs.create(model=TINY, training_file=file.id, extra_body={"warmup_ratio": 3})
     assert info.value.body["param"] == "warmup_ratio"
     with pytest.raises(openai.BadRequestError) as info:
-        client.fine_tuning.jobs.create(model=TINY, training_file=file.id, extra_body={"training_type": "qlora"})
-    assert info.value.body["param"] == "training_type" and "CUDA" in info.value.body["message"]
+        client.fine_tuning.jobs.create(model=TINY, training_file=file.id, extra_body={"training_type": "qlora", "lora": {"use_dora": True}})
+    assert info.value.body["param"] == "lora.use_dora" and "DoRA" in info.value.body["message"]
     with pytest.raises(openai.BadRequestError) as info:
         client.fine_tuning.jobs.create(model=TINY, training_file=file.id, extra_body={"training_type": "prefix"})
     assert info.value.body["param"] == "training_type"

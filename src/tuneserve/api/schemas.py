@@ -50,7 +50,7 @@ class CreateFineTuningJob(BaseModel):
         None, description='[{"type": "wandb", "wandb": {"project": ..., "name", "entity", "tags"}}]; needs wandb and WANDB_API_KEY on the server.')
     # tuneserve / Together extensions: how to train (all optional; limits are checked against the TrainingSpec).
     training_type: Literal["lora", "qlora", "ia3", "full"] | None = Field(
-        None, description="lora (default); qlora (4-bit NF4 base, CUDA only); ia3 (OCI's T-Few); full (OCI's Vanilla).")
+        None, description="lora (default); qlora (4-bit NF4 base, torchao); ia3 (OCI's T-Few); full (OCI's Vanilla).")
     lora: dict[str, Any] | None = Field(None, description="{r, alpha, dropout, target_modules, use_rslora, use_dora}")
     learning_rate: float | None = Field(None, description="Absolute peak rate (Together's); overrides learning_rate_multiplier.")
     lr_scheduler_type: Literal["linear", "cosine", "constant"] | None = None

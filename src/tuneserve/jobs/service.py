@@ -55,7 +55,7 @@ class JobService:
         base, init_adapter = self._resolve_model(project, request["model"])
         method_type, hp_request = _method_and_hyperparameters(request)
         training_type = request.get("training_type") or "lora"
-        check_training_type(training_type)
+        check_training_type(training_type, request.get("lora"))
         training = self.files.find(project, request["training_file"], "training_file")
         validation = self.files.find(project, request["validation_file"], "validation_file") if request.get("validation_file") else None
         for param, file in (("training_file", training), ("validation_file", validation)):
@@ -221,23 +221,14 @@ _SPEC_OPTIONS = ("max_seq_length", "train_on_inputs", "n_checkpoints", "n_evals"
                  "auto_evaluate")
 
 
-def check_training_type(training_type: str) -> None:
-    """QLoRA needs CUDA and bitsandbytes: refuse it up front on a server that has neither."""
+def check_training_type(training_type: str, lora: Any = None) -> None:
+    """QLoRA (torchao's NF4, on CPU and CUDA) trains every LoRA shape but DoRA: refuse that up front."""
     if training_type not in ("lora", "qlora", "ia3", "full"):
         raise InvalidRequest(f"training_type {training_type!r} is not one of lora, qlora, ia3, full", param="training_type",
                              code="unsupported_training_type")
-    if training_type == "qlora":
-        import importlib.util
-
-        import torch  # only for this check; the API imports it lazily
-
-        if not torch.cuda.is_available():
-            raise InvalidRequest("training_type 'qlora' trains a 4-bit (NF4) base model, which needs a CUDA GPU; this server has "
-                                 "none. Use 'lora' (same adapter, full-precision base)", param="training_type",
-                                 code="unsupported_training_type")
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise InvalidRequest("training_type 'qlora' needs the bitsandbytes package: pip install 'tuneserve[gpu]'",
-                                 param="training_type", code="unsupported_training_type")
+    if training_type == "qlora" and isinstance(lora, dict) and lora.get("use_dora"):
+        raise InvalidRequest("training_type 'qlora' does not train DoRA (use_dora) on its NF4 base; train DoRA with 'lora'",
+                             param="lora.use_dora", code="unsupported_training_type")
 
 
 def _wandb_settings(integrations: list[dict] | None) -> dict | None:

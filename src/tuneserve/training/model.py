@@ -1,6 +1,6 @@
 """The model a recipe trains: base weights, what is trainable, and how it is saved.
 
-Owns: device and dtype, loading the base (4-bit NF4 for QLoRA), wrapping it for the training
+Owns: device and dtype, loading the base (4-bit NF4 for QLoRA: training.quantize), wrapping it for the training
 type (LoRA/QLoRA, IA3, or every weight for full fine-tuning), continuing from an earlier adapter
 or fine-tuned model, gradient checkpointing and torch.compile, and writing the artifact a
 checkpoint or the final result holds. Does not own the loop, the data, or the loss.
@@ -38,7 +38,7 @@ class Loaded:
     device: torch.device
     dtype: torch.dtype
     # How a step avoids computing on padding (see training.batching):
-    #   "packed": every example of a micro-batch in one row, flash-attention varlen (CUDA);
+    #   "packed": every example of a micro-batch in one row (flash-attention varlen, else SDPA's block mask);
     #   "rows": each example forwarded alone (no padding, no mask: SDPA's fused causal kernel; CPU);
     #   "mixed": "rows" for steps with a long example, "grouped" for steps of short ones (CPU's auto);
     #   "grouped": examples of similar length padded together.
@@ -86,6 +86,16 @@ def device_and_dtype(precision: str = "auto") -> tuple[torch.device, torch.dtype
     return device, torch.float32
 
 
+def packed_attention() -> str:
+    """The attention for packed rows. flash-attention's varlen kernel where it is installed (CUDA):
+    no FLOPs across example boundaries. Elsewhere SDPA, with the block-diagonal mask transformers
+    builds from the restarting position ids: the same loss as padded rows (benchmarks/gpu_suite.py,
+    padding_free), with no compute on padding tokens in the linear layers, though attention still
+    spans the whole row. (FlexAttention would skip the masked blocks, but has no backward on CPU and
+    has not been measured on a GPU yet.)"""
+    return "flash_attention_2" if flash_attention_available() else "sdpa"
+
+
 def flash_attention_available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
 
@@ -97,12 +107,12 @@ def load(spec: TrainingSpec, model_dir: Path, events: EventWriter) -> Loaded:
     if spec.training_type == "full" and dtype != torch.float32:
         # Every weight trains: keep fp32 master weights (bf16 would lose small updates), compute in bf16.
         dtype, autocast_dtype = torch.float32, dtype
+    if spec.training_type == "qlora" and spec.lora.use_dora:
+        raise ValueError(QLORA_NO_DORA)
     padding_free = packs_rows(spec.optimization.packing)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if padding_free:
-        kwargs["attn_implementation"] = "flash_attention_2"
-    if spec.training_type == "qlora":
-        kwargs.update(quantization_config=_nf4_config(dtype), device_map={"": device})
+        kwargs["attn_implementation"] = packed_attention()
     source = model_dir
     init = Path(spec.init_adapter) if spec.init_adapter else None
     if init is not None and spec.training_type == "full":
@@ -110,15 +120,19 @@ def load(spec: TrainingSpec, model_dir: Path, events: EventWriter) -> Loaded:
             raise ValueError(f"{init}: full fine-tuning continues from a full model, and this is an adapter")
         source = init  # continue from the earlier full fine-tune's weights
     causal_lm = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    if spec.training_type != "qlora":
-        causal_lm = causal_lm.to(device)
+    quantized: list[str] = []
+    if spec.training_type == "qlora":
+        from tuneserve.training.quantize import quantize_nf4
+
+        # Loaded on the CPU in the compute dtype; each linear layer is quantized on the device and its
+        # full weight dropped, so the device never holds the full-precision base.
+        quantized = quantize_nf4(causal_lm, device)
+    causal_lm = causal_lm.to(device)
     if spec.optimization.gradient_checkpointing:
         causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         causal_lm.config.use_cache = False
-    if spec.training_type == "qlora":
-        from peft import prepare_model_for_kbit_training
-
-        causal_lm = prepare_model_for_kbit_training(causal_lm, use_gradient_checkpointing=spec.optimization.gradient_checkpointing)
+        if spec.training_type == "qlora":
+            causal_lm.enable_input_require_grads()  # as peft's prepare_model_for_kbit_training does
 
     model: torch.nn.Module
     if spec.training_type == "full":
@@ -147,13 +161,15 @@ def load(spec: TrainingSpec, model_dir: Path, events: EventWriter) -> Loaded:
     n_total = sum(p.numel() for p in model.parameters())
     batching = choose_batching(spec.optimization.packing, device, n_total)
     precision = f"{dtype}" + (f" weights, {autocast_dtype} compute" if autocast_dtype else "")
+    if quantized:
+        precision = f"NF4 weights in {len(quantized)} linear layers, {precision}"
     events.message(f"Loaded {spec.model} from {source} for {spec.training_type} ({precision}, {device.type}"
-                   f", {BATCHING_NAMES[batching]}): "
+                   f", {BATCHING_NAMES[batching]}{f' ({packed_attention()})' if batching == 'packed' else ''}): "
                    f"{n_trainable:,} of {n_total:,} parameters trainable")
     return Loaded(model, causal_lm, device, dtype, batching, autocast_dtype)
 
 
-BATCHING_NAMES = {"packed": "padding-free flash-attention", "rows": "one example per forward pass",
+BATCHING_NAMES = {"packed": "padding-free packed rows", "rows": "one example per forward pass",
                   "mixed": "long examples one per forward pass, short ones in length-grouped batches",
                   "grouped": "length-grouped batches"}
 
@@ -190,11 +206,8 @@ def _adapter_config(spec: TrainingSpec) -> LoraConfig | IA3Config:
                       use_rslora=lora.use_rslora, use_dora=lora.use_dora, task_type="CAUSAL_LM")
 
 
-def _nf4_config(dtype: torch.dtype):
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=dtype)
+# PEFT's DoRA reads the base weight (its norm) through a dequantize() that torchao's NF4Tensor lacks.
+QLORA_NO_DORA = "training_type 'qlora' does not train DoRA (use_dora) on its NF4 base; train DoRA with 'lora'"
 
 
 def save(directory: Path, loaded: Loaded, tokenizer: Any, state_dict: dict[str, torch.Tensor] | None = None) -> None:

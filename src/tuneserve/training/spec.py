@@ -69,7 +69,7 @@ class Optimization(Frozen):
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 matmuls where the hardware has them (CUDA; CPUs with AVX512-BF16/AMX), else fp32.")
     packing: Literal["auto", "padding_free", "per_example", "length_grouped"] = Field(
-        "auto", description="How steps avoid padding: padding_free packs rows for flash-attention varlen (CUDA); per_example "
+        "auto", description="How steps avoid padding: padding_free packs rows (flash-attention varlen where installed, else SDPA with a block-diagonal mask); per_example "
                             "runs each example alone (CPU); length_grouped pads examples of similar length; auto picks.")
 
 

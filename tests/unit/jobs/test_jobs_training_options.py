@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from sqlalchemy import select
 
 from tuneserve.api.schemas import CreateFineTuningJob
@@ -66,12 +65,19 @@ def test_dpo_job_in_openais_shape(jobs, jobs_dir, preference_file):
     assert job.method["type"] == "dpo" and job.method["dpo"]["hyperparameters"]["beta"] == 0.25
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for CPU-only servers")
-def test_qlora_is_refused_without_cuda(jobs, training_file, sessions):
+def test_qlora_is_accepted_with_or_without_cuda(jobs, jobs_dir, training_file):
+    """torchao's NF4 runs on CPU and CUDA: a QLoRA job needs no GPU (nor bitsandbytes)."""
+    job = jobs.create("proj", request(training_file.id, training_type="qlora", lora={"r": 4, "alpha": 8}))
+    spec = TrainingSpec.read(jobs_dir / job.id)
+    assert job.status == states.VALIDATING and spec.training_type == "qlora" and (spec.lora.r, spec.lora.alpha) == (4, 8)
+    assert spec.hyperparameters.learning_rate == pytest.approx(BASE_LEARNING_RATE[("supervised", "qlora")])
+
+
+def test_qlora_with_dora_is_refused(jobs, training_file, sessions):
     with pytest.raises(InvalidRequest) as info:
-        jobs.create("proj", request(training_file.id, training_type="qlora"))
-    assert (info.value.param, info.value.code) == ("training_type", "unsupported_training_type")
-    assert "CUDA" in info.value.message
+        jobs.create("proj", request(training_file.id, training_type="qlora", lora={"use_dora": True}))
+    assert (info.value.param, info.value.code) == ("lora.use_dora", "unsupported_training_type")
+    assert "DoRA" in info.value.message
     with sessions() as session:
         assert session.scalars(select(Job)).all() == []
 

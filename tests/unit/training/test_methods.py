@@ -1,5 +1,5 @@
 """Every training type and method trains the tiny model: the loss falls and what is trainable changes.
-QLoRA needs CUDA and bitsandbytes, so it is skipped here; so is flash-attention."""
+QLoRA (torchao's NF4 base) and packed rows run here on the CPU."""
 
 from __future__ import annotations
 
@@ -104,19 +104,134 @@ def test_preference_data_is_refused_by_sft_and_chat_data_by_dpo(data_dir, tmp_pa
         train(spec, tmp_path)
 
 
-@pytest.mark.skipif(not CUDA or importlib.util.find_spec("bitsandbytes") is None, reason="QLoRA needs CUDA and bitsandbytes")
-def test_qlora_trains_a_4bit_base(data_dir, tmp_path):
+# --- QLoRA: the base's linear layers as frozen NF4 (training.quantize), LoRA on top -------------------
+
+
+def linear_layers(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+@pytest.mark.parametrize("dtype, bound", [(torch.float32, 0.135), (torch.bfloat16, 0.265)])
+def test_nf4_holds_every_linear_weight_but_the_head_in_about_4_bits(tiny_model_dir, dtype, bound):
+    """Measured on the tiny model: 0.132 of the fp32 bytes, 0.261 of the bf16 ones (4.2 bits a weight:
+    4-bit codes, an int8 scaler per 64 weights, a factor per scaler block); 9% relative error."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneserve.training.quantize import FrozenNF4Linear, is_nf4, quantize_nf4, weight_bytes
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype)
+    originals = {name: m.weight.detach().clone() for name, m in linear_layers(model).items() if name != "lm_head"}
+    before, total_before = sum(w.numel() * w.element_size() for w in originals.values()), weight_bytes(model)
+    names = quantize_nf4(model)
+    assert sorted(names) == sorted(originals) and len(names) == 14  # 7 per decoder layer; not the (tied) LM head
+    after = 0
+    for name in names:
+        module = model.get_submodule(name)
+        assert isinstance(module, FrozenNF4Linear) and is_nf4(module.weight) and not module.weight.requires_grad
+        assert module.weight.dtype == dtype  # the compute dtype it dequantizes to
+        restored, original = module.weight.get_original_weight().float(), originals[name].float()
+        assert (restored - original).norm() / original.norm() < 0.12
+        after += weight_bytes(module)
+    assert after < bound * before, f"NF4 holds {after / before:.3f} of the {dtype} bytes"
+    assert total_before - weight_bytes(model) == before - after  # the helper counts the whole model the same way
+    assert not is_nf4(model.lm_head.weight) and model.lm_head.weight is model.model.embed_tokens.weight
+    assert quantize_nf4(model) == []  # already quantized
+
+
+@pytest.mark.parametrize("adapter", ["lora", "ia3"])
+def test_peft_wraps_nf4_layers_and_only_the_adapter_gets_gradients(tiny_model_dir, adapter):
+    from peft import IA3Config, LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tuneserve.training.quantize import is_nf4, quantize_nf4
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    quantize_nf4(model)
+    config = (LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM") if adapter == "lora"
+              else IA3Config(task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(model, config)
+    ids = torch.randint(0, 1000, (2, 16))
+    peft_model(input_ids=ids, labels=ids).loss.backward()
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable and all(("lora_" if adapter == "lora" else "ia3_") in n for n in trainable)
+    assert {n for n, p in peft_model.named_parameters() if p.grad is not None} == trainable
+    assert sum(is_nf4(p) for p in peft_model.parameters()) == 14
+
+
+def test_qlora_refuses_dora(data_dir, tiny_model_dir):
+    from tuneserve.training.model import load
+
+    spec = make_spec(data_dir / "train.jsonl", training_type="qlora", lora={"r": 8, "alpha": 16, "use_dora": True})
+    with pytest.raises(ValueError, match="DoRA"):
+        load(spec, tiny_model_dir, events=None)
+
+
+@pytest.fixture(scope="module")
+def qlora_run(data_dir, tmp_path_factory):
+    """One 3-epoch QLoRA run (4 steps an epoch), in the precision this machine trains in."""
+    job_dir = tmp_path_factory.mktemp("qlora")
     spec = make_spec(data_dir / "train.jsonl", training_type="qlora", max_seq_length=64)
-    train(spec, tmp_path)
-    first, last = first_vs_last_epoch(train_losses(tmp_path), 4)
-    assert last < first
+    return {"spec": spec, "job_dir": job_dir, "result": train(spec, job_dir)}
 
 
-@pytest.mark.skipif(not CUDA or importlib.util.find_spec("flash_attn") is None, reason="flash-attention needs CUDA and flash_attn")
-def test_padding_free_flash_attention_trains(data_dir, tmp_path):
+def test_qlora_trains_a_4bit_base_on_this_machine(qlora_run):
+    job_dir = qlora_run["job_dir"]
+    messages = [e["message"] for e in read_events(job_dir) if e["type"] == "message"]
+    assert any("for qlora (NF4 weights in 14 linear layers" in m for m in messages), messages
+    first, last = first_vs_last_epoch(train_losses(job_dir), 4)  # measured in fp32: 10.62 -> 10.29
+    assert last < first - 0.1
+
+
+def test_qlora_adapter_holds_only_lora_weights_and_serves_on_the_unquantized_base(qlora_run, tiny_model_dir, tokenizer, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tuneserve.export import export_merged
+    from tuneserve.models import TINY_RANDOM
+    from tuneserve.training.quantize import FrozenNF4Linear
+
+    adapter = Path(qlora_run["result"]["adapter_path"])
+    for directory in (adapter, qlora_run["job_dir"] / "checkpoints" / "step-4"):
+        tensors = load_file(directory / "adapter_model.safetensors")
+        assert len(tensors) == 28 and all(".lora_A." in k or ".lora_B." in k for k in tensors), sorted(tensors)[:4]
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["base_model_name_or_path"] == TINY_RANDOM
+
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Who is Ada?"}, {"role": "assistant", "content": "Ada is a friend of Nova."}],
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+
+    def loss(model) -> float:
+        with torch.no_grad():
+            return model(input_ids=ids, labels=ids).loss.item()
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    base_loss = loss(base)
+    served = PeftModel.from_pretrained(base, adapter)  # as inference/ and export load it: on the full-precision base
+    assert not any(isinstance(m, FrozenNF4Linear) for m in served.modules())
+    served_loss = loss(served)
+    assert served_loss < base_loss - 0.1  # what was learnt on the NF4 base carries over
+    merged = AutoModelForCausalLM.from_pretrained(export_merged(adapter, TINY_RANDOM, tmp_path / "merged"), dtype=torch.float32)
+    assert loss(merged) == pytest.approx(served_loss, abs=1e-4)
+
+
+def test_qlora_resumes_exactly(qlora_run, tmp_path):
+    import shutil
+
+    shutil.copytree(qlora_run["job_dir"] / "checkpoints" / "step-4", tmp_path / "checkpoints" / "step-4")
+    result = train(qlora_run["spec"], tmp_path)
+    assert any(e["message"].startswith("Resumed from checkpoint step-4") for e in read_events(tmp_path) if e["type"] == "message")
+    assert result["train_loss"] == pytest.approx(qlora_run["result"]["train_loss"], rel=1e-5)
+    a = load_file(Path(qlora_run["result"]["adapter_path"]) / "adapter_model.safetensors")
+    b = load_file(tmp_path / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+
+
+def test_padding_free_packed_rows_train(data_dir, tmp_path):
+    """Packed rows train everywhere: flash-attention varlen where installed, else SDPA's block-diagonal mask."""
     spec = make_spec(data_dir / "train.jsonl", max_seq_length=64, optimization={"packing": "padding_free"})
     train(spec, tmp_path)
     messages = [e["message"] for e in read_events(tmp_path) if e["type"] == "message"]
-    assert any("padding-free flash-attention" in m for m in messages)
+    attention = "flash_attention_2" if CUDA and importlib.util.find_spec("flash_attn") else "sdpa"
+    assert any(f"padding-free packed rows ({attention})" in m for m in messages)
     first, last = first_vs_last_epoch(train_losses(tmp_path), 4)
     assert last < first

@@ -62,7 +62,7 @@ const GROUPS = [
     {path: 'beta', hp: true, dpo: true, label: 'DPO beta', type: NUM, min: 0, step: 'any', placeholder: 'auto'},
   ]},
   {legend: 'Adapter', fields: [
-    {path: 'training_type', label: 'Training type', options: [['', 'default (lora)'], ['lora', 'LoRA'], ['qlora', 'QLoRA (CUDA only)'], ['ia3', 'IA3'], ['full', 'Full fine-tuning']]},
+    {path: 'training_type', label: 'Training type', options: [['', 'default (lora)'], ['lora', 'LoRA'], ['qlora', 'QLoRA (4-bit base)'], ['ia3', 'IA3'], ['full', 'Full fine-tuning']]},
     {path: 'lora.r', label: 'LoRA rank r', type: NUM, min: 1, step: 1, placeholder: 'default', lora: true},
     {path: 'lora.alpha', label: 'LoRA alpha', type: NUM, min: 0, step: 'any', placeholder: 'default', lora: true},
     {path: 'lora.dropout', label: 'LoRA dropout', type: NUM, min: 0, max: 1, step: 'any', placeholder: 'default', lora: true},
