@@ -22,8 +22,14 @@ def setup() -> None:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
+def joined() -> bool:
+    """In a process group, of any size (one of one included)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """In a process group of several processes: the collectives below have someone to talk to."""
+    return joined() and dist.get_world_size() > 1
 
 
 def rank() -> int:

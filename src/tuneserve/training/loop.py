@@ -120,7 +120,7 @@ def train_loop(spec: TrainingSpec, job_dir: Path, events: EventWriter, loaded: m
     saved = _load_checkpoint(resume_from, loaded, total_steps) if resume_from is not None else None
     kind = parallel.strategy(spec.training_type)
     trunk = _Trunk(loaded)
-    forward = parallel.wrap(trunk, loaded.decoder().layers, loaded.device, kind)
+    forward = parallel.wrap(trunk, loaded.decoder().layers, loaded.device, kind, compute_dtype=loaded.autocast_dtype)
     # Under FSDP every rank runs every forward, evaluations included; DDP's ranks evaluate unwrapped.
     evaluator = forward if kind == parallel.FSDP else trunk
 

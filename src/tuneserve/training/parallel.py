@@ -14,6 +14,9 @@ Choices, and why:
   head the loss uses is whole inside the wrapped module's forward (training.model.Loaded.apply_head).
 - Under FSDP every rank must run every forward: all ranks evaluate, and a rank with fewer examples
   in a step runs padding micro-batches whose loss is multiplied by zero (training.loop._step).
+- Full fine-tuning in a process group of one (a one-GPU Ray Train worker, or benchmarks/gpu_suite.py) is
+  sharded too: the same FSDP code as on N ranks runs, NCCL included. With bf16 compute, FSDP2's
+  MixedPrecisionPolicy gathers the fp32 master weights as bf16 and reduces gradients in fp32.
 - Checkpoints hold whole tensors in the single-process format, so a checkpoint written by 2 ranks
   is served, continued or resumed by any number of processes.
 """
@@ -31,25 +34,29 @@ SINGLE, DDP, FSDP = "single", "ddp", "fsdp"
 
 
 def strategy(training_type: str) -> str:
-    """Which wrapping this run uses: none for one process, FSDP for full fine-tuning, else DDP."""
-    if not distributed.active():
-        return SINGLE
-    return FSDP if training_type == "full" else DDP
+    """Which wrapping this run uses: FSDP for full fine-tuning in any process group (one of one
+    included), DDP for adapters over several processes, else none."""
+    if training_type == "full" and distributed.joined():
+        return FSDP
+    return DDP if distributed.active() else SINGLE
 
 
-def wrap(module: torch.nn.Module, layers: torch.nn.ModuleList, device: torch.device, kind: str) -> torch.nn.Module:
+def wrap(module: torch.nn.Module, layers: torch.nn.ModuleList, device: torch.device, kind: str,
+         compute_dtype: torch.dtype | None = None) -> torch.nn.Module:
     """The module the loop calls. FSDP replaces the parameters by shards in place: build the
-    optimizer from the parameters after this call, never before."""
+    optimizer from the parameters after this call, never before. `compute_dtype` (bf16 compute on
+    fp32 weights) becomes FSDP's mixed-precision policy."""
     if kind == DDP:
         return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
     if kind == FSDP:
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = init_device_mesh(device.type, (distributed.world_size(),))
+        policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) if compute_dtype else MixedPrecisionPolicy()
         for layer in layers:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(module, mesh=mesh)
+            fully_shard(layer, mesh=mesh, mp_policy=policy)
+        fully_shard(module, mesh=mesh, mp_policy=policy)
     return module
 
 
