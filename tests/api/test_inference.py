@@ -1,5 +1,7 @@
 """chat/completions and completions, for base and fine-tuned models, through the openai client."""
 
+import json
+
 import openai
 import pytest
 
@@ -78,3 +80,33 @@ def test_bad_sampling_values_are_400(client):
     assert info.value.body["param"] == "temperature"
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=TINY, messages=[])
+
+
+def test_json_schema_response_format_is_400_until_supported_and_json_object_still_answers(client):
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError) as info:
+        greedy(client, TINY, response_format=schema)
+    error = info.value.body
+    assert info.value.status_code == 400 and error["param"] == "response_format"
+    assert error["type"] == "invalid_request_error" and error["code"] == "unsupported_value"
+    assert "json_schema" in error["message"] and "not supported yet" in error["message"]
+    assert '{"type": "json_object"}' in error["message"]
+    with pytest.raises(openai.BadRequestError) as info:  # the check comes before the model lookup
+        greedy(client, "ft:nope:default::123", response_format=schema)
+    assert info.value.body["param"] == "response_format"
+    with pytest.raises(openai.BadRequestError) as info:  # completions takes response_format too (vLLM's API does)
+        client.completions.create(model=TINY, prompt="Once upon a time", max_tokens=4, extra_body={"response_format": schema})
+    assert info.value.body["param"] == "response_format" and info.value.body["code"] == "unsupported_value"
+    with pytest.raises(openai.BadRequestError) as info:  # an unknown type names the param too
+        greedy(client, TINY, response_format={"type": "yaml"})
+    assert info.value.body["param"] == "response_format" and info.value.body["code"] == "invalid_value"
+    assert "'yaml'" in info.value.body["message"] and "json_object" in info.value.body["message"]
+
+    for kind in ("text", "json_object"):  # what is served still answers
+        reply = greedy(client, TINY, response_format={"type": kind})
+        assert reply.choices[0].message.content is not None
+        if kind == "json_object":
+            assert isinstance(json.loads(reply.choices[0].message.content), dict)  # JSON mode is on
+    reply = client.completions.create(model=TINY, prompt="Once upon a time", max_tokens=12, temperature=0,
+                                      extra_body={"response_format": {"type": "json_object"}})
+    assert isinstance(json.loads(reply.choices[0].text), dict)  # and honoured on completions, not ignored

@@ -18,11 +18,35 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from tuneserve.api.deps import Project
-from tuneserve.api.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from tuneserve.api.schemas import ChatCompletionRequest, CompletionRequest, ResponseFormat, SamplingFields
 from tuneserve.api.tool_calls import parse_tool_calls
 from tuneserve.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1", tags=["inference"])
+
+
+RESPONSE_FORMAT_TYPES = ("text", "json_object")  # json_object: the hand-written JSON mode (inference/json_mode.py)
+
+
+def check_response_format(value: ResponseFormat | None) -> bool:
+    """The request's `response_format` -> is JSON mode on?
+
+    400 `invalid_request_error` with param "response_format" for what this engine does not serve:
+    "json_schema" (decoding is not constrained to a schema yet, and ignoring the schema silently
+    would be wrong) and unknown types. The vLLM proxy forwards the body as it is: vLLM's guided
+    decoding serves json_schema itself.
+    """
+    if value is None:
+        return False
+    kind = value.type
+    if kind == "json_schema":
+        raise InvalidRequest("response_format {\"type\": \"json_schema\"} is not supported yet: decoding is not constrained "
+                             "to a JSON schema. Use {\"type\": \"json_object\"} (the output is one JSON object) and give "
+                             "the schema in the prompt.", param="response_format", code="unsupported_value")
+    if kind not in RESPONSE_FORMAT_TYPES:
+        raise InvalidRequest(f"Invalid value for 'response_format': unknown type {kind!r}; supported types are "
+                             "'text' and 'json_object'", param="response_format", code="invalid_value")
+    return kind == "json_object"
 
 
 def _engine(request: Request):
@@ -106,11 +130,11 @@ def _chat_message(text: str, tools_given: bool) -> tuple[dict[str, Any], bool]:
 @router.post("/chat/completions")
 def chat_completions(request: Request, project: Project, body: ChatCompletionRequest):
     """Chat with a base model or a fine-tuned model (`ft:...`), optionally streamed."""
+    json_mode = check_response_format(body.response_format)  # a 400 before the model is looked up or loaded
     base, adapter = request.app.state.catalog.lookup(project, body.model)
     engine = _engine(request)
     messages = [m.as_template_message() for m in body.messages]
     tools = body.tools if body.tools and body.tool_choice != "none" else None
-    json_mode = bool(body.response_format and body.response_format.type != "text")
     want_logprobs = body.logprobs or bool(body.top_logprobs)
     params = lambda i: _params(body, i, logprobs=want_logprobs, top_logprobs=body.top_logprobs or 0, json_mode=json_mode)  # noqa: E731
     head = {"id": f"chatcmpl-{secrets.token_hex(12)}", "created": int(time.time()), "model": body.model, "system_fingerprint": None}
@@ -161,12 +185,13 @@ def _chat_chunks(head: dict, streams: list, tools_given: bool, body: ChatComplet
 @router.post("/completions")
 def completions(request: Request, project: Project, body: CompletionRequest):
     """Plain text completion (no chat template) with a base or fine-tuned model."""
+    json_mode = check_response_format(body.response_format)
     base, adapter = request.app.state.catalog.lookup(project, body.model)
     engine = _engine(request)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     jobs = [(p, i) for p in prompts for i in range(body.n)]
     want = body.logprobs is not None
-    params = lambda i: _params(body, i, logprobs=want, top_logprobs=body.logprobs or 0)  # noqa: E731
+    params = lambda i: _params(body, i, logprobs=want, top_logprobs=body.logprobs or 0, json_mode=json_mode)  # noqa: E731
     head = {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()), "model": body.model}
 
     if body.stream:

@@ -188,7 +188,9 @@ class StreamOptions(BaseModel):
 
 class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="allow")
-    type: Literal["text", "json_object", "json_schema"] = "text"
+    # Any string parses; api/inference.check_response_format answers 400 (param response_format) for what is not
+    # served: "json_schema" (no schema-constrained decoding yet) and unknown types.
+    type: str = Field("text", description="'text' or 'json_object' ('json_schema' is not supported yet: 400)")
 
 
 class SamplingFields(BaseModel):
@@ -252,3 +254,4 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     prompt: str | list[str]
     logprobs: int | None = Field(None, ge=0, le=5)  # the legacy API: how many alternatives per token
+    response_format: ResponseFormat | None = None  # not in OpenAI's legacy API; vLLM's has it
