@@ -1,5 +1,6 @@
-"""Training throughput: tuneserve's trainer against a plain HF `Trainer` + PEFT baseline, in one run.
+"""Training throughput on CPU, two parts (`--part trainer|loss|both`, default both).
 
+Part `trainer`: tuneserve's trainer against a plain HF `Trainer` + PEFT baseline, in one run.
 Both sides train SmolLM2-135M-Instruct with LoRA r=16 (alpha 32) on every linear layer, batch 8,
 1 epoch, learning rate 1e-3 with the same linear warm-up/decay, on the same examples: the first
 `--examples` items of alpaca_en_demo, formatted once through the chat template with the answer
@@ -11,20 +12,37 @@ tokens trained (tuneserve.training.formatting; the baseline gets the very same t
   batches (or padding-free packed rows where flash-attention exists), loss from the hidden states
   of trained positions only, in chunks.
 
-Each side runs in a fresh subprocess (so peak RSS is its own), `--repeat` times, alternating.
 Reported per side: non-pad tokens/s over the training loop (median), peak RSS during training, the
 mean training loss over the epoch, and the loss of the trained adapter on 32 held-out examples
 (scored identically, fp32, for both); then the ratios tuneserve / baseline. Goal on a 2-core CPU: at least
 2.5x the tokens/s with no more memory and a matching loss.
 
+Part `loss`: tuneserve's own `train()` twice, same data, settings and seed, only the loss differs:
+- fused: tuneserve's loss (training.losses.token_cross_entropy): trained positions only, in chunks
+  of CHUNK_TOKENS, gradients made in the forward pass; no positions x vocabulary logits kept;
+- plain: today's full-logits loss as HF's causal LMs compute it: every position projected onto the
+  49,152-token vocabulary with `lm_head`, the fp32 logits kept for backward, `F.cross_entropy` over
+  the trained next tokens. It replaces `token_cross_entropy` in the recipe, in that child only.
+The data are the `--loss-examples` longest alpaca_en_demo items (default 4: 606-751 tokens), batch 2,
+so 2 steps (the second step's loss also checks that step 1's gradients agree). On CPU each example
+over 256 tokens runs alone in its forward pass, and the plain loss's logits grow with the row's
+length while the fused loss's are capped at one chunk, so long rows show the difference.
+Reported: median tokens/s (and tokens per CPU-second of train(), steadier on a shared machine)
+and peak RSS per side, the ratios fused / plain, and the mean training loss of each, which must
+agree (the same math) to ~1e-3 relative. Peak RSS under glibc's default heap moves by +-300 MB
+between runs of one side, so each side also runs once more with MALLOC_MMAP_THRESHOLD_=131072 (as
+benchmarks/fsdp_memory.py does): RSS then follows live memory, the same to the MB every run, at
+some cost in speed (their tokens/s are not used).
+
+Each side runs in a fresh subprocess (so peak RSS is its own), `--repeat` times, alternating.
+
     . .venv/bin/activate
     export TUNESERVE_MODEL_CACHE=/tmp/tscache
-    python benchmarks/train_throughput.py                       # 128 examples, 2 runs per side
-    python benchmarks/train_throughput.py --examples 256 --repeat 3 --json out.json
+    python benchmarks/train_throughput.py                       # both parts, 2 runs per side
+    python benchmarks/train_throughput.py --part trainer --examples 256 --repeat 3 --json out.json
+    python benchmarks/train_throughput.py --part loss --repeat 3
 
-On a GPU, `--gpu-shapes` adds random-initialised models shaped like Llama-3.2-1B and
-Llama-3.1-8B at sequence length 2048 with LoRA in bf16 (tuneserve's trainer only): tokens/s,
-MFU against the bf16 matmul peak measured on that GPU in the same run, and peak memory.
+GPU shapes (Llama-3.2-1B / 3.1-8B, MFU) are measured by benchmarks/gpu_suite.py.
 """
 
 from __future__ import annotations
@@ -155,71 +173,72 @@ def run_tuneserve(data: Path, n: int, seed: int, packing: str = "auto") -> dict:
             "last_loss": result["train_loss"], "steps": len(losses), "peak_rss_mb": rss, "heldout_loss": heldout}
 
 
-# --- GPU: MFU on Llama-shaped random models ----------------------------------------------------------
+# --- loss: tuneserve's chunked fused loss against the plain full-logits loss -------------------------
 
-GPU_SHAPES = {  # hidden, intermediate, layers, heads, kv heads, vocab (the published configs)
-    "llama-3.2-1b": (2048, 8192, 16, 32, 8, 128256),
-    "llama-3.1-8b": (4096, 14336, 32, 32, 8, 128256),
-}
+# The 4 longest alpaca items (606-751 tokens) in 2 steps of 2: the step-2 loss also checks the gradients of
+# step 1 agree. About 35 s per run on 2 cores; `--part loss --repeat 3` takes 3.5-5 min (16 items: 3-5 min per run).
+LOSS_EXAMPLES, LOSS_BATCH = 4, 2
 
 
-def matmul_peak_tflops() -> float:
-    """The bf16 matmul rate this GPU reaches on large square matrices: the MFU denominator."""
+def longest_subset(data: Path, n: int, out: Path) -> list[int]:
+    """Write the n alpaca items with the longest formatted token sequences to `out` (in file order);
+    return their lengths."""
+    items = json.loads(data.read_text())
+    _, examples = formatted_examples(data, len(items))  # every alpaca item fits MAX_LEN, so indices match
+    assert len(examples) == len(items)
+    chosen = sorted(sorted(range(len(items)), key=lambda i: -len(examples[i].input_ids))[:n])
+    out.write_text(json.dumps([items[i] for i in chosen]))
+    return [len(examples[i].input_ids) for i in chosen]
+
+
+def plain_cross_entropy(hidden, lm_head, labels):
+    """Today's loss, as HF's LlamaForCausalLM + ForCausalLMLoss compute it: logits for every position
+    (prompt and padding included), cast to fp32 and kept for the backward pass, then cross-entropy
+    summed over the trained next tokens. Same contract as token_cross_entropy: (sum, correct, count)."""
     import torch
+    import torch.nn.functional as F
 
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    start, reps = time.perf_counter(), 50
-    for _ in range(reps):
-        a @ b
-    torch.cuda.synchronize()
-    return 2 * 8192**3 * reps / (time.perf_counter() - start) / 1e12
+    from tuneserve.training.formatting import IGNORE_INDEX
+
+    logits = lm_head(hidden.to(lm_head.weight.dtype)).float()  # [B, L, V]
+    targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:].reshape(-1)  # position t predicts t+1
+    flat = logits.view(-1, logits.shape[-1])
+    loss = F.cross_entropy(flat, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    keep = targets != IGNORE_INDEX
+    with torch.no_grad():
+        correct = ((flat.argmax(-1) == targets) & keep).sum()
+    return loss, correct, keep.sum()
 
 
-def run_gpu_shape(name: str, steps: int, seq: int, batch: int) -> dict:
-    """LoRA r=16 on all linear layers of a random Llama-shaped model, bf16, packed rows of `seq` tokens."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tuneserve.training import model as model_io
-    from tuneserve.training.events import NullEventWriter
-    from tuneserve.training.loop import train_loop
-    from tuneserve.training.recipes.sft import SupervisedTask
-    from tuneserve.training.formatting import Formatted
+def run_loss_side(data: Path, seed: int, packing: str, loss: str) -> dict:
+    """tuneserve's train() on every item of `data`; loss "plain" swaps the recipe's loss in this process."""
+    from tuneserve.training.recipes import sft
+    from tuneserve.training.run import train
     from tuneserve.training.spec import Hyperparameters, TrainingSpec
 
-    hidden, inter, layers, heads, kv, vocab = GPU_SHAPES[name]
-    config = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
-                         num_key_value_heads=kv, vocab_size=vocab, max_position_embeddings=seq)
+    if loss == "plain":
+        sft.token_cross_entropy = plain_cross_entropy  # what sft._cross_entropy calls, for training and evaluation
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(tmp) / "model"
-        with torch.device("cuda"):
-            LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(model_dir)
-        from tuneserve.models import resolve_model
-        tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(resolve_model(MODEL))
-        spec = TrainingSpec(model=str(model_dir), training_file="-", max_seq_length=seq, n_checkpoints=1, lora={"r": 16, "alpha": 32},
-                            optimization={"gradient_checkpointing": True},
-                            hyperparameters=Hyperparameters(n_epochs=1, batch_size=batch, learning_rate_multiplier=1.0, learning_rate=1e-4))
-        events = NullEventWriter()
-        loaded = model_io.load(spec, model_dir, events)
-        generator = torch.Generator().manual_seed(0)
-        items = [Formatted(ids := torch.randint(0, vocab, (seq,), generator=generator).tolist(), ids) for _ in range(steps * batch)]
-        task = SupervisedTask(loaded, 0, batch)
-        torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        train_loop(spec, Path(tmp) / "job", events, loaded, tokenizer, task, items, [], model_path=model_dir)
-        torch.cuda.synchronize()
-        runtime = time.perf_counter() - start
-        n_params = sum(p.numel() for p in loaded.causal_lm.parameters())
-    tokens = steps * batch * seq
-    # LoRA training: forward 2N + backward through activations 2N per token (frozen weights need no weight
-    # gradients), plus attention 4 * layers * seq * hidden (forward) x 2 (backward); no recompute counted.
-    flops = tokens * (4 * n_params + 8 * layers * seq * hidden)
-    return {"shape": name, "tokens_per_s": tokens / runtime, "achieved_tflops": flops / runtime / 1e12,
-            "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30, "runtime_s": runtime}
+        spec = TrainingSpec(model=MODEL, training_file=str(data), max_seq_length=MAX_LEN, seed=seed, n_checkpoints=1,
+                            lora={"r": RANK, "alpha": ALPHA}, optimization={"warmup_ratio": WARMUP, "packing": packing},
+                            hyperparameters=Hyperparameters(n_epochs=1, batch_size=LOSS_BATCH, learning_rate_multiplier=1.0, learning_rate=LR))
+        cpu_start = cpu_seconds()
+        result = train(spec, Path(tmp) / "job")
+        cpu = cpu_seconds() - cpu_start
+        rss = peak_rss_mb()
+        events = [json.loads(line) for line in (Path(tmp) / "job" / "events.jsonl").read_text().splitlines()]
+    losses = [e["train_loss"] for e in events if e["type"] == "metrics" and "train_loss" in e]
+    return {"tokens": result["trained_tokens"], "runtime_s": result["train_runtime_s"],
+            "tokens_per_s": result["trained_tokens"] / result["train_runtime_s"], "mean_loss": statistics.mean(losses),
+            "last_loss": result["train_loss"], "steps": len(losses), "peak_rss_mb": rss,
+            "cpu_s": cpu, "tokens_per_cpu_s": result["trained_tokens"] / cpu}
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (user + system), all threads: less sensitive than wall time to other
+    processes sharing the cores."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --- driver ----------------------------------------------------------------------------------------
@@ -229,15 +248,21 @@ def child(args) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the training process sets it
     if args.child == "baseline":
         result = run_baseline(args.data, args.examples, args.seed)
-    else:
+    elif args.child == "tuneserve":
         result = run_tuneserve(args.data, args.examples, args.seed, args.packing)
+    else:  # "fused" or "plain": args.data is the subset itself
+        result = run_loss_side(args.data, args.seed, args.packing, args.child)
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def run_side(args, side: str) -> dict:
+def run_side(args, side: str, data: Path | None = None, live_memory: bool = False) -> dict:
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, __file__, "--child", side, "--data", str(args.data), "--examples", str(args.examples), "--seed", str(args.seed),
-           "--packing", args.packing]
+    if live_memory:
+        # Blocks over 128 KB get their own mapping, returned when freed, so peak RSS follows live memory rather than
+        # glibc's heap high-water mark (which moves by +-300 MB between runs of one side); it costs speed (page faults).
+        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    cmd = [sys.executable, __file__, "--child", side, "--data", str(data or args.data), "--examples", str(args.examples),
+           "--seed", str(args.seed), "--packing", args.packing]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
     if done.returncode != 0 or line is None:
@@ -245,31 +270,24 @@ def run_side(args, side: str) -> dict:
     return json.loads(line.removeprefix("RESULT "))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--examples", type=int, default=128)
-    parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--packing", default="auto", help="tuneserve's packing option (auto, per_example, length_grouped, padding_free)")
-    parser.add_argument("--gpu-shapes", action="store_true", help="also measure Llama-3.2-1B/3.1-8B shapes (CUDA)")
-    parser.add_argument("--json", help="write the results as JSON here")
-    parser.add_argument("--child", choices=["baseline", "tuneserve"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        return child(args)
-
-    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; {args.examples} examples, batch {BATCH}",
-          flush=True)
-    runs: dict[str, list[dict]] = {"baseline": [], "tuneserve": []}
+def alternate(args, sides: tuple[str, str], data: Path | None = None) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     for rep in range(args.repeat):
-        for side in ("baseline", "tuneserve"):
-            result = run_side(args, side)
+        for side in sides:
+            result = run_side(args, side, data)
             runs[side].append(result)
+            extra = f"  held-out loss {result['heldout_loss']:.4f}" if "heldout_loss" in result else ""
+            extra += f"  {result['tokens_per_cpu_s']:.1f} tokens/CPU-s" if "tokens_per_cpu_s" in result else ""
             print(f"  rep {rep + 1} {side:9s}: {result['tokens_per_s']:8.1f} tokens/s  {result['runtime_s']:7.1f} s  "
-                  f"peak RSS {result['peak_rss_mb']:7.0f} MB  mean train loss {result['mean_loss']:.4f}  held-out loss "
-                  f"{result['heldout_loss']:.4f}  ({result['tokens']} tokens, "
-                  f"{result['steps']} steps)", flush=True)
+                  f"peak RSS {result['peak_rss_mb']:7.0f} MB  mean train loss {result['mean_loss']:.6f}{extra}  "
+                  f"({result['tokens']} tokens, {result['steps']} steps)", flush=True)
+    return runs
+
+
+def trainer_part(args) -> dict:
+    print(f"\n== trainer: tuneserve vs HF Trainer + PEFT; {args.examples} examples, batch {BATCH}; "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+    runs = alternate(args, ("baseline", "tuneserve"))
     keys = ("tokens_per_s", "peak_rss_mb", "mean_loss", "heldout_loss", "runtime_s")
     med = {side: {k: statistics.median(r[k] for r in rs) for k in keys} for side, rs in runs.items()}
     print(f"\n{'side':10s} {'tokens/s':>10s} {'peak RSS MB':>12s} {'train loss':>11s} {'held-out loss':>14s}")
@@ -284,22 +302,65 @@ def main() -> None:
     print(f"ratio mean training loss (tuneserve / baseline): {ratios['mean_loss']:.3f}  (batch order differs)")
     print(f"ratio held-out loss (tuneserve / baseline): {ratios['heldout_loss']:.3f}  (goal: within 2% of 1)")
     print(f"load average at end: {os.getloadavg()[0]:.2f}", flush=True)
-    results = {"runs": runs, "medians": med, "ratios": ratios}
-    if args.gpu_shapes:
-        import torch
+    return {"runs": runs, "medians": med, "ratios": ratios}
 
-        if not torch.cuda.is_available():
-            print("--gpu-shapes: no CUDA device here; skipped")
-        else:
-            peak = matmul_peak_tflops()
-            print(f"\nmeasured bf16 matmul peak: {peak:.0f} TFLOP/s")
-            results["gpu"] = {"matmul_peak_tflops": peak, "shapes": []}
-            for name in GPU_SHAPES:
-                r = run_gpu_shape(name, steps=8, seq=2048, batch=4 if name.endswith("1b") else 1)
-                r["mfu"] = r["achieved_tflops"] / peak
-                results["gpu"]["shapes"].append(r)
-                print(f"{name}: {r['tokens_per_s']:.0f} tokens/s, {r['achieved_tflops']:.0f} TFLOP/s, MFU {r['mfu']:.1%}, "
-                      f"peak memory {r['peak_memory_gb']:.1f} GB")
+
+def loss_part(args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        subset = Path(tmp) / "longest.json"
+        lengths = longest_subset(args.data, args.loss_examples, subset)
+        print(f"\n== loss: tuneserve's train(), chunked fused loss vs plain full-logits loss; the {len(lengths)} longest "
+              f"alpaca items ({min(lengths)}-{max(lengths)} tokens, {sum(lengths)} in all), batch {LOSS_BATCH}; "
+              f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+        runs = alternate(args, ("fused", "plain"), subset)
+        live = {side: run_side(args, side, subset, live_memory=True) for side in ("fused", "plain")}
+    keys = ("tokens_per_s", "tokens_per_cpu_s", "peak_rss_mb", "mean_loss", "runtime_s")
+    med = {side: {k: statistics.median(r[k] for r in rs) for k in keys} for side, rs in runs.items()}
+    print(f"\n{'side':10s} {'tokens/s':>10s} {'tokens/CPU-s':>13s} {'peak RSS MB':>12s} {'train loss':>11s}")
+    for side, m in med.items():
+        print(f"{side:10s} {m['tokens_per_s']:10.1f} {m['tokens_per_cpu_s']:13.1f} {m['peak_rss_mb']:12.0f} {m['mean_loss']:11.6f}")
+    # The loss of each repeat is deterministic (same seed, same data): compare them run by run.
+    loss_gap = max(abs(f["mean_loss"] - p["mean_loss"]) / p["mean_loss"] for f, p in zip(runs["fused"], runs["plain"]))
+    ratios = {"tokens_per_s": med["fused"]["tokens_per_s"] / med["plain"]["tokens_per_s"],
+              "tokens_per_cpu_s": med["fused"]["tokens_per_cpu_s"] / med["plain"]["tokens_per_cpu_s"],
+              "peak_rss": med["fused"]["peak_rss_mb"] / med["plain"]["peak_rss_mb"], "mean_loss_rel_diff": loss_gap}
+    print(f"ratio tokens/s (fused / plain): {ratios['tokens_per_s']:.2f}  (wall time of the training loop)")
+    print(f"ratio tokens/CPU-s (fused / plain): {ratios['tokens_per_cpu_s']:.2f}  (CPU time of train(), model load "
+          f"included: steadier when other processes share the cores)")
+    print(f"ratio peak RSS (fused / plain): {ratios['peak_rss']:.2f}  "
+          f"({med['plain']['peak_rss_mb'] - med['fused']['peak_rss_mb']:.0f} MB less)")
+    saved = [p["peak_rss_mb"] - f["peak_rss_mb"] for f, p in zip(runs["fused"], runs["plain"])]
+    print(f"peak RSS plain - fused, repeat by repeat: {', '.join(f'{x:.0f}' for x in saved)} MB  (glibc's heap: noisy)")
+    ratios["live_peak_rss"] = live["fused"]["peak_rss_mb"] / live["plain"]["peak_rss_mb"]
+    print(f"peak RSS with MALLOC_MMAP_THRESHOLD_=131072 (follows live memory, the same to the MB run after run; one run "
+          f"each): fused {live['fused']['peak_rss_mb']:.0f} MB, plain {live['plain']['peak_rss_mb']:.0f} MB, "
+          f"ratio {ratios['live_peak_rss']:.2f} ({live['plain']['peak_rss_mb'] - live['fused']['peak_rss_mb']:.0f} MB less)")
+    print(f"mean training loss, largest relative difference fused vs plain: {loss_gap:.1e}  "
+          f"({'OK' if loss_gap < 1e-3 else 'MISMATCH'}: goal < 1e-3, the same math)")
+    print(f"load average at end: {os.getloadavg()[0]:.2f}", flush=True)
+    return {"lengths": lengths, "runs": runs, "live_memory_runs": live, "medians": med, "ratios": ratios}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["trainer", "loss", "both"], default="both")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--examples", type=int, default=128, help="trainer part: the first N alpaca items")
+    parser.add_argument("--loss-examples", type=int, default=LOSS_EXAMPLES, help="loss part: the N longest alpaca items")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--packing", default="auto", help="tuneserve's packing option (auto, per_example, length_grouped, padding_free)")
+    parser.add_argument("--json", help="write the results as JSON here")
+    parser.add_argument("--child", choices=["baseline", "tuneserve", "fused", "plain"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+
+    results = {}
+    if args.part in ("trainer", "both"):
+        results["trainer"] = trainer_part(args)
+    if args.part in ("loss", "both"):
+        results["loss"] = loss_part(args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
