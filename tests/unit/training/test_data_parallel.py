@@ -106,3 +106,23 @@ def test_ddp_trains_an_adapter_to_the_weights_of_one_process(data_dir, tmp_path)
     assert any("2 process(es) (DDP)" in m for m in messages), messages
     assert step_losses(tmp_path / "two") == pytest.approx(step_losses(tmp_path / "one"), rel=1e-4)
     assert_trained_alike(tmp_path / "one", tmp_path / "two")
+
+
+def test_full_fine_tuning_in_a_group_of_one_is_sharded_and_trains_as_one_process(data_dir, single_full, tmp_path):
+    """A process group of one (a one-GPU Ray Train worker; gpu_suite.py's NCCL check) runs the FSDP code, to the
+    weights one process without a group gives."""
+    import torch.distributed as dist
+
+    from tuneserve.jobs.runners.local import free_port
+    from tuneserve.training import parallel
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", world_size=1, rank=0)
+    try:
+        assert (parallel.strategy("full"), parallel.strategy("lora")) == (parallel.FSDP, parallel.SINGLE)
+        train(spec_for(data_dir, "full"), tmp_path)
+    finally:
+        dist.destroy_process_group()
+    messages = [e["message"] for e in read_events(tmp_path) if e["type"] == "message"]
+    assert any("1 process(es) (FSDP)" in m for m in messages), messages
+    assert step_losses(tmp_path) == pytest.approx(step_losses(single_full), rel=1e-4)
+    assert_trained_alike(tmp_path, single_full)
