@@ -10,21 +10,25 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tuneserve.store.tables import Checkpoint, File, Job, JobEvent
+from tuneserve.training.spec import MAX_BATCH_SIZE, MAX_DPO_BETA, MAX_EPOCHS, MAX_LR_MULTIPLIER
 
 Auto = Literal["auto"]
 
 
-class Hyperparameters(BaseModel):
+class RequestedHyperparameters(BaseModel):
+    """Hyperparameters as a request gives them: "auto" or a number within the training spec's limits
+    (training.spec.Hyperparameters is the resolved, concrete form)."""
+
     model_config = ConfigDict(extra="forbid")
-    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] | None = None
-    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] | None = None
-    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] | None = None
-    beta: Auto | Annotated[float, Field(gt=0, le=10)] | None = Field(None, description="DPO only (default 0.1).")
+    n_epochs: Auto | Annotated[int, Field(ge=1, le=MAX_EPOCHS)] | None = None
+    batch_size: Auto | Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)] | None = None
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=MAX_LR_MULTIPLIER)] | None = None
+    beta: Auto | Annotated[float, Field(gt=0, le=MAX_DPO_BETA)] | None = Field(None, description="DPO only (default 0.1).")
 
 
 class MethodBody(BaseModel):
     model_config = ConfigDict(extra="allow")
-    hyperparameters: Hyperparameters | None = None
+    hyperparameters: RequestedHyperparameters | None = None
 
 
 class Method(BaseModel):
@@ -41,7 +45,7 @@ class CreateFineTuningJob(BaseModel):
     model: str = Field(min_length=1)
     training_file: str = Field(min_length=1)
     validation_file: str | None = None
-    hyperparameters: Hyperparameters | None = None
+    hyperparameters: RequestedHyperparameters | None = None
     method: Method | None = None
     suffix: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[^:\s]+$")
     seed: int | None = Field(None, ge=0, le=2**31 - 1)

@@ -23,8 +23,11 @@ BASE_LEARNING_RATE = {
     ("dpo", "lora"): 1e-4, ("dpo", "qlora"): 1e-4, ("dpo", "ia3"): 3e-4, ("dpo", "full"): 1e-6,
 }
 
+# The limits of every hyperparameter, here once: the API's request schema (api/schemas.py) uses them too.
 MAX_EPOCHS = 50
 MAX_BATCH_SIZE = 256
+MAX_LR_MULTIPLIER = 100.0
+MAX_DPO_BETA = 10.0
 
 Method = Literal["supervised", "dpo"]
 TrainingType = Literal["lora", "qlora", "ia3", "full"]
@@ -50,9 +53,9 @@ class Hyperparameters(Frozen):
 
     n_epochs: int = Field(ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(ge=1, le=MAX_BATCH_SIZE, description="Examples per optimizer step.")
-    learning_rate_multiplier: float = Field(gt=0, le=100)
+    learning_rate_multiplier: float = Field(gt=0, le=MAX_LR_MULTIPLIER)
     learning_rate: float = Field(gt=0, description="Absolute peak rate: base rate x multiplier, or as given.")
-    beta: float | None = Field(None, gt=0, le=10, description="DPO only: how far the policy may move from the reference.")
+    beta: float | None = Field(None, gt=0, le=MAX_DPO_BETA, description="DPO only: how far the policy may move from the reference.")
 
 
 class Optimization(Frozen):

@@ -208,3 +208,20 @@ def test_unknown_spec_keys_are_rejected(project):
     with pytest.raises(ValidationError) as info:
         load_spec_file(spec_path, count_examples)
     assert info.value.errors()[0]["loc"] == ("n_epoch",)
+
+
+def test_the_api_accepts_exactly_the_limits_the_training_spec_has():
+    """One set of limits: a request's hyperparameters are refused where the training spec would refuse them."""
+    from pydantic import ValidationError
+
+    from tuneserve.api.schemas import RequestedHyperparameters
+    from tuneserve.training.spec import MAX_BATCH_SIZE, MAX_DPO_BETA, MAX_EPOCHS, MAX_LR_MULTIPLIER
+
+    limits = {"n_epochs": MAX_EPOCHS, "batch_size": MAX_BATCH_SIZE, "learning_rate_multiplier": MAX_LR_MULTIPLIER,
+              "beta": MAX_DPO_BETA}
+    for name, limit in limits.items():
+        assert getattr(RequestedHyperparameters(**{name: limit}), name) == limit
+        with pytest.raises(ValidationError):
+            RequestedHyperparameters(**{name: limit + 1})
+    Hyperparameters(n_epochs=MAX_EPOCHS, batch_size=MAX_BATCH_SIZE, learning_rate_multiplier=MAX_LR_MULTIPLIER,
+                    learning_rate=1e-4, beta=MAX_DPO_BETA)
