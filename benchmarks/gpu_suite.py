@@ -216,7 +216,6 @@ def training_flops_per_token(n_params: int, layers: int, hidden: int, seq: int, 
 
 def train(rig: Rig, spec, path: Path, items, *, task_class=None, profile: bool = False) -> dict[str, Any]:
     """Run tuneserve's training loop on `items`; tokens/s is the median over the steps after the first (warm-up)."""
-    import torch
     from transformers import AutoTokenizer
 
     from tuneserve.training import model as model_io
@@ -247,7 +246,6 @@ def train(rig: Rig, spec, path: Path, items, *, task_class=None, profile: bool =
 
 def profile_steps(rig: Rig, loaded, task, items, steps: int = 2) -> list[dict[str, Any]]:
     """Where the time of a training step goes: the top ops by self device time (CPU time in the dry run)."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from tuneserve.training.loop import _Trunk

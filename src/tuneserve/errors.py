@@ -1,5 +1,9 @@
 """Domain errors. Raised anywhere below api/, mapped once in app.py to OpenAI's error envelope:
 {"error": {"message", "type", "param", "code"}}.
+
+Every error a caller can cause is one of these, the lower layers' own included (models.ModelNotFound,
+data.DataError, inference.ContextLengthExceeded subclass them), so one that no route expected is
+still answered with its status and code, never as a 500. A route translates only to add context.
 """
 
 from __future__ import annotations
@@ -9,11 +13,12 @@ class TuneserveError(Exception):
     status = 400
     type = "invalid_request_error"
     default_code: str | None = None
+    default_param: str | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.message = message
-        self.param = param
+        self.param = param or self.default_param
         self.code = code or self.default_code
 
 

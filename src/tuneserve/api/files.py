@@ -10,8 +10,8 @@ from fastapi.responses import FileResponse
 from tuneserve.api.deps import Project
 from tuneserve.api.schemas import file_object, list_object
 from tuneserve.data import DataError
-from tuneserve.errors import InvalidRequest, NotFound
-from tuneserve.models import ModelNotFound, check_model
+from tuneserve.errors import InvalidRequest
+from tuneserve.models import check_model
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -71,10 +71,7 @@ def preview_file(request: Request, project: Project, file_id: str,
     _row, path = request.app.state.files.content_path(project, file_id)
     if not path.exists():
         raise InvalidRequest(f"the content of {file_id} is no longer stored", param="file_id", code="file_content_missing")
-    try:
-        model = check_model(model)
-    except ModelNotFound as exc:
-        raise NotFound(str(exc), param="model", code="model_not_found") from None
+    model = check_model(model)  # ModelNotFound is a 404 on param "model"
     from tuneserve.data.preview import preview_examples  # imports transformers: only when asked
 
     try:

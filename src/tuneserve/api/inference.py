@@ -69,22 +69,12 @@ def _params(body: SamplingFields, index: int, *, logprobs: bool = False, top_log
                           json_mode=json_mode)
 
 
-def _checked(call, *args, **kwargs):
-    """Run an engine call; a prompt that does not fit the model is the caller's error (400)."""
-    from tuneserve.inference.engine import ContextLengthExceeded
-
-    try:
-        return call(*args, **kwargs)
-    except ContextLengthExceeded as exc:
-        raise InvalidRequest(str(exc), param="messages", code="context_length_exceeded") from None
-
-
 def _all(call, count: int, make_args) -> list:
     """`count` engine calls at once, so they share a batch."""
     if count == 1:
-        return [_checked(call, *make_args(0))]
+        return [call(*make_args(0))]
     with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(lambda i: _checked(call, *make_args(i)), range(count)))
+        return list(pool.map(lambda i: call(*make_args(i)), range(count)))
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -141,7 +131,7 @@ def chat_completions(request: Request, project: Project, body: ChatCompletionReq
 
     if body.stream:
         # Every choice starts now (the first one here, so a bad prompt is a 400 before any byte is sent).
-        streams = [_checked(engine.stream_chat, base, adapter, messages, params(0), tools=tools)]
+        streams = [engine.stream_chat(base, adapter, messages, params(0), tools=tools)]
         streams += [engine.stream_chat(base, adapter, messages, params(i), tools=tools) for i in range(1, body.n)]
         return _sse(_chat_chunks(head, streams, tools is not None, body), lambda: [s.close() for s in streams])
 
@@ -195,7 +185,7 @@ def completions(request: Request, project: Project, body: CompletionRequest):
     head = {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()), "model": body.model}
 
     if body.stream:
-        streams = [_checked(engine.stream_complete, base, adapter, jobs[0][0], params(jobs[0][1]))]
+        streams = [engine.stream_complete(base, adapter, jobs[0][0], params(jobs[0][1]))]
         streams += [engine.stream_complete(base, adapter, p, params(i)) for p, i in jobs[1:]]
 
         def chunks():

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Union
 
+from tuneserve.errors import InvalidRequest
+
 Kind = Literal["sft", "preference", "text"]
 
 
@@ -59,13 +61,13 @@ class TextExample:
 Record = Union[Example, PreferenceExample, TextExample]
 
 
-class DataError(ValueError):
+class DataError(InvalidRequest, ValueError):
     """The data cannot be trained on. `line` names where (1-based), when one place is at fault."""
 
-    def __init__(self, message: str, *, line: int | None = None, code: str = "invalid_training_file"):
+    def __init__(self, message: str, *, line: int | None = None, code: str = "invalid_training_file",
+                 param: str | None = None):
         self.line = line
-        self.code = code
-        super().__init__(f"line {line}: {message}" if line is not None else message)
+        super().__init__(f"line {line}: {message}" if line is not None else message, param=param, code=code)
 
 
 @dataclass

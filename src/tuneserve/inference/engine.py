@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
+from tuneserve.errors import InvalidRequest
 from tuneserve.inference.adapters import AdapterCache, LoadedBase, check_adapter_dir, load_tokenizer
 from tuneserve.inference.batcher import Batcher, EngineClosed, Request
 from tuneserve.inference.logits import Vocab
@@ -32,8 +33,11 @@ DEFAULT_MAX_TOKENS = 512
 _FALLBACK_CONTEXT = 2048  # for configs that name no max_position_embeddings
 
 
-class ContextLengthExceeded(ValueError):
+class ContextLengthExceeded(InvalidRequest, ValueError):
     """The prompt, or the prompt plus max_tokens, does not fit in the model's context."""
+
+    default_code = "context_length_exceeded"
+    default_param = "messages"
 
 
 class Engine:

