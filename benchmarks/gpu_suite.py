@@ -152,7 +152,7 @@ def random_items(n: int, length: int, vocab: int, seed: int = 0):
     """`n` examples of `length` random token ids, every token trained."""
     import torch
 
-    from tuneserve.training.formatting import Formatted
+    from tuneserve.data.formatting import Formatted
 
     generator = torch.Generator().manual_seed(seed)
     return [Formatted(ids, list(ids)) for ids in (torch.randint(3, vocab, (length,), generator=generator).tolist()
@@ -388,7 +388,7 @@ def check_padding_free(rig: Rig) -> dict[str, Any]:
 
     from tuneserve.training import model as model_io
     from tuneserve.training.batching import collate_packed, collate_padded
-    from tuneserve.training.formatting import Formatted
+    from tuneserve.data.formatting import Formatted
     from tuneserve.training.losses import token_cross_entropy
 
     shape = rig.shape("1b")

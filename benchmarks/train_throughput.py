@@ -4,7 +4,7 @@ Part `trainer`: tuneserve's trainer against a plain HF `Trainer` + PEFT baseline
 Both sides train SmolLM2-135M-Instruct with LoRA r=16 (alpha 32) on every linear layer, batch 8,
 1 epoch, learning rate 1e-3 with the same linear warm-up/decay, on the same examples: the first
 `--examples` items of alpaca_en_demo, formatted once through the chat template with the answer
-tokens trained (tuneserve.training.formatting; the baseline gets the very same token ids and labels).
+tokens trained (tuneserve.data.formatting; the baseline gets the very same token ids and labels).
 
 - baseline: `transformers.Trainer`, random order, each batch right-padded to its longest example,
   the model's own loss (full logits for every position).
@@ -69,7 +69,7 @@ def formatted_examples(data: Path, n: int):
 
     from tuneserve.data import load_examples
     from tuneserve.models import resolve_model
-    from tuneserve.training.formatting import format_examples
+    from tuneserve.data.formatting import format_examples
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(MODEL))
     examples, _ = format_examples(tokenizer, load_examples(data)[:n], MAX_LEN)
@@ -198,7 +198,7 @@ def plain_cross_entropy(hidden, lm_head, labels):
     import torch
     import torch.nn.functional as F
 
-    from tuneserve.training.formatting import IGNORE_INDEX
+    from tuneserve.data.formatting import IGNORE_INDEX
 
     logits = lm_head(hidden.to(lm_head.weight.dtype)).float()  # [B, L, V]
     targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:].reshape(-1)  # position t predicts t+1

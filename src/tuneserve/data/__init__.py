@@ -2,8 +2,8 @@
 
 Owns: reading files (JSONL, JSON array, Parquet), detecting and normalizing formats to
 `Example` / `PreferenceExample` / `TextExample`, validation with line numbers, token statistics,
-conversion and preview. Does not own: chat-template masking for training (training/formatting.py)
-or storage of uploads (store/).
+conversion and preview, and the chat-template rendering and loss masks training uses (formatting.py).
+Does not own: training (training/) or storage of uploads (store/).
 """
 
 from pathlib import Path

@@ -3,7 +3,7 @@
 Owns: format detection, normalization to
 `Example` / `PreferenceExample` / `TextExample` (records.py), and every per-record check, each
 failure a `DataError` naming the line and the field path (`messages[2].content`). Does not own:
-the report that collects them (validation.py), tokenization (training/formatting.py, tokens.py).
+the report that collects them (validation.py), tokenization (data/formatting.py, tokens.py).
 
 Formats (detected per record by its keys; a file holds one format; `FORMATS` lists them):
   sft

@@ -2,7 +2,7 @@
 trained tokens marked (`tuneserve data preview FILE --model M [-n 3]`, GET /v1/files/{id}/preview).
 
 Owns: cutting the first n formatted examples into segments of trained / context tokens, and
-printing them with rich. Does not own: rendering or masking (training/formatting.py does it; the
+printing them with rich. Does not own: rendering or masking (data/formatting.py does it; the
 preview calls the very functions training calls, so what it shows is what is trained), or reading
 formats (data/formats.py).
 
@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneserve.data.formats import iter_examples
+from tuneserve.data.formatting import IGNORE_INDEX, Formatted, format_example, format_text
 from tuneserve.data.records import Example, PreferenceExample, Record, TextExample
-from tuneserve.training.formatting import IGNORE_INDEX, Formatted, format_example, format_text
 
 UNLIMITED = sys.maxsize
 

@@ -4,7 +4,7 @@ Owns: `token_report(records, model, ...)`: tokens per example (min, mean, p50, p
 share of tokens that are trained, what truncation at `max_seq_length` does, estimated training
 tokens for n_epochs, and an estimated time from measured throughput (models/throughput.py).
 Does not own: reading files or validating records (data/formats.py, data/validation.py), nor the
-exact per-token loss mask used in training (training/formatting.py).
+exact per-token loss mask used in training (data/formatting.py).
 
 How it stays fast and bounded on large files:
   * records are consumed as a stream, `BATCH_SIZE` at a time; a batch is rendered to text with
@@ -13,7 +13,7 @@ How it stays fast and bounded on large files:
   * only per-example counts are kept, in `array('I')` (4 bytes an example and a column), never
     the texts or the ids.
 
-How "trained tokens" are counted (equal to training/formatting.py's mask on identity.json,
+How "trained tokens" are counted (equal to data/formatting.py's mask on identity.json,
 alpaca_en_demo.json and glaive_toolcall_en_demo.json with SmolLM2; tested within 1%):
   training labels, for each assistant turn with weight != 0, its content tokens plus the
   template's end-of-turn token(s), and nothing else. Here each trained turn's content is found
@@ -25,7 +25,7 @@ alpaca_en_demo.json and glaive_toolcall_en_demo.json with SmolLM2; tested within
   has tool calls the template renders, or the tokenizer is not a fast one, that record's trained
   turns are tokenized on their own instead (content, plus tool calls as JSON), which differs
   from the exact mask only by BPE merges at the turn's edges.
-  Messages are rendered as training renders them (training.formatting's per-message transform:
+  Messages are rendered as training renders them (data.formatting's per-message transform:
   tool-call arguments as objects, calls inlined into the content when the template cannot write
   them), so inlined calls are located like any content.
   TextExample: every token is trained. PreferenceExample: the statistics describe the chosen
@@ -51,18 +51,10 @@ from typing import Any, Iterable, Sequence
 
 from tuneserve.data.records import DataError, Example, PreferenceExample, Record, TextExample
 
-try:  # render messages exactly as training does (tool-call arguments as objects, calls inlined
-    # into the content when the template cannot write them)
-    from tuneserve.training.formatting import _for_template as _template_message
-    from tuneserve.training.formatting import renders_tool_calls as _renders_tool_calls
-except ImportError:  # an older training/formatting.py: drop "weight" only
-    def _template_message(message: dict[str, Any], inline_calls: bool) -> dict[str, Any]:
-        return {k: v for k, v in message.items() if k != "weight"}
-
-    def _renders_tool_calls(tokenizer: Any) -> bool:
-        template = getattr(tokenizer, "chat_template", None)
-        return "tool_calls" in (template if isinstance(template, str) else json.dumps(template))
-
+# Messages are rendered exactly as training renders them: tool-call arguments as objects, calls
+# inlined into the content when the template cannot write them.
+from tuneserve.data.formatting import for_template as _template_message
+from tuneserve.data.formatting import renders_tool_calls as _renders_tool_calls
 
 BATCH_SIZE = 512
 _TOKENIZER_CACHE_SIZE = 4

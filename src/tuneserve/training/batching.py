@@ -9,7 +9,7 @@ and two collates:
   position ids restarting at each example. transformers turns those position ids into
   flash-attention varlen boundaries (CUDA) or a block-diagonal mask (SDPA/eager), so no example
   attends to another either way.
-Does not own: formatting/masking (training.formatting) or the loss (training.losses).
+Does not own: formatting/masking (data.formatting) or the loss (training.losses).
 
 Why length grouping rather than packing on CPU: with SDPA a packed row costs attention over the
 whole row (masked, not skipped), quadratic in the packed length; length-grouped rows cost
@@ -24,7 +24,7 @@ from typing import Protocol, Sequence
 
 import torch
 
-from tuneserve.training.formatting import IGNORE_INDEX
+from tuneserve.data.formatting import IGNORE_INDEX
 
 # Length grouping sorts within windows of this many batches: enough to match lengths closely,
 # small enough that each step still draws from across the data set.

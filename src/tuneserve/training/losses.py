@@ -2,7 +2,7 @@
 
 Owns: the causal-LM cross-entropy (summed over trained tokens, with token accuracy) and the
 per-sequence log-probabilities DPO needs, both over chunks of positions, plus the DPO loss.
-Does not own: which positions are trained (labels, from training.formatting) or batching.
+Does not own: which positions are trained (labels, from data.formatting) or batching.
 
 Why: the logits of a batch are positions x vocabulary floats (SmolLM2: 2,400 x 49,152 x 4 B =
 470 MB, then as much again for their gradient). Only positions whose next token is trained are
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from tuneserve.training.formatting import IGNORE_INDEX
+from tuneserve.data.formatting import IGNORE_INDEX
 
 CHUNK_TOKENS = 1024
 

@@ -1,5 +1,5 @@
 """token_report on hand-made records with SmolLM2's tokenizer: counts, percentiles, truncation,
-text and preference records, and trained tokens against training.formatting's exact mask."""
+text and preference records, and trained tokens against data.formatting's exact mask."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tuneserve.data.records import Example, PreferenceExample, TextExample
 from tuneserve.data.tokens import load_tokenizer, token_report
 from tuneserve.models import BUILTIN_SMOLLM2
 from tuneserve.models import throughput
-from tuneserve.training.formatting import format_example
+from tuneserve.data.formatting import format_example
 
 MODEL = BUILTIN_SMOLLM2
 SHARED_DATA = Path(__file__).resolve().parents[4] / "shared" / "data"

@@ -13,7 +13,7 @@ from tuneserve.data import preview as preview_module
 from tuneserve.data.preview import preview_examples, preview_record, render_preview
 from tuneserve.data.records import Example, PreferenceExample, TextExample
 from tuneserve.models import TINY_RANDOM
-from tuneserve.training.formatting import format_example
+from tuneserve.data.formatting import format_example
 
 
 def trained(preview) -> list[str]:

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from tuneserve.data import load_examples
 from tuneserve.training.batching import collate_packed, collate_padded, epoch_plan, micro_batches
-from tuneserve.training.formatting import format_examples
+from tuneserve.data.formatting import format_examples
 from tuneserve.training.loop import latest_checkpoint, lr_factor
 from tuneserve.training.losses import token_cross_entropy
 from tuneserve.training.run import train

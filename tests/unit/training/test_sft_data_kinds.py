@@ -10,7 +10,7 @@ import pytest
 
 from tuneserve.data import load_examples
 from tuneserve.data.records import DataError
-from tuneserve.training.formatting import format_examples
+from tuneserve.data.formatting import format_examples
 
 from tests.unit.training.conftest import NAMES, make_spec, read_events
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tuneserve.data import load_examples
-from tuneserve.training.formatting import format_examples
+from tuneserve.data.formatting import format_examples
 from tuneserve.training.loop import latest_checkpoint, lr_factor
 
 from tests.unit.training.conftest import read_events

@@ -9,7 +9,7 @@ import pytest
 
 from tuneserve.data import load_examples
 from tuneserve.data.records import DataError, Example, PreferenceExample, TextExample
-from tuneserve.training.formatting import IGNORE_INDEX, format_example, format_examples, format_text, renders_tool_calls
+from tuneserve.data.formatting import IGNORE_INDEX, format_example, format_examples, format_text, renders_tool_calls
 
 
 def trained_text(tokenizer, formatted) -> list[str]:

@@ -29,7 +29,7 @@ from tuneserve.models import resolve_model
 from tuneserve.training import model as model_io
 from tuneserve.training.batching import collate_packed, collate_padded
 from tuneserve.training.events import EventWriter
-from tuneserve.training.formatting import Formatted, format_example
+from tuneserve.data.formatting import Formatted, format_example
 from tuneserve.training.loop import train_loop
 from tuneserve.training.losses import dpo_loss, sequence_logprobs
 from tuneserve.training.recipes.sft import pad_id

@@ -8,7 +8,7 @@ pairs are refused with a DataError naming method dpo (its own recipe).
 The loss is the mean over a step's trained tokens (not a mean of per-example means), so a long
 answer counts as much per token as a short one; this is what HF/TRL do. It is computed from the
 last hidden states at trained positions only (training.losses), never from full logits.
-Does not own: parsing data files (tuneserve.data), chat-template masking (training.formatting),
+Does not own: parsing data files (tuneserve.data), chat-template masking (data.formatting),
 the loop, checkpoints and resume (training.loop), or the model set-up (training.model).
 """
 
@@ -26,7 +26,7 @@ from tuneserve.models import resolve_model
 from tuneserve.training import model as model_io
 from tuneserve.training.batching import collate_packed, collate_padded
 from tuneserve.training.events import EventWriter
-from tuneserve.training.formatting import IGNORE_INDEX, Formatted, format_examples
+from tuneserve.data.formatting import IGNORE_INDEX, Formatted, format_examples
 from tuneserve.training.loop import train_loop
 from tuneserve.training.losses import token_cross_entropy
 from tuneserve.training.spec import TrainingSpec

@@ -2,9 +2,10 @@
 
 Owns: rendering an Example with `tokenizer.apply_chat_template`, finding the tokens of each
 trained assistant turn (content + end-of-turn token), masking everything else with -100, and
-truncation. Does not own: reading or validating data files (tuneserve.data), batching/padding
-(the recipes), or choosing the template (always the tokenizer's own, so that training and
-serving format prompts identically).
+truncation. Does not own: reading or validating data files (data/formats.py, data/validation.py),
+batching/padding (training/), or choosing the template (always the tokenizer's own, so that
+training and serving format prompts identically). It needs no torch: the training recipes, the
+preview (data/preview.py) and the token statistics (data/tokens.py) all render through it.
 
 Why spans come from rendering prefixes: most chat templates (SmolLM2's included) have no
 `{% generation %}` markers, so `return_assistant_tokens_mask` cannot be used. The tokens of
