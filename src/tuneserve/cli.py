@@ -185,7 +185,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_data_synthesize(args: argparse.Namespace) -> int:
-    from tuneserve.data.synth_cli import cmd_synthesize
+    from tuneserve.synthesis.cli import cmd_synthesize
 
     return cmd_synthesize(args)
 
@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--max-seq-length", type=int, default=1024)
     preview.set_defaults(func=cmd_data_preview)
 
-    from tuneserve.data.synth_cli import add_synthesize_arguments
+    from tuneserve.synthesis.cli import add_synthesize_arguments
     from tuneserve.evaluation.cli import add_eval_arguments
 
     synthesize = data.add_parser("synthesize", help="Q&A training data from documents (PDF, Markdown, text) with an LLM")

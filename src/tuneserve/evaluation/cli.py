@@ -39,7 +39,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from tuneserve.data.records import DataError
     from tuneserve.evaluation.dataset import load_eval_items
-    from tuneserve.evaluation.endpoint import api_key, make_client
+    from tuneserve.llm.endpoint import api_key, make_client
     from tuneserve.evaluation.judge import Judge
     from tuneserve.evaluation.report import build_report, failed_models, write_report
     from tuneserve.evaluation.runner import EndpointUnreachable, run_evaluation

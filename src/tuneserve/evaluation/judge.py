@@ -1,6 +1,6 @@
 """The LLM judge: does a model's answer agree with the reference? YES or NO, with a reason.
 
-Owns: the judge prompt and reading its verdict (through data/qa_parsing.parse_verdict). The judge
+Owns: the judge prompt and reading its verdict (through llm/replies.parse_verdict). The judge
 is any OpenAI-compatible endpoint and model, tuneserve's own included. Its prompt follows the
 llama-recipes chatbot seed's: a question, a teacher (reference) answer, a student answer; the
 verdict is read from JSON ({"Result": "YES", "Reason": ...}) as well as from plain text.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tuneserve.data.qa_parsing import parse_verdict
+from tuneserve.llm.replies import parse_verdict
 
 JUDGE_SYSTEM_PROMPT = ("You grade a student's answer to a question against the teacher's answer. "
                        "Reply with YES or NO first, then one short sentence saying why.")

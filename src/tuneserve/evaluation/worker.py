@@ -27,7 +27,7 @@ from typing import Any
 
 from tuneserve.data.records import DataError
 from tuneserve.evaluation.dataset import load_eval_items
-from tuneserve.evaluation.endpoint import JUDGE_API_KEY_ENV, make_client, normalize_base_url
+from tuneserve.llm.endpoint import JUDGE_API_KEY_ENV, make_client, normalize_base_url
 from tuneserve.evaluation.judge import Judge
 from tuneserve.evaluation.report import build_report, failed_models, write_report
 from tuneserve.evaluation.runner import Cancelled, EndpointUnreachable, run_evaluation

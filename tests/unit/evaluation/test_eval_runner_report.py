@@ -10,7 +10,7 @@ import threading
 import openai
 import pytest
 
-from tests.unit.data_synth.conftest import ScriptedClient, connection_error, status_error
+from tests.unit.synthesis.conftest import ScriptedClient, connection_error, status_error
 from tuneserve.evaluation.dataset import EvalItem
 from tuneserve.evaluation.judge import Judge
 from tuneserve.evaluation.report import build_report, failed_models, render_html, summarize, write_report

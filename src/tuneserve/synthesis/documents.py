@@ -2,7 +2,7 @@
 that fit a model's context window, counted in that model's tokens.
 
 Owns: the document readers, the token counter, the chunker. Does not own: what is asked about a
-chunk (data/synthesize.py).
+chunk (synthesis/synthesize.py).
 
 Tokens are counted with the model's own tokenizer when it can be loaded here without a network:
 the built-in models (SmolLM2, the tiny test model), a local model directory, a hub model already

@@ -2,7 +2,7 @@
 write chat-format JSONL (the llama-recipes chatbot seed's data pipeline, as one command).
 
 Owns: the pipeline and its resumable state. Does not own: reading and chunking documents
-(documents.py), parsing replies (qa_parsing.py), the rate limiter (rate_limit.py), or the
+(documents.py), parsing replies (llm/replies.py), the rate limiter (rate_limit.py), or the
 endpoint: any OpenAI-compatible server, tuneserve's own included, through the `openai` client.
 
     documents -> chunks (model tokens) -> generate (concurrent, rate-limited) -> parse
@@ -38,10 +38,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tuneserve.atomic import write_text_atomically
 from tuneserve.data.convert import validation_path
-from tuneserve.data.documents import TokenCounter, chunk_text, find_documents, read_document
+from tuneserve.synthesis.documents import TokenCounter, chunk_text, find_documents, read_document
 from tuneserve.data.formats import normalize
-from tuneserve.data.qa_parsing import QAPair, parse_qa_pairs, parse_verdict
-from tuneserve.data.rate_limit import RateLimiter
+from tuneserve.llm.replies import QAPair, parse_qa_pairs, parse_verdict
+from tuneserve.synthesis.rate_limit import RateLimiter
 from tuneserve.data.records import DataError
 from tuneserve.data.validation import MIN_EXAMPLES
 
@@ -56,7 +56,7 @@ class SynthesisError(Exception):
 
 
 class PromptConfig(BaseModel):
-    """The prompt templates (data/synth_prompts.yaml is the default; --config overrides keys)."""
+    """The prompt templates (synthesis/prompts.yaml is the default; --config overrides keys)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     language: str
@@ -77,7 +77,7 @@ _PLACEHOLDERS = {
 
 def load_prompt_config(path: Path | None = None) -> PromptConfig:
     """The packaged defaults, with the keys of `path` (YAML) over them. ValueError names a bad key."""
-    values = yaml.safe_load(resources.files("tuneserve.data").joinpath("synth_prompts.yaml").read_text(encoding="utf-8"))
+    values = yaml.safe_load(resources.files("tuneserve.synthesis").joinpath("prompts.yaml").read_text(encoding="utf-8"))
     if path is not None:
         try:
             custom = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}

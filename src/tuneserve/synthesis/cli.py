@@ -1,4 +1,4 @@
-"""`tuneserve data synthesize`: the command line of data/synthesize.py, with a progress bar.
+"""`tuneserve data synthesize`: the command line of synthesis/synthesize.py, with a progress bar.
 
 Exit status: 0 when training data was written; 1 when nothing usable came out (said plainly,
 no training file written), or on bad input or an endpoint that refuses or cannot be reached.
@@ -43,9 +43,9 @@ def add_synthesize_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from tuneserve.data.documents import DocumentError, token_counter
-    from tuneserve.data.synthesize import SynthesisError, SynthOptions, load_prompt_config, synthesize
-    from tuneserve.evaluation.endpoint import api_key, make_client
+    from tuneserve.synthesis.documents import DocumentError, token_counter
+    from tuneserve.synthesis.synthesize import SynthesisError, SynthOptions, load_prompt_config, synthesize
+    from tuneserve.llm.endpoint import api_key, make_client
 
     console = Console(stderr=True)
     problem = _check(args)

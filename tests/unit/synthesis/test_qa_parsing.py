@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneserve.data.qa_parsing import QAPair, parse_qa_pairs, parse_verdict
+from tuneserve.llm.replies import QAPair, parse_qa_pairs, parse_verdict
 
 RECORDED = json.loads((Path(__file__).parent / "recorded_replies.json").read_text(encoding="utf-8"))
 

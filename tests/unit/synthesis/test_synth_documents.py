@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneserve.data.documents import (
+from tuneserve.synthesis.documents import (
     DocumentError,
     approximate_counter,
     chunk_text,

@@ -1,7 +1,7 @@
 """Robust parsing of what an LLM writes back: Q&A pairs (synthesis) and YES/NO verdicts (judges).
 
 Owns: turning a model's free text into pairs or a verdict, and saying why when it cannot. Does not
-own: asking the model (data/synthesize.py, evaluation/judge.py) or deciding what to keep.
+own: asking the model (synthesis/synthesize.py, evaluation/judge.py) or deciding what to keep.
 
 Models, small ones above all, wrap JSON in prose and code fences, stop mid-array at max_tokens,
 forget commas (the seed's own template has one missing), use single quotes, capitalize keys

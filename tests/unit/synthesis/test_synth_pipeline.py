@@ -11,11 +11,11 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.unit.data_synth.conftest import ScriptedClient, connection_error, status_error
+from tests.unit.synthesis.conftest import ScriptedClient, connection_error, status_error
 from tuneserve.data import validate_file
-from tuneserve.data.documents import approximate_counter
-from tuneserve.data.rate_limit import RateLimiter
-from tuneserve.data.synthesize import (
+from tuneserve.synthesis.documents import approximate_counter
+from tuneserve.synthesis.rate_limit import RateLimiter
+from tuneserve.synthesis.synthesize import (
     SynthesisError,
     SynthOptions,
     load_prompt_config,
