@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tuneserve import __version__
 from tuneserve.api import adapters, console, downloads, files, fine_tuning, inference, models, opea
 from tuneserve.api import evaluations as evaluations_api
+from tuneserve.data import validate_file
 from tuneserve.errors import TuneserveError
 from tuneserve.evaluation.service import EvaluationService
 from tuneserve.evaluation.worker import EvaluationWorker, InternalTokens, self_base_url
@@ -52,7 +53,7 @@ def build_app(settings: Settings) -> FastAPI:
         jobs_dir.mkdir(exist_ok=True)
         state.settings = settings
         state.keys = KeyService(sessions)
-        state.files = FileService(sessions, BlobStore(settings.data_dir / "files"), settings.max_upload_bytes)
+        state.files = FileService(sessions, BlobStore(settings.data_dir / "files"), settings.max_upload_bytes, check=validate_file)
         state.runtime_adapters = RuntimeAdapters()
         state.catalog = ModelCatalog(sessions, jobs_dir, runtime=state.runtime_adapters)
         state.upstream, preflight = None, None

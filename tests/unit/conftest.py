@@ -19,6 +19,7 @@ from sqlalchemy import text
 
 import tuneserve
 
+from tuneserve.data import validate_file
 from tuneserve.store.blobs import BlobStore
 from tuneserve.store.db import make_engine, make_sessionmaker, migrate
 from tuneserve.store.files import FileService
@@ -78,7 +79,7 @@ def blobs(files_root):
 
 @pytest.fixture
 def files(sessions, blobs):
-    return FileService(sessions, blobs, max_upload_bytes=1_000_000)
+    return FileService(sessions, blobs, max_upload_bytes=1_000_000, check=validate_file)
 
 
 # -- data files ---------------------------------------------------------------------------

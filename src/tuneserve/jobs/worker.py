@@ -34,6 +34,7 @@ def runner_from(settings: Settings):
 
 
 def run_worker(settings: Settings) -> int:
+    from tuneserve.data import validate_file
     from tuneserve.jobs.scheduler import Scheduler
     from tuneserve.store.blobs import BlobStore
     from tuneserve.store.db import make_engine, make_sessionmaker, migrate
@@ -50,7 +51,7 @@ def run_worker(settings: Settings) -> int:
     engine = make_engine(settings.db_url)
     migrate(engine)
     sessions = make_sessionmaker(engine)
-    files = FileService(sessions, BlobStore(settings.data_dir / "files"), settings.max_upload_bytes)
+    files = FileService(sessions, BlobStore(settings.data_dir / "files"), settings.max_upload_bytes, check=validate_file)
     scheduler = Scheduler(sessions, files, jobs_dir, max_concurrent=settings.max_concurrent_jobs,
                           poll_interval_s=settings.poll_interval_s, runner=runner, role="Worker",
                           heartbeat_interval_s=settings.heartbeat_every_s,

@@ -1,17 +1,18 @@
-"""Uploaded files: their records, their bytes, and the fast check at upload.
+"""Uploaded files: their records, their bytes, and running the check at upload.
 
-Owns: the `files` table and the blob store. Does not own: what makes data valid (data/).
+Owns: the `files` table and the blob store. Does not own: what makes data valid. The check is
+given by whoever builds the service (app.py and the worker give data.validate_file), so that
+persistence never imports the domain above it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from tuneserve.data import validate_file
 from tuneserve.errors import InvalidRequest, NotFound, PayloadTooLarge
 from tuneserve.ids import new_id, now
 from tuneserve.store.blobs import BlobStore, BlobTooLarge
@@ -21,11 +22,16 @@ from tuneserve.store.tables import File
 PURPOSES = ("fine-tune", "fine-tune-results", "batch", "assistants", "vision", "user_data", "evals")
 
 
+# (path, name) -> a report with ok, errors, summary(), format, n_examples, kind, as_dict(): data.validate_file.
+FileCheck = Callable[..., Any]
+
+
 class FileService:
-    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore, max_upload_bytes: int):
+    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore, max_upload_bytes: int, *, check: FileCheck):
         self.sessions = sessions
         self.blobs = blobs
         self.max_upload_bytes = max_upload_bytes
+        self.check = check  # run on every fine-tune upload before it is recorded
 
     def create(self, project: str, filename: str, purpose: str, stream: BinaryIO) -> File:
         """Store the bytes under a new id, check fine-tune data, then record the file.
@@ -44,7 +50,7 @@ class FileService:
             created_at=now(), status="processed", deleted=False,
         )
         if purpose == "fine-tune":
-            report = validate_file(self.blobs.path(file_id), name=filename)
+            report = self.check(self.blobs.path(file_id), name=filename)
             if not report.ok:
                 self.blobs.delete(file_id)
                 first = report.errors[0] if report.errors else None

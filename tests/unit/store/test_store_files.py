@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tuneserve.data import validate_file
 from tuneserve.errors import InvalidRequest, NotFound, PayloadTooLarge
 from tuneserve.store.files import FileService
 
@@ -93,7 +94,7 @@ def test_other_invalid_files(files, files_root, data, code, line):
 
 
 def test_oversize_upload(sessions, blobs, files_root):
-    files = FileService(sessions, blobs, max_upload_bytes=len(CHAT) - 1)
+    files = FileService(sessions, blobs, max_upload_bytes=len(CHAT) - 1, check=validate_file)
     with pytest.raises(PayloadTooLarge) as info:
         files.create_bytes("proj", "big.jsonl", "fine-tune", CHAT)
     assert (info.value.status, info.value.code, info.value.param) == (413, "file_too_large", "file")
@@ -101,7 +102,7 @@ def test_oversize_upload(sessions, blobs, files_root):
     assert stored_files(files_root) == []
     assert all_ids(files) == []
     # exactly at the limit is accepted
-    exact = FileService(sessions, blobs, max_upload_bytes=len(CHAT))
+    exact = FileService(sessions, blobs, max_upload_bytes=len(CHAT), check=validate_file)
     assert exact.create_bytes("proj", "ok.jsonl", "fine-tune", CHAT).bytes == len(CHAT)
 
 
