@@ -313,16 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def quiet_torchao() -> None:
-    """transformers imports torchao (QLoRA's NF4) in every process, and torchao then warns that its
-    optional CUDA kernels do not load on this torch build; NF4 needs none of them."""
-    import logging
-
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from tuneserve import quiet_torchao
+
     quiet_torchao()
     args = build_parser().parse_args(argv)
     try:

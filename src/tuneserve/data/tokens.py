@@ -49,6 +49,7 @@ from collections import OrderedDict
 from itertools import islice
 from typing import Any, Iterable, Sequence
 
+from tuneserve.data.auto import auto_n_epochs
 from tuneserve.data.records import DataError, Example, PreferenceExample, Record, TextExample
 
 # Messages are rendered exactly as training renders them: tool-call arguments as objects, calls
@@ -287,7 +288,6 @@ class _Counter:
         import numpy as np
 
         from tuneserve.models.throughput import measured_throughput
-        from tuneserve.training.spec import auto_n_epochs
 
         n = len(self.lengths)
         lengths = np.frombuffer(self.lengths, dtype=np.uint32) if n else np.zeros(0, dtype=np.uint32)

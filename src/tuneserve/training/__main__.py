@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before torch loads OpenMP: with the default (spinning) wait policy, a 2-core machine shared
     # with the server or another job ran a SmolLM2 step about 10x slower than with PASSIVE.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from tuneserve.cli import quiet_torchao
+    from tuneserve import quiet_torchao
 
     quiet_torchao()
     stop = _StopOnSigterm()

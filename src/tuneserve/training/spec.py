@@ -7,12 +7,13 @@ spec and write it to `JOB_DIR/spec.json`. This module imports no torch, so the A
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+
+from tuneserve.data.auto import auto_batch_size, auto_n_epochs  # noqa: F401 (resolve_hyperparameters; re-exported)
 
 # Base learning rates that `learning_rate_multiplier` scales (OpenAI's multiplier semantics), by
 # (method, training_type). Adapters on small instruct models want a high rate; IA3's scaling
@@ -113,21 +114,6 @@ class TrainingSpec(Frozen):
 
 
 OPTIMIZATION_KEYS = tuple(Optimization.model_fields)
-
-
-def auto_n_epochs(n_examples: int) -> int:
-    """OpenAI's heuristic (3 epochs, more for small sets, fewer for huge ones), but small sets
-    get enough passes to see at least ~400 examples: a 91-example identity set gets 5."""
-    if n_examples <= 0:
-        return 1
-    if n_examples * 3 > 25_000:
-        return max(1, 25_000 // n_examples)
-    return min(25, max(3, math.ceil(400 / n_examples)))
-
-
-def auto_batch_size(n_examples: int) -> int:
-    """About 0.2% of the data (as OpenAI does), at least 4 (CPU steps are costly), at most 32."""
-    return max(4, min(32, round(n_examples * 0.002)))
 
 
 def resolve_hyperparameters(requested: dict[str, Any] | None, n_examples: int, training_type: str = "lora",
