@@ -158,6 +158,14 @@ def test_upstream_down_is_a_502_and_a_finished_job_still_succeeds(servers, dirs,
     with pytest.raises(openai.InternalServerError) as info:
         a.chat.completions.create(model=job.fine_tuned_model, messages=MESSAGES, max_tokens=2)
     assert info.value.status_code == 502
+    # A checks a request with the local routes' schemas before proxying it: with B down, a bad one is still
+    # A's own 400 naming the field, as the local backend answers it, not a 502.
+    for call, field in ((lambda: a.chat.completions.create(model=TINY, messages=MESSAGES, temperature=5), "temperature"),
+                        (lambda: a.chat.completions.create(model=TINY, messages=[]), "messages"),
+                        (lambda: a.completions.create(model=TINY, prompt="hi", n=9), "n")):
+        with pytest.raises(openai.BadRequestError) as bad_request:
+            call()
+        assert (bad_request.value.body["param"], bad_request.value.body["code"]) == (field, "invalid_value")
     assert (info.value.body["code"], info.value.body["type"]) == ("upstream_unavailable", "server_error")
     down = httpx.post(f"{servers['a'].base_url}/v1/chat/completions", json={"model": TINY, "messages": MESSAGES, "stream": True})
     assert down.status_code == 502 and down.json()["error"]["code"] == "upstream_unavailable"

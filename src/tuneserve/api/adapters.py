@@ -5,8 +5,10 @@
   {"lora_name"}` stops serving it. Answers as vLLM does: 200 with a plain-text "Success: ..." line;
   errors in OpenAI's envelope (400 already loaded / bad directory, 404 unknown base model or adapter).
   An adapter belongs to the caller's project (its API key), as fine-tuned models do.
-- `proxy_router` (with `--inference-backend vllm`): `/v1/chat/completions` and `/v1/completions` send
-  the request JSON as it came to the upstream and return its answer as it is (SSE bytes unchanged).
+- `proxy_router` (with `--inference-backend vllm`): `/v1/chat/completions` and `/v1/completions` check
+  the request against the same schemas as the local routes (so a bad request gets the same 400 from
+  either backend), then send its JSON as it came to the upstream (vLLM's own extra fields included)
+  and return its answer as it is (SSE bytes unchanged).
   A fine-tuned model of the caller's project that the upstream does not know yet (restarted, or its
   registration failed) is registered on the spot and the request retried once.
 Does not own: the HTTP client (inference/upstream.py) nor the model catalog (jobs/catalog.py).
@@ -18,10 +20,12 @@ import json
 from pathlib import Path
 
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from tuneserve.api.deps import Project
+from tuneserve.api.schemas import ChatCompletionRequest, CompletionRequest
 from tuneserve.errors import InvalidRequest, NotFound
 from tuneserve.ids import now
 from tuneserve.inference.upstream import UpstreamError
@@ -74,15 +78,18 @@ def unload_lora_adapter(request: Request, project: Project, body: UnloadLoraAdap
 
 # -- the proxy ------------------------------------------------------------------------------
 
-async def _json_body(request: Request) -> dict:
+async def _json_body(request: Request, schema: type[BaseModel]) -> dict:
+    """The body as it came, once it passes `schema` (pydantic's errors become the usual 400, naming the field)."""
     try:
         body = json.loads(await request.body())
     except ValueError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object", code="invalid_value")
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise InvalidRequest("Invalid value for 'model': a model name is required", param="model", code="invalid_value")
+    try:
+        schema.model_validate(body)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
     return body
 
 
@@ -95,10 +102,10 @@ def _own_adapter(request: Request, project: str, model: str) -> Path | None:
     return adapter
 
 
-async def _proxy(request: Request, project: str, path: str):
+async def _proxy(request: Request, project: str, path: str, schema: type[BaseModel]):
     from starlette.concurrency import run_in_threadpool
 
-    body = await _json_body(request)
+    body = await _json_body(request, schema)
     upstream = request.app.state.upstream
     adapter = await run_in_threadpool(_own_adapter, request, project, body["model"])
     for attempt in (0, 1):
@@ -121,10 +128,10 @@ async def _proxy(request: Request, project: str, path: str):
 @proxy_router.post("/chat/completions")
 async def chat_completions(request: Request, project: Project):
     """Chat completions, answered by the upstream inference server (the request JSON is passed as it is)."""
-    return await _proxy(request, project, "/v1/chat/completions")
+    return await _proxy(request, project, "/v1/chat/completions", ChatCompletionRequest)
 
 
 @proxy_router.post("/completions")
 async def completions(request: Request, project: Project):
     """Text completions, answered by the upstream inference server."""
-    return await _proxy(request, project, "/v1/completions")
+    return await _proxy(request, project, "/v1/completions", CompletionRequest)
