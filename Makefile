@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast serve clean browser
+.PHONY: install demo test test-fast lint serve clean browser
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,11 @@ install: $(STAMP)
 demo: install
 	$(BIN)/tuneserve demo
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks examples
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not e2e"

@@ -565,7 +565,7 @@ def run_check(name: str, rig: Rig, timeout_s: float) -> dict[str, Any]:
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     except subprocess.TimeoutExpired:
         return {"ok": False, "figures": f"timed out after {timeout_s:.0f} s", "seconds": timeout_s}
-    line = next((l for l in reversed(done.stdout.splitlines()) if l.startswith("RESULT ")), None)
+    line = next((row for row in reversed(done.stdout.splitlines()) if row.startswith("RESULT ")), None)
     result = json.loads(line.removeprefix("RESULT ")) if line else {
         "ok": False, "figures": f"exited {done.returncode} with no result", "traceback": done.stderr[-4000:]}
     result["seconds"] = time.perf_counter() - start

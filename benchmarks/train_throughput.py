@@ -264,7 +264,7 @@ def run_side(args, side: str, data: Path | None = None, live_memory: bool = Fals
     cmd = [sys.executable, __file__, "--child", side, "--data", str(data or args.data), "--examples", str(args.examples),
            "--seed", str(args.seed), "--packing", args.packing]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+    line = next((row for row in done.stdout.splitlines() if row.startswith("RESULT ")), None)
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"{side} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(line.removeprefix("RESULT "))

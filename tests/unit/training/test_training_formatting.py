@@ -38,7 +38,7 @@ def test_only_the_assistant_answer_and_end_of_turn_are_labelled(tokenizer):
     assert formatted.input_ids == list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False))
     assert trained_text(tokenizer, formatted) == ["Hello!<|im_end|>"]
     # everything up to and including "<|im_start|>assistant\n" is masked; so is the "\n" after <|im_end|>
-    first = formatted.labels.index(next(l for l in formatted.labels if l != IGNORE_INDEX))
+    first = formatted.labels.index(next(label for label in formatted.labels if label != IGNORE_INDEX))
     assert tokenizer.decode(formatted.input_ids[:first]).endswith("Hi there<|im_end|>\n<|im_start|>assistant\n")
     assert formatted.labels[-1] == IGNORE_INDEX and tokenizer.decode(formatted.input_ids[-1:]) == "\n"
 
