@@ -41,9 +41,7 @@ from pathlib import Path
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_DATA = REPO.parent / "shared" / "data" / "alpaca_en_demo.json"
-# In a clone without ../shared: the OPEA test's alpaca file, kept in the repository.
-FALLBACK_DATA = REPO / "tests" / "api" / "data" / "alpaca_data.json"
+SAMPLE_DATA = REPO / "tests" / "data" / "alpaca_en_demo.json"
 
 
 def write_spec(job_dir: Path, data: Path, n: int, max_len: int) -> None:
@@ -83,7 +81,7 @@ def run(job_dir: Path, ranks: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=SAMPLE_DATA if SAMPLE_DATA.exists() else FALLBACK_DATA)
+    parser.add_argument("--data", type=Path, default=SAMPLE_DATA)
     parser.add_argument("--examples", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--max-len", type=int, default=128, help="max_seq_length: short, so that activations do not hide the training state")

@@ -59,7 +59,7 @@ import time
 from pathlib import Path
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_en_demo.json"
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "alpaca_en_demo.json"
 BATCH, LR, RANK, ALPHA, MAX_LEN, WARMUP = 8, 1e-3, 16, 32, 1024, 0.05
 
 

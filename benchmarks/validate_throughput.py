@@ -34,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TOGETHER_VENV = HERE / ".venv-together"
 TOGETHER_VERSION = "1.3.14"
-DEFAULT_SOURCE = HERE.parent.parent / "shared" / "data" / "alpaca_en_demo.json"
+DEFAULT_SOURCE = HERE.parent / "tests" / "data" / "alpaca_en_demo.json"
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 

@@ -15,6 +15,8 @@ import httpx
 import pytest
 
 TINY = "tuneserve/tiny-random"
+# Real sample data (LLaMA-Factory's demo files), kept in the repository: tests/data/README.md.
+SAMPLE_DATA = Path(__file__).resolve().parent / "data"
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
@@ -139,6 +141,16 @@ def chat_jsonl(n: int, *, answer: str = "The capital of Zorbia is Quillton.") ->
     lines = [json.dumps({"messages": [{"role": "user", "content": f"Question {i}: what is the capital of Zorbia?"},
                                       {"role": "assistant", "content": answer}]}) for i in range(n)]
     return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.fixture(scope="session")
+def sample_file():
+    """sample_file(name) -> the path of a sample data file under tests/data."""
+    def find(name: str) -> Path:
+        path = SAMPLE_DATA / name
+        assert path.is_file(), f"no sample data file {path}"
+        return path
+    return find
 
 
 @pytest.fixture(scope="session")

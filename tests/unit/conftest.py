@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-import tuneserve
 
 from tuneserve.data import validate_file
 from tuneserve.store.blobs import BlobStore
@@ -82,10 +81,6 @@ def files(sessions, blobs):
     return FileService(sessions, blobs, max_upload_bytes=1_000_000, check=validate_file)
 
 
-# -- data files ---------------------------------------------------------------------------
-# The project's sample data lives in shared/ beside the checkout (as in CI's clone).
-SAMPLE_DATA = Path(os.environ.get("TUNESERVE_SAMPLE_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
-PACKAGE_DEMO_DATA = Path(tuneserve.__file__).parent / "demo_data"
 
 
 @pytest.fixture
@@ -117,12 +112,3 @@ def write_bytes(tmp_path):
     return _write
 
 
-@pytest.fixture
-def sample_file():
-    """sample_file(name) -> path of a file of the shared sample data (identity.json also ships in the package)."""
-    def _find(name: str) -> Path:
-        for root in (SAMPLE_DATA, PACKAGE_DEMO_DATA):
-            if (root / name).exists():
-                return root / name
-        pytest.skip(f"sample data {name} not found under {SAMPLE_DATA} (set TUNESERVE_SAMPLE_DATA)")
-    return _find

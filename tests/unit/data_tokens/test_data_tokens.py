@@ -4,11 +4,11 @@ text and preference records, and trained tokens against data.formatting's exact 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import SAMPLE_DATA
 from tuneserve.data import tokens
 from tuneserve.data.records import Example, PreferenceExample, TextExample
 from tuneserve.data.tokens import load_tokenizer, token_report
@@ -17,7 +17,6 @@ from tuneserve.models import throughput
 from tuneserve.data.formatting import format_example
 
 MODEL = BUILTIN_SMOLLM2
-SHARED_DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +174,7 @@ def test_estimated_time_from_recorded_throughput():
 
 
 def _alpaca_examples(name: str) -> list[Example]:
-    items = json.loads((SHARED_DATA / name).read_text())
+    items = json.loads((SAMPLE_DATA / name).read_text())
     return [
         Example(
             messages=(
@@ -190,8 +189,6 @@ def _alpaca_examples(name: str) -> list[Example]:
 
 @pytest.mark.parametrize("name", ["identity.json", "alpaca_en_demo.json"])
 def test_trained_tokens_within_one_percent_of_training_on_real_data(tok, name):
-    if not (SHARED_DATA / name).exists():
-        pytest.skip(f"{SHARED_DATA / name} is not beside the checkout")
     examples = _alpaca_examples(name)
     if name == "alpaca_en_demo.json":
         examples = examples[:300]  # the exact mask renders each prefix: keep the test fast

@@ -77,14 +77,3 @@ def trained_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 
 
 # The project's sample data (LLaMA-Factory's data/ folder) lives in shared/ beside the checkout.
-SAMPLE_DATA = Path(__import__("os").environ.get("TUNESERVE_SAMPLE_DATA") or Path(__file__).resolve().parents[4] / "shared" / "data")
-
-
-@pytest.fixture
-def sample_file():
-    """sample_file(name) -> path of a file of the shared sample data (skips when it is absent)."""
-    def _find(name: str) -> Path:
-        if not (SAMPLE_DATA / name).exists():
-            pytest.skip(f"sample data {name} not found under {SAMPLE_DATA} (set TUNESERVE_SAMPLE_DATA)")
-        return SAMPLE_DATA / name
-    return _find
