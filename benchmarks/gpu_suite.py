@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from tuneserve.training.events import NullEventWriter
+
 # Llama configs as published (hidden, intermediate, layers, heads, kv heads, vocab, tied embeddings); the dry
 # run keeps their form at toy size, with SmolLM2's vocabulary so that its tokenizer fits.
 SHAPES = {
@@ -79,22 +81,17 @@ class Rig:
 # --- shared pieces ---------------------------------------------------------------------------------------------
 
 
-class RecordingEvents:
+class RecordingEvents(NullEventWriter):
     """An event writer that keeps what the training loop reports (its metrics give per-step tokens/s)."""
 
     def __init__(self):
+        super().__init__()
         self.events: list[dict[str, Any]] = []
 
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
-        event = {"type": type, "time": time.time(), **fields}
+        event = super().emit(type, **fields)
         self.events.append(event)
         return event
-
-    def message(self, message: str, level: str = "info", **data: Any) -> dict[str, Any]:
-        return self.emit("message", message=message, level=level, **data)
-
-    def close(self) -> None:
-        pass
 
     def train_metrics(self) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == "metrics" and "train_loss" in e]
