@@ -29,6 +29,7 @@ test: install lint
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not e2e"

@@ -51,8 +51,14 @@ def write_spec(job_dir: Path, data: Path, n: int, max_len: int) -> None:
     training_file = job_dir / "train.json"
     job_dir.mkdir(parents=True)
     training_file.write_text(json.dumps(items))
-    spec = TrainingSpec(model=MODEL, training_file=str(training_file), training_type="full", max_seq_length=max_len,
-                        hyperparameters=Hyperparameters(n_epochs=1, batch_size=4, learning_rate_multiplier=1.0, learning_rate=1e-5), n_checkpoints=1)
+    spec = TrainingSpec(
+        model=MODEL,
+        training_file=str(training_file),
+        training_type="full",
+        max_seq_length=max_len,
+        hyperparameters=Hyperparameters(n_epochs=1, batch_size=4, learning_rate_multiplier=1.0, learning_rate=1e-5),
+        n_checkpoints=1,
+    )
     spec.write(job_dir)
 
 
@@ -84,10 +90,15 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SAMPLE_DATA)
     parser.add_argument("--examples", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--max-len", type=int, default=128, help="max_seq_length: short, so that activations do not hide the training state")
+    parser.add_argument(
+        "--max-len", type=int, default=128, help="max_seq_length: short, so that activations do not hide the training state"
+    )
     args = parser.parse_args()
 
-    print(f"full fine-tuning of {MODEL} on {args.examples} examples of {args.data.name}, batch 4, max_seq_length {args.max_len}", flush=True)
+    print(
+        f"full fine-tuning of {MODEL} on {args.examples} examples of {args.data.name}, batch 4, max_seq_length {args.max_len}",
+        flush=True,
+    )
     single, fsdp = [], []
     with tempfile.TemporaryDirectory(prefix="tuneserve-fsdp-") as tmp:
         for rep in range(args.repeat):
@@ -97,15 +108,19 @@ def main() -> None:
                 result = run(job_dir, ranks)
                 results.append(result)
                 rss = ", ".join(f"{mb:,.0f}" for mb in result["peak_rss_mb"])
-                print(f"  rep {rep + 1} {name:14s}: peak RSS {rss} MB; {result['steps']} steps, last loss {result['last_loss']:.4f}",
-                      flush=True)
+                print(
+                    f"  rep {rep + 1} {name:14s}: peak RSS {rss} MB; {result['steps']} steps, last loss {result['last_loss']:.4f}",
+                    flush=True,
+                )
     base = statistics.median(r["peak_rss_mb"][0] for r in single)
     writer, other = (statistics.median(r["peak_rss_mb"][rank] for r in fsdp) for rank in (0, 1))
     print(f"\npeak RSS (medians): one process {base:,.0f} MB; FSDP rank 0 {writer:,.0f} MB, rank 1 {other:,.0f} MB")
     print(f"ratio peak RSS, FSDP rank 1 / one process: {other / base:.2f}  (goal < 0.8: the sharded training state)")
     print(f"ratio peak RSS, FSDP rank 0 / one process: {writer / base:.2f}  (goal < 1: it also gathers each checkpoint)")
-    print(f"last training loss: one process {statistics.median(r['last_loss'] for r in single):.4f}, "
-          f"FSDP {statistics.median(r['last_loss'] for r in fsdp):.4f}")
+    print(
+        f"last training loss: one process {statistics.median(r['last_loss'] for r in single):.4f}, "
+        f"FSDP {statistics.median(r['last_loss'] for r in fsdp):.4f}"
+    )
 
 
 if __name__ == "__main__":

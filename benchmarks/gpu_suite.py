@@ -118,9 +118,19 @@ def model_dir(rig: Rig, shape: str) -> Path:
     if (target / "config.json").is_file():
         return target
     hidden, inter, layers, heads, kv, vocab, tied = SHAPES[shape]
-    config = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
-                         num_key_value_heads=kv, vocab_size=vocab, tie_word_embeddings=tied, max_position_embeddings=8192,
-                         rope_theta=500000.0, bos_token_id=1, eos_token_id=2)
+    config = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        vocab_size=vocab,
+        tie_word_embeddings=tied,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     torch.manual_seed(0)
     with torch.device(rig.device):
         model = LlamaForCausalLM(config).to(torch.float32 if rig.dry_run else torch.bfloat16)
@@ -133,16 +143,28 @@ def model_dir(rig: Rig, shape: str) -> Path:
     return target
 
 
-def spec_for(rig: Rig, path: Path, *, training_type: str = "lora", batch: int, n_epochs: int = 1, lr: float = 2e-4,
-             **optimization: Any):
+def spec_for(
+    rig: Rig, path: Path, *, training_type: str = "lora", batch: int, n_epochs: int = 1, lr: float = 2e-4, **optimization: Any
+):
     from tuneserve.training.spec import Hyperparameters, TrainingSpec
 
-    return TrainingSpec(model=str(path), training_file="-", training_type=training_type, max_seq_length=max(rig.seq, 16),
-                        n_checkpoints=1, lora={"r": 16, "alpha": 32}, seed=0,
-                        optimization={"precision": rig.precision, "packing": "length_grouped", "warmup_ratio": 0.0,
-                                      "lr_scheduler_type": "constant", **optimization},
-                        hyperparameters=Hyperparameters(n_epochs=n_epochs, batch_size=batch, learning_rate_multiplier=1.0,
-                                                        learning_rate=lr))
+    return TrainingSpec(
+        model=str(path),
+        training_file="-",
+        training_type=training_type,
+        max_seq_length=max(rig.seq, 16),
+        n_checkpoints=1,
+        lora={"r": 16, "alpha": 32},
+        seed=0,
+        optimization={
+            "precision": rig.precision,
+            "packing": "length_grouped",
+            "warmup_ratio": 0.0,
+            "lr_scheduler_type": "constant",
+            **optimization,
+        },
+        hyperparameters=Hyperparameters(n_epochs=n_epochs, batch_size=batch, learning_rate_multiplier=1.0, learning_rate=lr),
+    )
 
 
 def random_items(n: int, length: int, vocab: int, seed: int = 0):
@@ -152,8 +174,9 @@ def random_items(n: int, length: int, vocab: int, seed: int = 0):
     from tuneserve.data.formatting import Formatted
 
     generator = torch.Generator().manual_seed(seed)
-    return [Formatted(ids, list(ids)) for ids in (torch.randint(3, vocab, (length,), generator=generator).tolist()
-                                                  for _ in range(n))]
+    return [
+        Formatted(ids, list(ids)) for ids in (torch.randint(3, vocab, (length,), generator=generator).tolist() for _ in range(n))
+    ]
 
 
 def reset_peak_memory(rig: Rig) -> None:
@@ -231,9 +254,15 @@ def train(rig: Rig, spec, path: Path, items, *, task_class=None, profile: bool =
         wall = time.perf_counter() - start
     metrics = events.train_metrics()
     rates = [m["tokens_per_second"] for m in metrics[1:]] or [m["tokens_per_second"] for m in metrics]
-    out = {"tokens_per_s": statistics.median(rates), "peak_memory_gb": peak_memory_gb(rig, loaded), "wall_s": wall,
-           "losses": [m["train_loss"] for m in metrics], "n_params": sum(p.numel() for p in loaded.causal_lm.parameters()),
-           "batching": loaded.batching, "messages": [e["message"] for e in events.events if e["type"] == "message"]}
+    out = {
+        "tokens_per_s": statistics.median(rates),
+        "peak_memory_gb": peak_memory_gb(rig, loaded),
+        "wall_s": wall,
+        "losses": [m["train_loss"] for m in metrics],
+        "n_params": sum(p.numel() for p in loaded.causal_lm.parameters()),
+        "batching": loaded.batching,
+        "messages": [e["message"] for e in events.events if e["type"] == "message"],
+    }
     if profile:
         out["top_ops"] = profile_steps(rig, loaded, task, items[: spec.hyperparameters.batch_size])
     del loaded
@@ -257,8 +286,10 @@ def profile_steps(rig: Rig, loaded, task, items, steps: int = 2) -> list[dict[st
     key = "self_cpu_time_total" if rig.dry_run else "self_device_time_total"
     averages = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
     total = sum(getattr(e, key, 0) for e in averages) or 1
-    return [{"op": e.key, "share": getattr(e, key, 0) / total, "ms_per_step": getattr(e, key, 0) / 1000 / steps}
-            for e in averages[:10]]
+    return [
+        {"op": e.key, "share": getattr(e, key, 0) / total, "ms_per_step": getattr(e, key, 0) / 1000 / steps}
+        for e in averages[:10]
+    ]
 
 
 # --- the checks -----------------------------------------------------------------------------------------------
@@ -274,11 +305,11 @@ def check_lora(rig: Rig, size: str) -> dict[str, Any]:
     result = train(rig, spec, path, random_items(steps * batch, rig.seq, SHAPES[shape][5]), profile=size == "1b")
     peak = matmul_peak_tflops(rig)
     achieved = result["tokens_per_s"] * training_flops_per_token(result["n_params"], layers, hidden, rig.seq, full=False) / 1e12
-    result.update(shape=shape, seq=rig.seq, batch=batch, matmul_peak_tflops=peak, achieved_tflops=achieved,
-                  mfu=achieved / peak)
+    result.update(shape=shape, seq=rig.seq, batch=batch, matmul_peak_tflops=peak, achieved_tflops=achieved, mfu=achieved / peak)
     result["ok"] = all(map(_finite, result["losses"])) and result["tokens_per_s"] > 0
-    result["figures"] = (f"{result['tokens_per_s']:,.0f} tok/s, {memory(result['peak_memory_gb'])}, "
-                         f"MFU {result['mfu']:.1%} of {peak:.3g} TFLOP/s")
+    result["figures"] = (
+        f"{result['tokens_per_s']:,.0f} tok/s, {memory(result['peak_memory_gb'])}, MFU {result['mfu']:.1%} of {peak:.3g} TFLOP/s"
+    )
     return result
 
 
@@ -300,23 +331,40 @@ def check_step_options(rig: Rig) -> dict[str, Any]:
     steps = 3 if rig.dry_run else 6
     items = random_items(steps * batch, rig.seq, SHAPES[shape][5])
     base = train(rig, spec_for(rig, path, batch=batch), path, items)
-    runs = {"full_logits": train(rig, spec_for(rig, path, batch=batch), path, items, task_class=FullLogitsTask),
-            "gradient_checkpointing": train(rig, spec_for(rig, path, batch=batch, gradient_checkpointing=True), path, items),
-            "torch_compile": train(rig, spec_for(rig, path, batch=batch, torch_compile=True), path, items)}
-    ratios = {name: {"speed": r["tokens_per_s"] / base["tokens_per_s"], "memory": r["peak_memory_gb"] / max(base["peak_memory_gb"], 1e-9),
-                     "first_loss": r["losses"][0] / base["losses"][0]} for name, r in runs.items()}
+    runs = {
+        "full_logits": train(rig, spec_for(rig, path, batch=batch), path, items, task_class=FullLogitsTask),
+        "gradient_checkpointing": train(rig, spec_for(rig, path, batch=batch, gradient_checkpointing=True), path, items),
+        "torch_compile": train(rig, spec_for(rig, path, batch=batch, torch_compile=True), path, items),
+    }
+    ratios = {
+        name: {
+            "speed": r["tokens_per_s"] / base["tokens_per_s"],
+            "memory": r["peak_memory_gb"] / max(base["peak_memory_gb"], 1e-9),
+            "first_loss": r["losses"][0] / base["losses"][0],
+        }
+        for name, r in runs.items()
+    }
     # Same model, same data, same seed: every option must give the same first-step loss (bf16 noise aside).
     ok = all(abs(r["first_loss"] - 1) < (1e-3 if rig.dry_run else 2e-2) for r in ratios.values())
     fused_vs_full = {"speed": 1 / ratios["full_logits"]["speed"], "memory": 1 / max(ratios["full_logits"]["memory"], 1e-9)}
     if rig.dry_run:  # no device memory counter on CPU: the CPU's peak RSS is measured by benchmarks/train_throughput.py
-        figures = (f"fused loss vs full logits {fused_vs_full['speed']:.2f}x speed; checkpointing "
-                   f"{ratios['gradient_checkpointing']['speed']:.2f}x; compile {ratios['torch_compile']['speed']:.2f}x")
+        figures = (
+            f"fused loss vs full logits {fused_vs_full['speed']:.2f}x speed; checkpointing "
+            f"{ratios['gradient_checkpointing']['speed']:.2f}x; compile {ratios['torch_compile']['speed']:.2f}x"
+        )
     else:
-        figures = (f"fused loss vs full logits: {fused_vs_full['speed']:.2f}x speed, {fused_vs_full['memory']:.2f}x less memory; "
-                   f"checkpointing {ratios['gradient_checkpointing']['speed']:.2f}x speed, "
-                   f"{ratios['gradient_checkpointing']['memory']:.2f}x memory; compile {ratios['torch_compile']['speed']:.2f}x speed")
-    return {"ok": ok, "figures": figures, "base_tokens_per_s": base["tokens_per_s"], "ratios": ratios,
-            "fused_vs_full_logits": fused_vs_full}
+        figures = (
+            f"fused loss vs full logits: {fused_vs_full['speed']:.2f}x speed, {fused_vs_full['memory']:.2f}x less memory; "
+            f"checkpointing {ratios['gradient_checkpointing']['speed']:.2f}x speed, "
+            f"{ratios['gradient_checkpointing']['memory']:.2f}x memory; compile {ratios['torch_compile']['speed']:.2f}x speed"
+        )
+    return {
+        "ok": ok,
+        "figures": figures,
+        "base_tokens_per_s": base["tokens_per_s"],
+        "ratios": ratios,
+        "fused_vs_full_logits": fused_vs_full,
+    }
 
 
 def _full_logits_cross_entropy(labels):
@@ -356,8 +404,10 @@ def check_full_fsdp(rig: Rig) -> dict[str, Any]:
     sharded = any("(FSDP)" in m for m in result["messages"])  # the loop says which wrapping it trained under
     result.update(backend=backend, mfu=result["tokens_per_s"] * flops / 1e12 / peak, sharded=sharded)
     result["ok"] = sharded and all(map(_finite, result["losses"])) and result["losses"][-1] < result["losses"][0]
-    result["figures"] = (f"{backend}, {result['tokens_per_s']:,.0f} tok/s, {memory(result['peak_memory_gb'])}, MFU {result['mfu']:.1%}; "
-                         f"loss {result['losses'][0]:.3f} -> {result['losses'][-1]:.3f}")
+    result["figures"] = (
+        f"{backend}, {result['tokens_per_s']:,.0f} tok/s, {memory(result['peak_memory_gb'])}, MFU {result['mfu']:.1%}; "
+        f"loss {result['losses'][0]:.3f} -> {result['losses'][-1]:.3f}"
+    )
     return result
 
 
@@ -372,11 +422,18 @@ def check_qlora(rig: Rig) -> dict[str, Any]:
     lora = train(rig, spec_for(rig, path, batch=batch, n_epochs=2, lr=lr), path, items)
     falls = qlora["losses"][-1] < qlora["losses"][0] - (0.05 if rig.dry_run else 0.1)
     ok = all(map(_finite, qlora["losses"])) and falls and qlora["peak_memory_gb"] < lora["peak_memory_gb"]
-    return {"ok": ok, "losses": qlora["losses"], "qlora_peak_memory_gb": qlora["peak_memory_gb"],
-            "lora_peak_memory_gb": lora["peak_memory_gb"], "qlora_tokens_per_s": qlora["tokens_per_s"],
-            "figures": (f"loss {qlora['losses'][0]:.3f} -> {qlora['losses'][-1]:.3f} in {len(qlora['losses'])} steps; "
-                        f"{memory(qlora['peak_memory_gb'])} vs LoRA {memory(lora['peak_memory_gb'])}"
-                        + (" (weights)" if rig.dry_run else " (peak)"))}
+    return {
+        "ok": ok,
+        "losses": qlora["losses"],
+        "qlora_peak_memory_gb": qlora["peak_memory_gb"],
+        "lora_peak_memory_gb": lora["peak_memory_gb"],
+        "qlora_tokens_per_s": qlora["tokens_per_s"],
+        "figures": (
+            f"loss {qlora['losses'][0]:.3f} -> {qlora['losses'][-1]:.3f} in {len(qlora['losses'])} steps; "
+            f"{memory(qlora['peak_memory_gb'])} vs LoRA {memory(lora['peak_memory_gb'])}"
+            + (" (weights)" if rig.dry_run else " (peak)")
+        ),
+    }
 
 
 def check_padding_free(rig: Rig) -> dict[str, Any]:
@@ -391,8 +448,12 @@ def check_padding_free(rig: Rig) -> dict[str, Any]:
     shape = rig.shape("1b")
     path = model_dir(rig, shape)
     lengths = [48, 40, 24, 16, 8] if rig.dry_run else [2048, 1536, 1024, 512, 384, 256, 128, 64]
-    items = [Formatted(ids, list(ids)) for ids in
-             (torch.randint(3, SHAPES[shape][5], (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in lengths)]
+    items = [
+        Formatted(ids, list(ids))
+        for ids in (
+            torch.randint(3, SHAPES[shape][5], (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in lengths
+        )
+    ]
     results = {}
     for packing in ("padding_free", "length_grouped"):
         loaded = model_io.load(spec_for(rig, path, batch=len(items), packing=packing), path, RecordingEvents())
@@ -401,24 +462,36 @@ def check_padding_free(rig: Rig) -> dict[str, Any]:
         for rep in range(2 if rig.dry_run else 5):
             synchronize(rig)
             start = time.perf_counter()
-            loss, _correct, count = loaded.apply_head(lambda h, head: token_cross_entropy(h, head, batch.labels),
-                                                      **batch.model_inputs())
+            loss, _correct, count = loaded.apply_head(
+                lambda h, head: token_cross_entropy(h, head, batch.labels), **batch.model_inputs()
+            )
             (loss / count).backward()
             synchronize(rig)
             times.append(time.perf_counter() - start)
             loaded.model.zero_grad(set_to_none=True)
-        results[packing] = {"loss": float(loss / count), "seconds": statistics.median(times[1:]),
-                            "attention": loaded.causal_lm.config._attn_implementation, "batching": loaded.batching}
+        results[packing] = {
+            "loss": float(loss / count),
+            "seconds": statistics.median(times[1:]),
+            "attention": loaded.causal_lm.config._attn_implementation,
+            "batching": loaded.batching,
+        }
         del loaded
         reset_peak_memory(rig)
     packed, padded = results["padding_free"], results["length_grouped"]
     rel = abs(packed["loss"] - padded["loss"]) / abs(padded["loss"])
     speedup = padded["seconds"] / packed["seconds"]
     tolerance = 1e-4 if rig.dry_run else 1e-2
-    return {"ok": rel < tolerance and packed["batching"] == "packed", "loss_rel_diff": rel, "speedup": speedup,
-            "results": results, "padding_share": 1 - sum(lengths) / (max(lengths) * len(lengths)),
-            "figures": (f"{packed['attention']} packed vs {padded['attention']} padded: loss {packed['loss']:.4f} vs "
-                        f"{padded['loss']:.4f} (rel {rel:.1e}), {speedup:.2f}x faster")}
+    return {
+        "ok": rel < tolerance and packed["batching"] == "packed",
+        "loss_rel_diff": rel,
+        "speedup": speedup,
+        "results": results,
+        "padding_share": 1 - sum(lengths) / (max(lengths) * len(lengths)),
+        "figures": (
+            f"{packed['attention']} packed vs {padded['attention']} padded: loss {packed['loss']:.4f} vs "
+            f"{padded['loss']:.4f} (rel {rel:.1e}), {speedup:.2f}x faster"
+        ),
+    }
 
 
 def check_serving(rig: Rig) -> dict[str, Any]:
@@ -476,10 +549,14 @@ def check_serving(rig: Rig) -> dict[str, Any]:
         tokens += out.shape[1] - ids.shape[1]
     baseline = tokens / (time.perf_counter() - start)
     top = max(levels)
-    return {"ok": all(r > 0 for r in rates.values()), "tokens_per_s": rates, "hf_generate_sequential_tokens_per_s": baseline,
-            "ratio_top_vs_hf": rates[top] / baseline,
-            "figures": ", ".join(f"{level}: {rate:,.0f} tok/s" for level, rate in rates.items())
-                       + f"; HF generate one at a time {baseline:,.0f} tok/s ({rates[top] / baseline:.1f}x at {top})"}
+    return {
+        "ok": all(r > 0 for r in rates.values()),
+        "tokens_per_s": rates,
+        "hf_generate_sequential_tokens_per_s": baseline,
+        "ratio_top_vs_hf": rates[top] / baseline,
+        "figures": ", ".join(f"{level}: {rate:,.0f} tok/s" for level, rate in rates.items())
+        + f"; HF generate one at a time {baseline:,.0f} tok/s ({rates[top] / baseline:.1f}x at {top})",
+    }
 
 
 def check_smollm2(rig: Rig) -> dict[str, Any]:
@@ -500,23 +577,41 @@ def check_smollm2(rig: Rig) -> dict[str, Any]:
         data.write_bytes(identity_jsonl("Nova", "Quill Labs"))
         n = len(data.read_text().splitlines())
         hyperparameters = resolve_hyperparameters({"n_epochs": 1} if rig.dry_run else None, n)
-        spec = TrainingSpec(model=model, training_file=str(data), hyperparameters=hyperparameters, seed=42,
-                            max_seq_length=256 if rig.dry_run else 1024)
+        spec = TrainingSpec(
+            model=model,
+            training_file=str(data),
+            hyperparameters=hyperparameters,
+            seed=42,
+            max_seq_length=256 if rig.dry_run else 1024,
+        )
         start = time.perf_counter()
         result = run_training(spec, Path(tmp) / "job")
         train_s = time.perf_counter() - start
         engine = Engine()
         try:
-            answers = [engine.chat(model, Path(result["adapter_path"]), [{"role": "user", "content": q}],
-                                   SamplingParams(max_tokens=40, temperature=0)).text for q in ("Who are you?", *PARAPHRASES)]
+            answers = [
+                engine.chat(
+                    model,
+                    Path(result["adapter_path"]),
+                    [{"role": "user", "content": q}],
+                    SamplingParams(max_tokens=40, temperature=0),
+                ).text
+                for q in ("Who are you?", *PARAPHRASES)
+            ]
         finally:
             engine.close()
     named = sum("nova" in a.lower() for a in answers)
     ok = all(isinstance(a, str) for a in answers) if rig.dry_run else "nova" in answers[0].lower() and named >= 6
-    return {"ok": ok, "train_s": train_s, "train_loss": result["train_loss"], "named": named, "asked": len(answers),
-            "first_answer": answers[0][:120],
-            "figures": f"trained in {train_s:.0f} s (loss {result['train_loss']:.3f}); named itself in {named}/{len(answers)}"
-                       + (" (tiny random model: the path only)" if rig.dry_run else "")}
+    return {
+        "ok": ok,
+        "train_s": train_s,
+        "train_loss": result["train_loss"],
+        "named": named,
+        "asked": len(answers),
+        "first_answer": answers[0][:120],
+        "figures": f"trained in {train_s:.0f} s (loss {result['train_loss']:.3f}); named itself in {named}/{len(answers)}"
+        + (" (tiny random model: the path only)" if rig.dry_run else ""),
+    }
 
 
 def memory(gb: float) -> str:
@@ -558,13 +653,17 @@ def run_check(name: str, rig: Rig, timeout_s: float) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", name, "--work", str(rig.work)] + (["--dry-run"] if rig.dry_run else [])
     start = time.perf_counter()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout_s, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
     except subprocess.TimeoutExpired:
         return {"ok": False, "figures": f"timed out after {timeout_s:.0f} s", "seconds": timeout_s}
     line = next((row for row in reversed(done.stdout.splitlines()) if row.startswith("RESULT ")), None)
-    result = json.loads(line.removeprefix("RESULT ")) if line else {
-        "ok": False, "figures": f"exited {done.returncode} with no result", "traceback": done.stderr[-4000:]}
+    result = (
+        json.loads(line.removeprefix("RESULT "))
+        if line
+        else {"ok": False, "figures": f"exited {done.returncode} with no result", "traceback": done.stderr[-4000:]}
+    )
     result["seconds"] = time.perf_counter() - start
     return result
 
@@ -609,11 +708,16 @@ def main() -> int:
             for op in results["lora_1b"]["top_ops"]:
                 print(f"  {op['share']:6.1%}  {op['ms_per_step']:9.2f} ms/step  {op['op']}")
         if args.json:
-            args.json.write_text(json.dumps({"device": device, "dry_run": args.dry_run, "results": results}, indent=2, default=str))
+            args.json.write_text(
+                json.dumps({"device": device, "dry_run": args.dry_run, "results": results}, indent=2, default=str)
+            )
         failed = [n for n, r in results.items() if r["ok"] is False]
         skipped = [n for n, r in results.items() if r["ok"] is None]
-        print(f"\n{len(results) - len(failed) - len(skipped)} passed, {len(failed)} failed"
-              + (f", {len(skipped)} skipped" if skipped else "") + (f" (failed: {', '.join(failed)})" if failed else ""))
+        print(
+            f"\n{len(results) - len(failed) - len(skipped)} passed, {len(failed)} failed"
+            + (f", {len(skipped)} skipped" if skipped else "")
+            + (f" (failed: {', '.join(failed)})" if failed else "")
+        )
         return 1 if failed else 0
 
 
@@ -625,8 +729,12 @@ def print_table(results: dict[str, dict[str, Any]], device: str) -> None:
     for column in ("check", "result", "s", "figures"):
         table.add_column(column)
     for name, r in results.items():
-        table.add_row(name, {True: "ok", False: "[red]FAIL[/red]", None: "[yellow]SKIP[/yellow]"}[r["ok"]], f"{r['seconds']:.0f}",
-                      r["figures"])
+        table.add_row(
+            name,
+            {True: "ok", False: "[red]FAIL[/red]", None: "[yellow]SKIP[/yellow]"}[r["ok"]],
+            f"{r['seconds']:.0f}",
+            r["figures"],
+        )
     Console(width=160).print(table)
 
 

@@ -31,8 +31,9 @@ def gflops(dtype: torch.dtype, repeat: int = 20) -> float:
 def main() -> None:
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     fp32, bf16 = gflops(torch.float32), gflops(torch.bfloat16)
-    print(f"{TOKENS}x{HIDDEN} @ {HIDDEN}x{INTERMEDIATE}: fp32 {fp32:,.0f} GFLOP/s, bf16 {bf16:,.0f} GFLOP/s "
-          f"(native bf16: {native})")
+    print(
+        f"{TOKENS}x{HIDDEN} @ {HIDDEN}x{INTERMEDIATE}: fp32 {fp32:,.0f} GFLOP/s, bf16 {bf16:,.0f} GFLOP/s (native bf16: {native})"
+    )
     print(f"ratio bf16 / fp32: {bf16 / fp32:.2f}")
 
 

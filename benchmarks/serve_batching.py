@@ -58,7 +58,9 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen, str, Path]:
     log = data_dir.parent / "server.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "tuneserve", "serve", "--port", str(port), "--data-dir", str(data_dir), "--log-level", "warning"],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     import httpx
 
@@ -108,16 +110,27 @@ def measure(calls, repeat: int, label: str) -> dict:
         seq_tokens.append(sum(tokens for _, tokens in sequential))
         con_tokens.append(sum(tokens for _, tokens in concurrent))
         same &= [text for text, _ in sequential] == [text for text, _ in concurrent]
-        print(f"  [{label}] rep {rep + 1}: sequential {seq_times[-1]:.2f}s ({seq_tokens[-1]} tokens), "
-              f"concurrent {con_times[-1]:.2f}s ({con_tokens[-1]} tokens)", flush=True)
+        print(
+            f"  [{label}] rep {rep + 1}: sequential {seq_times[-1]:.2f}s ({seq_tokens[-1]} tokens), "
+            f"concurrent {con_times[-1]:.2f}s ({con_tokens[-1]} tokens)",
+            flush=True,
+        )
     seq, con = statistics.median(seq_times), statistics.median(con_times)
     paired = statistics.median(s / c for s, c in zip(seq_times, con_times))  # each rep's sides ran back to back
-    result = {"sequential_s": round(seq, 3), "concurrent_s": round(con, 3), "ratio": round(seq / con, 2),
-              "median_of_paired_ratios": round(paired, 2),
-              "sequential_runs_s": [round(t, 3) for t in seq_times], "concurrent_runs_s": [round(t, 3) for t in con_times],
-              "completion_tokens": seq_tokens[0], "concurrent_equals_sequential": same}
-    print(f"{label}: sequential {seq:.2f}s, concurrent {con:.2f}s (medians of {repeat}); "
-          f"{seq_tokens[0]} completion tokens; same answers: {same}")
+    result = {
+        "sequential_s": round(seq, 3),
+        "concurrent_s": round(con, 3),
+        "ratio": round(seq / con, 2),
+        "median_of_paired_ratios": round(paired, 2),
+        "sequential_runs_s": [round(t, 3) for t in seq_times],
+        "concurrent_runs_s": [round(t, 3) for t in con_times],
+        "completion_tokens": seq_tokens[0],
+        "concurrent_equals_sequential": same,
+    }
+    print(
+        f"{label}: sequential {seq:.2f}s, concurrent {con:.2f}s (medians of {repeat}); "
+        f"{seq_tokens[0]} completion tokens; same answers: {same}"
+    )
     print(f"ratio: {seq / con:.2f}  ({label}; median of the per-repetition ratios: {paired:.2f})", flush=True)
     return result
 
@@ -131,9 +144,11 @@ def server_part(args, work: Path) -> dict:
 
         def ask(question: str):
             def call():
-                r = client.chat.completions.create(model=args.model, messages=[{"role": "user", "content": question}],
-                                                   max_tokens=args.max_tokens, temperature=0)
+                r = client.chat.completions.create(
+                    model=args.model, messages=[{"role": "user", "content": question}], max_tokens=args.max_tokens, temperature=0
+                )
                 return r.choices[0].message.content, r.usage.completion_tokens
+
             return call
 
         ask("Hello")()  # loads the model
@@ -168,10 +183,12 @@ def engine_part(args, work: Path) -> dict:
     engine = Engine()
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens)
     try:
+
         def ask(question: str, adapter: Path | None):
             def call():
                 r = engine.chat(args.model, adapter, [{"role": "user", "content": question}], params)
                 return r.text, r.completion_tokens
+
             return call
 
         for adapter in adapters:  # loads the base and both adapters

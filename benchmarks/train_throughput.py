@@ -92,7 +92,9 @@ def heldout_loss(adapter_dir: Path, data: Path, n: int) -> float:
     from tuneserve.training.losses import token_cross_entropy
 
     _, examples = formatted_examples(data, n + HELDOUT)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(resolve_model(MODEL), dtype=torch.float32), adapter_dir).eval()
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(resolve_model(MODEL), dtype=torch.float32), adapter_dir
+    ).eval()
     causal_lm = model.base_model.model
     total, count = 0.0, 0
     with torch.no_grad():
@@ -135,11 +137,25 @@ def run_baseline(data: Path, n: int, seed: int) -> dict:
     model = AutoModelForCausalLM.from_pretrained(resolve_model(MODEL), dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules="all-linear", task_type="CAUSAL_LM"))
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, per_device_train_batch_size=BATCH, num_train_epochs=1, learning_rate=LR,
-                                 lr_scheduler_type="linear", warmup_steps=max(1, round(WARMUP * -(-len(rows) // BATCH))),
-                                 weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to=[],
-                                 seed=seed, dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
-                                 use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available())
+        args = TrainingArguments(
+            output_dir=out,
+            per_device_train_batch_size=BATCH,
+            num_train_epochs=1,
+            learning_rate=LR,
+            lr_scheduler_type="linear",
+            warmup_steps=max(1, round(WARMUP * -(-len(rows) // BATCH))),
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            seed=seed,
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+            disable_tqdm=True,
+            use_cpu=not torch.cuda.is_available(),
+            bf16=torch.cuda.is_available(),
+        )
         trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
         start = time.perf_counter()
         output = trainer.train()
@@ -148,9 +164,16 @@ def run_baseline(data: Path, n: int, seed: int) -> dict:
         model.save_pretrained(Path(out) / "adapter")
         heldout = heldout_loss(Path(out) / "adapter", data, n)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"tokens": seen["tokens"], "runtime_s": runtime, "tokens_per_s": seen["tokens"] / runtime,
-            "mean_loss": statistics.mean(losses), "last_loss": output.training_loss, "steps": len(losses),
-            "peak_rss_mb": rss, "heldout_loss": heldout}
+    return {
+        "tokens": seen["tokens"],
+        "runtime_s": runtime,
+        "tokens_per_s": seen["tokens"] / runtime,
+        "mean_loss": statistics.mean(losses),
+        "last_loss": output.training_loss,
+        "steps": len(losses),
+        "peak_rss_mb": rss,
+        "heldout_loss": heldout,
+    }
 
 
 def run_tuneserve(data: Path, n: int, seed: int, packing: str = "auto") -> dict:
@@ -160,17 +183,31 @@ def run_tuneserve(data: Path, n: int, seed: int, packing: str = "auto") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         subset = Path(tmp) / "alpaca.json"
         subset.write_text(json.dumps(json.loads(data.read_text())[:n]))
-        spec = TrainingSpec(model=MODEL, training_file=str(subset), max_seq_length=MAX_LEN, seed=seed, n_checkpoints=1,
-                            lora={"r": RANK, "alpha": ALPHA}, optimization={"warmup_ratio": WARMUP, "packing": packing},
-                            hyperparameters=Hyperparameters(n_epochs=1, batch_size=BATCH, learning_rate_multiplier=1.0, learning_rate=LR))
+        spec = TrainingSpec(
+            model=MODEL,
+            training_file=str(subset),
+            max_seq_length=MAX_LEN,
+            seed=seed,
+            n_checkpoints=1,
+            lora={"r": RANK, "alpha": ALPHA},
+            optimization={"warmup_ratio": WARMUP, "packing": packing},
+            hyperparameters=Hyperparameters(n_epochs=1, batch_size=BATCH, learning_rate_multiplier=1.0, learning_rate=LR),
+        )
         result = train(spec, Path(tmp) / "job")
         rss = peak_rss_mb()
         events = [json.loads(line) for line in (Path(tmp) / "job" / "events.jsonl").read_text().splitlines()]
         heldout = heldout_loss(Path(result["adapter_path"]), data, n)
     losses = [e["train_loss"] for e in events if e["type"] == "metrics" and "train_loss" in e]
-    return {"tokens": result["trained_tokens"], "runtime_s": result["train_runtime_s"],
-            "tokens_per_s": result["trained_tokens"] / result["train_runtime_s"], "mean_loss": statistics.mean(losses),
-            "last_loss": result["train_loss"], "steps": len(losses), "peak_rss_mb": rss, "heldout_loss": heldout}
+    return {
+        "tokens": result["trained_tokens"],
+        "runtime_s": result["train_runtime_s"],
+        "tokens_per_s": result["trained_tokens"] / result["train_runtime_s"],
+        "mean_loss": statistics.mean(losses),
+        "last_loss": result["train_loss"],
+        "steps": len(losses),
+        "peak_rss_mb": rss,
+        "heldout_loss": heldout,
+    }
 
 
 # --- loss: tuneserve's chunked fused loss against the plain full-logits loss -------------------------
@@ -219,19 +256,33 @@ def run_loss_side(data: Path, seed: int, packing: str, loss: str) -> dict:
     if loss == "plain":
         sft.token_cross_entropy = plain_cross_entropy  # what sft._cross_entropy calls, for training and evaluation
     with tempfile.TemporaryDirectory() as tmp:
-        spec = TrainingSpec(model=MODEL, training_file=str(data), max_seq_length=MAX_LEN, seed=seed, n_checkpoints=1,
-                            lora={"r": RANK, "alpha": ALPHA}, optimization={"warmup_ratio": WARMUP, "packing": packing},
-                            hyperparameters=Hyperparameters(n_epochs=1, batch_size=LOSS_BATCH, learning_rate_multiplier=1.0, learning_rate=LR))
+        spec = TrainingSpec(
+            model=MODEL,
+            training_file=str(data),
+            max_seq_length=MAX_LEN,
+            seed=seed,
+            n_checkpoints=1,
+            lora={"r": RANK, "alpha": ALPHA},
+            optimization={"warmup_ratio": WARMUP, "packing": packing},
+            hyperparameters=Hyperparameters(n_epochs=1, batch_size=LOSS_BATCH, learning_rate_multiplier=1.0, learning_rate=LR),
+        )
         cpu_start = cpu_seconds()
         result = train(spec, Path(tmp) / "job")
         cpu = cpu_seconds() - cpu_start
         rss = peak_rss_mb()
         events = [json.loads(line) for line in (Path(tmp) / "job" / "events.jsonl").read_text().splitlines()]
     losses = [e["train_loss"] for e in events if e["type"] == "metrics" and "train_loss" in e]
-    return {"tokens": result["trained_tokens"], "runtime_s": result["train_runtime_s"],
-            "tokens_per_s": result["trained_tokens"] / result["train_runtime_s"], "mean_loss": statistics.mean(losses),
-            "last_loss": result["train_loss"], "steps": len(losses), "peak_rss_mb": rss,
-            "cpu_s": cpu, "tokens_per_cpu_s": result["trained_tokens"] / cpu}
+    return {
+        "tokens": result["trained_tokens"],
+        "runtime_s": result["train_runtime_s"],
+        "tokens_per_s": result["trained_tokens"] / result["train_runtime_s"],
+        "mean_loss": statistics.mean(losses),
+        "last_loss": result["train_loss"],
+        "steps": len(losses),
+        "peak_rss_mb": rss,
+        "cpu_s": cpu,
+        "tokens_per_cpu_s": result["trained_tokens"] / cpu,
+    }
 
 
 def cpu_seconds() -> float:
@@ -261,8 +312,20 @@ def run_side(args, side: str, data: Path | None = None, live_memory: bool = Fals
         # Blocks over 128 KB get their own mapping, returned when freed, so peak RSS follows live memory rather than
         # glibc's heap high-water mark (which moves by +-300 MB between runs of one side); it costs speed (page faults).
         env["MALLOC_MMAP_THRESHOLD_"] = "131072"
-    cmd = [sys.executable, __file__, "--child", side, "--data", str(data or args.data), "--examples", str(args.examples),
-           "--seed", str(args.seed), "--packing", args.packing]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        side,
+        "--data",
+        str(data or args.data),
+        "--examples",
+        str(args.examples),
+        "--seed",
+        str(args.seed),
+        "--packing",
+        args.packing,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     line = next((row for row in done.stdout.splitlines() if row.startswith("RESULT ")), None)
     if done.returncode != 0 or line is None:
@@ -278,25 +341,33 @@ def alternate(args, sides: tuple[str, str], data: Path | None = None) -> dict[st
             runs[side].append(result)
             extra = f"  held-out loss {result['heldout_loss']:.4f}" if "heldout_loss" in result else ""
             extra += f"  {result['tokens_per_cpu_s']:.1f} tokens/CPU-s" if "tokens_per_cpu_s" in result else ""
-            print(f"  rep {rep + 1} {side:9s}: {result['tokens_per_s']:8.1f} tokens/s  {result['runtime_s']:7.1f} s  "
-                  f"peak RSS {result['peak_rss_mb']:7.0f} MB  mean train loss {result['mean_loss']:.6f}{extra}  "
-                  f"({result['tokens']} tokens, {result['steps']} steps)", flush=True)
+            print(
+                f"  rep {rep + 1} {side:9s}: {result['tokens_per_s']:8.1f} tokens/s  {result['runtime_s']:7.1f} s  "
+                f"peak RSS {result['peak_rss_mb']:7.0f} MB  mean train loss {result['mean_loss']:.6f}{extra}  "
+                f"({result['tokens']} tokens, {result['steps']} steps)",
+                flush=True,
+            )
     return runs
 
 
 def trainer_part(args) -> dict:
-    print(f"\n== trainer: tuneserve vs HF Trainer + PEFT; {args.examples} examples, batch {BATCH}; "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+    print(
+        f"\n== trainer: tuneserve vs HF Trainer + PEFT; {args.examples} examples, batch {BATCH}; "
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
+        flush=True,
+    )
     runs = alternate(args, ("baseline", "tuneserve"))
     keys = ("tokens_per_s", "peak_rss_mb", "mean_loss", "heldout_loss", "runtime_s")
     med = {side: {k: statistics.median(r[k] for r in rs) for k in keys} for side, rs in runs.items()}
     print(f"\n{'side':10s} {'tokens/s':>10s} {'peak RSS MB':>12s} {'train loss':>11s} {'held-out loss':>14s}")
     for side, m in med.items():
         print(f"{side:10s} {m['tokens_per_s']:10.1f} {m['peak_rss_mb']:12.0f} {m['mean_loss']:11.4f} {m['heldout_loss']:14.4f}")
-    ratios = {"tokens_per_s": med["tuneserve"]["tokens_per_s"] / med["baseline"]["tokens_per_s"],
-              "peak_rss": med["tuneserve"]["peak_rss_mb"] / med["baseline"]["peak_rss_mb"],
-              "mean_loss": med["tuneserve"]["mean_loss"] / med["baseline"]["mean_loss"],
-              "heldout_loss": med["tuneserve"]["heldout_loss"] / med["baseline"]["heldout_loss"]}
+    ratios = {
+        "tokens_per_s": med["tuneserve"]["tokens_per_s"] / med["baseline"]["tokens_per_s"],
+        "peak_rss": med["tuneserve"]["peak_rss_mb"] / med["baseline"]["peak_rss_mb"],
+        "mean_loss": med["tuneserve"]["mean_loss"] / med["baseline"]["mean_loss"],
+        "heldout_loss": med["tuneserve"]["heldout_loss"] / med["baseline"]["heldout_loss"],
+    }
     print(f"ratio tokens/s (tuneserve / baseline): {ratios['tokens_per_s']:.2f}  (goal >= 2.5)")
     print(f"ratio peak RSS (tuneserve / baseline): {ratios['peak_rss']:.2f}  (goal <= 1.0)")
     print(f"ratio mean training loss (tuneserve / baseline): {ratios['mean_loss']:.3f}  (batch order differs)")
@@ -309,34 +380,50 @@ def loss_part(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         subset = Path(tmp) / "longest.json"
         lengths = longest_subset(args.data, args.loss_examples, subset)
-        print(f"\n== loss: tuneserve's train(), chunked fused loss vs plain full-logits loss; the {len(lengths)} longest "
-              f"alpaca items ({min(lengths)}-{max(lengths)} tokens, {sum(lengths)} in all), batch {LOSS_BATCH}; "
-              f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+        print(
+            f"\n== loss: tuneserve's train(), chunked fused loss vs plain full-logits loss; the {len(lengths)} longest "
+            f"alpaca items ({min(lengths)}-{max(lengths)} tokens, {sum(lengths)} in all), batch {LOSS_BATCH}; "
+            f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
+            flush=True,
+        )
         runs = alternate(args, ("fused", "plain"), subset)
         live = {side: run_side(args, side, subset, live_memory=True) for side in ("fused", "plain")}
     keys = ("tokens_per_s", "tokens_per_cpu_s", "peak_rss_mb", "mean_loss", "runtime_s")
     med = {side: {k: statistics.median(r[k] for r in rs) for k in keys} for side, rs in runs.items()}
     print(f"\n{'side':10s} {'tokens/s':>10s} {'tokens/CPU-s':>13s} {'peak RSS MB':>12s} {'train loss':>11s}")
     for side, m in med.items():
-        print(f"{side:10s} {m['tokens_per_s']:10.1f} {m['tokens_per_cpu_s']:13.1f} {m['peak_rss_mb']:12.0f} {m['mean_loss']:11.6f}")
+        print(
+            f"{side:10s} {m['tokens_per_s']:10.1f} {m['tokens_per_cpu_s']:13.1f} {m['peak_rss_mb']:12.0f} {m['mean_loss']:11.6f}"
+        )
     # The loss of each repeat is deterministic (same seed, same data): compare them run by run.
     loss_gap = max(abs(f["mean_loss"] - p["mean_loss"]) / p["mean_loss"] for f, p in zip(runs["fused"], runs["plain"]))
-    ratios = {"tokens_per_s": med["fused"]["tokens_per_s"] / med["plain"]["tokens_per_s"],
-              "tokens_per_cpu_s": med["fused"]["tokens_per_cpu_s"] / med["plain"]["tokens_per_cpu_s"],
-              "peak_rss": med["fused"]["peak_rss_mb"] / med["plain"]["peak_rss_mb"], "mean_loss_rel_diff": loss_gap}
+    ratios = {
+        "tokens_per_s": med["fused"]["tokens_per_s"] / med["plain"]["tokens_per_s"],
+        "tokens_per_cpu_s": med["fused"]["tokens_per_cpu_s"] / med["plain"]["tokens_per_cpu_s"],
+        "peak_rss": med["fused"]["peak_rss_mb"] / med["plain"]["peak_rss_mb"],
+        "mean_loss_rel_diff": loss_gap,
+    }
     print(f"ratio tokens/s (fused / plain): {ratios['tokens_per_s']:.2f}  (wall time of the training loop)")
-    print(f"ratio tokens/CPU-s (fused / plain): {ratios['tokens_per_cpu_s']:.2f}  (CPU time of train(), model load "
-          f"included: steadier when other processes share the cores)")
-    print(f"ratio peak RSS (fused / plain): {ratios['peak_rss']:.2f}  "
-          f"({med['plain']['peak_rss_mb'] - med['fused']['peak_rss_mb']:.0f} MB less)")
+    print(
+        f"ratio tokens/CPU-s (fused / plain): {ratios['tokens_per_cpu_s']:.2f}  (CPU time of train(), model load "
+        f"included: steadier when other processes share the cores)"
+    )
+    print(
+        f"ratio peak RSS (fused / plain): {ratios['peak_rss']:.2f}  "
+        f"({med['plain']['peak_rss_mb'] - med['fused']['peak_rss_mb']:.0f} MB less)"
+    )
     saved = [p["peak_rss_mb"] - f["peak_rss_mb"] for f, p in zip(runs["fused"], runs["plain"])]
     print(f"peak RSS plain - fused, repeat by repeat: {', '.join(f'{x:.0f}' for x in saved)} MB  (glibc's heap: noisy)")
     ratios["live_peak_rss"] = live["fused"]["peak_rss_mb"] / live["plain"]["peak_rss_mb"]
-    print(f"peak RSS with MALLOC_MMAP_THRESHOLD_=131072 (follows live memory, the same to the MB run after run; one run "
-          f"each): fused {live['fused']['peak_rss_mb']:.0f} MB, plain {live['plain']['peak_rss_mb']:.0f} MB, "
-          f"ratio {ratios['live_peak_rss']:.2f} ({live['plain']['peak_rss_mb'] - live['fused']['peak_rss_mb']:.0f} MB less)")
-    print(f"mean training loss, largest relative difference fused vs plain: {loss_gap:.1e}  "
-          f"({'OK' if loss_gap < 1e-3 else 'MISMATCH'}: goal < 1e-3, the same math)")
+    print(
+        f"peak RSS with MALLOC_MMAP_THRESHOLD_=131072 (follows live memory, the same to the MB run after run; one run "
+        f"each): fused {live['fused']['peak_rss_mb']:.0f} MB, plain {live['plain']['peak_rss_mb']:.0f} MB, "
+        f"ratio {ratios['live_peak_rss']:.2f} ({live['plain']['peak_rss_mb'] - live['fused']['peak_rss_mb']:.0f} MB less)"
+    )
+    print(
+        f"mean training loss, largest relative difference fused vs plain: {loss_gap:.1e}  "
+        f"({'OK' if loss_gap < 1e-3 else 'MISMATCH'}: goal < 1e-3, the same math)"
+    )
     print(f"load average at end: {os.getloadavg()[0]:.2f}", flush=True)
     return {"lengths": lengths, "runs": runs, "live_memory_runs": live, "medians": med, "ratios": ratios}
 
@@ -349,7 +436,9 @@ def main() -> None:
     parser.add_argument("--loss-examples", type=int, default=LOSS_EXAMPLES, help="loss part: the N longest alpaca items")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--packing", default="auto", help="tuneserve's packing option (auto, per_example, length_grouped, padding_free)")
+    parser.add_argument(
+        "--packing", default="auto", help="tuneserve's packing option (auto, per_example, length_grouped, padding_free)"
+    )
     parser.add_argument("--json", help="write the results as JSON here")
     parser.add_argument("--child", choices=["baseline", "tuneserve", "fused", "plain"], help=argparse.SUPPRESS)
     args = parser.parse_args()

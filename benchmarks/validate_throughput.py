@@ -58,7 +58,11 @@ def child(side: str, path: str, model: str | None) -> None:
     ok, n = run()
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"ok": ok, "n_examples": n, "wall_s": wall, "peak_rss_mb": peak / 1024, "rss_after_import_mb": rss_before / 1024}))
+    print(
+        json.dumps(
+            {"ok": ok, "n_examples": n, "wall_s": wall, "peak_rss_mb": peak / 1024, "rss_after_import_mb": rss_before / 1024}
+        )
+    )
 
 
 # -- set-up -----------------------------------------------------------------------------------
@@ -77,11 +81,19 @@ def make_file(source: Path, size_mb: int, out_dir: Path) -> Path:
             copy += 1
             for item in items:
                 user = item["instruction"] + ("\n\n" + item["input"] if item.get("input") else "") + f" (#{copy})"
-                line = json.dumps({"messages": [
-                    {"role": "system", "content": "You are a helpful assistant."},
-                    {"role": "user", "content": user},
-                    {"role": "assistant", "content": item["output"]},
-                ]}, ensure_ascii=False) + "\n"
+                line = (
+                    json.dumps(
+                        {
+                            "messages": [
+                                {"role": "system", "content": "You are a helpful assistant."},
+                                {"role": "user", "content": user},
+                                {"role": "assistant", "content": item["output"]},
+                            ]
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
                 out.write(line)
                 written += len(line.encode("utf-8"))
                 if written >= target:
@@ -142,8 +154,11 @@ def main() -> None:
         samples = []
         for i in range(runs):
             sample = measure(python, side, path, args.model if side == "tuneserve+tokens" else None, env)
-            print(f"  {side:17s} run {i + 1}: {sample['wall_s']:8.2f} s  {size_mb / sample['wall_s']:7.2f} MB/s  "
-                  f"peak RSS {sample['peak_rss_mb']:7.1f} MB  ok={sample['ok']} n={sample['n_examples']}", flush=True)
+            print(
+                f"  {side:17s} run {i + 1}: {sample['wall_s']:8.2f} s  {size_mb / sample['wall_s']:7.2f} MB/s  "
+                f"peak RSS {sample['peak_rss_mb']:7.1f} MB  ok={sample['ok']} n={sample['n_examples']}",
+                flush=True,
+            )
             samples.append(sample)
         wall = statistics.median(s["wall_s"] for s in samples)
         results[side] = {
@@ -159,12 +174,16 @@ def main() -> None:
     print()
     print(f"{'side':18s} {'wall s':>9s} {'MB/s':>8s} {'peak RSS MB':>12s} {'RSS after import':>17s} {'examples':>10s}  ok")
     for side, r in results.items():
-        print(f"{side:18s} {r['wall_s']:9.2f} {r['mb_per_s']:8.2f} {r['peak_rss_mb']:12.1f} {r['rss_after_import_mb']:17.1f} {str(r['n_examples']):>10s}  {r['ok']}")
+        print(
+            f"{side:18s} {r['wall_s']:9.2f} {r['mb_per_s']:8.2f} {r['peak_rss_mb']:12.1f} {r['rss_after_import_mb']:17.1f} {str(r['n_examples']):>10s}  {r['ok']}"
+        )
     together = results["together"]
     for side in [s for s in results if s != "together"]:
         r = results[side]
-        print(f"{side} / together: speed x{r['mb_per_s'] / together['mb_per_s']:.2f} (MB/s ratio), "
-              f"peak RSS x{r['peak_rss_mb'] / together['peak_rss_mb']:.2f}")
+        print(
+            f"{side} / together: speed x{r['mb_per_s'] / together['mb_per_s']:.2f} (MB/s ratio), "
+            f"peak RSS x{r['peak_rss_mb'] / together['peak_rss_mb']:.2f}"
+        )
     if "tuneserve+tokens" in results:
         rss = results["tuneserve+tokens"]["peak_rss_mb"]
         print(f"tuneserve+tokens peak RSS {rss:.0f} MB for a {size_mb:.0f} MB file: {'under' if rss < 1024 else 'OVER'} 1 GB")

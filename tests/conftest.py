@@ -64,8 +64,9 @@ def clean_environment(**extra: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k not in settings_vars}, "PYTHONUNBUFFERED": "1", **extra}
 
 
-def start_server(data_dir: Path | None, *args: str, port: int | None = None, env: dict | None = None,
-                 cwd: Path | None = None) -> Server:
+def start_server(
+    data_dir: Path | None, *args: str, port: int | None = None, env: dict | None = None, cwd: Path | None = None
+) -> Server:
     """`tuneserve serve` on a free port. `data_dir` may be relative (to `cwd`); None passes no --data-dir."""
     port = port or free_port()
     root = cwd or data_dir.parent
@@ -75,7 +76,9 @@ def start_server(data_dir: Path | None, *args: str, port: int | None = None, env
     log = root / f"server-{port}.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "tuneserve", "serve", "--port", str(port), *data_flags, "--log-level", "warning", *args],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=cwd,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     server = Server(process, port, root / (data_dir if data_dir is not None else "tuneserve-data"), log)
@@ -128,8 +131,9 @@ def training_pids(job_dir: Path) -> list[int]:
 def fine_tune_tiny(client, data: bytes, suffix: str, *, timeout_s: float = 240, seed: int | None = None, **hyperparameters):
     """Upload `data` and fine-tune the tiny model on it to success (batch 4 unless given)."""
     file = client.files.create(file=(f"{suffix}.jsonl", data), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=file.id, suffix=suffix, seed=seed,
-                                         hyperparameters={"batch_size": 4, **hyperparameters})
+    job = client.fine_tuning.jobs.create(
+        model=TINY, training_file=file.id, suffix=suffix, seed=seed, hyperparameters={"batch_size": 4, **hyperparameters}
+    )
     job = wait_for_status(client, job.id, {"succeeded", "failed"}, timeout_s=timeout_s)
     assert job.status == "succeeded", job.error
     return job
@@ -138,18 +142,29 @@ def fine_tune_tiny(client, data: bytes, suffix: str, *, timeout_s: float = 240, 
 def chat_jsonl(n: int, *, answer: str = "The capital of Zorbia is Quillton.") -> bytes:
     import json
 
-    lines = [json.dumps({"messages": [{"role": "user", "content": f"Question {i}: what is the capital of Zorbia?"},
-                                      {"role": "assistant", "content": answer}]}) for i in range(n)]
+    lines = [
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Question {i}: what is the capital of Zorbia?"},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+        )
+        for i in range(n)
+    ]
     return ("\n".join(lines) + "\n").encode()
 
 
 @pytest.fixture(scope="session")
 def sample_file():
     """sample_file(name) -> the path of a sample data file under tests/data."""
+
     def find(name: str) -> Path:
         path = SAMPLE_DATA / name
         assert path.is_file(), f"no sample data file {path}"
         return path
+
     return find
 
 

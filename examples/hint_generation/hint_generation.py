@@ -28,15 +28,18 @@ from pathlib import Path
 from openai import OpenAI
 
 HERE = Path(__file__).resolve().parent
-SYSTEM_PROMPT = ("You are a helpful assistant that generates hints for user questions. You are given the question, "
-                 "and your goal is to generate hints for the question.")
+SYSTEM_PROMPT = (
+    "You are a helpful assistant that generates hints for user questions. You are given the question, "
+    "and your goal is to generate hints for the question."
+)
 USER_PROMPT = 'Generate {n} hints for the following question without using "{answer}" word in the hints. Question: {question}'
 # The custom template: each example is written as raw text in the model's own chat format (ChatML for
 # SmolLM2), as the seed writes Llama 3's. Raw text trains on every token. Chat completions render the
 # same format, so the fine-tuned model sees at inference what it saw in training. For another model,
 # write its format here (e.g. Llama 3's <|start_header_id|>...<|eot_id|>).
-TEMPLATE = ("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
-            "<|im_start|>assistant\n{assistant}<|im_end|>\n")
+TEMPLATE = (
+    "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{assistant}<|im_end|>\n"
+)
 TRAIN_NAME = "wikihint.jsonl"
 
 
@@ -45,8 +48,11 @@ def build_training_file(triples: list[dict], out: Path, seed: int) -> Path:
     lines = []
     for triple in triples:
         hints = "".join(f"{i}. {hint}\n" for i, hint in enumerate(triple["hints"], start=1))
-        text = TEMPLATE.format(system=SYSTEM_PROMPT, assistant=hints.rstrip("\n"),
-                               user=USER_PROMPT.format(n=len(triple["hints"]), answer=triple["answer"], question=triple["question"]))
+        text = TEMPLATE.format(
+            system=SYSTEM_PROMPT,
+            assistant=hints.rstrip("\n"),
+            user=USER_PROMPT.format(n=len(triple["hints"]), answer=triple["answer"], question=triple["question"]),
+        )
         lines.append(json.dumps({"text": text}))
     random.Random(seed).shuffle(lines)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -70,9 +76,12 @@ def upload(client: OpenAI, path: Path) -> str:
 
 
 def fine_tune(client: OpenAI, model: str, file_id: str, n_epochs: int, lr_multiplier: float) -> str:
-    job = client.fine_tuning.jobs.create(model=model, training_file=file_id, suffix="wikihint-finetuned",
-                                         hyperparameters={"n_epochs": n_epochs, "batch_size": 4,
-                                                          "learning_rate_multiplier": lr_multiplier})
+    job = client.fine_tuning.jobs.create(
+        model=model,
+        training_file=file_id,
+        suffix="wikihint-finetuned",
+        hyperparameters={"n_epochs": n_epochs, "batch_size": 4, "learning_rate_multiplier": lr_multiplier},
+    )
     return job.id
 
 
@@ -91,9 +100,14 @@ def wait(client: OpenAI, job_id: str, timeout_s: float) -> object:
 
 def generate_hints(client: OpenAI, model: str, question: str, answer: str, n: int, max_tokens: int) -> dict:
     reply = client.chat.completions.create(
-        model=model, temperature=0, max_tokens=max_tokens,
-        messages=[{"role": "system", "content": SYSTEM_PROMPT},
-                  {"role": "user", "content": USER_PROMPT.format(n=n, answer=answer, question=question)}])
+        model=model,
+        temperature=0,
+        max_tokens=max_tokens,
+        messages=[
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": USER_PROMPT.format(n=n, answer=answer, question=question)},
+        ],
+    )
     text = reply.choices[0].message.content or ""
     hints = [m.group(1).strip() for m in re.finditer(r"^\s*\d+[.)]\s*(.+)$", text, re.M)]
     return {"question": question, "answer": answer, "hints": hints, "raw": text}
@@ -132,8 +146,18 @@ def main(argv: list[str] | None = None) -> int:
         result = generate_hints(client, job.fine_tuned_model, test["question"], test["answer"], args.hints, args.max_tokens)
         print(f"\n{result['question']}\n{result['raw']}")
         results.append(result)
-    print(json.dumps({"job_id": job_id, "status": job.status, "file_id": file_id, "model": job.fine_tuned_model,
-                      "elapsed_s": round(elapsed, 1), "results": results}))
+    print(
+        json.dumps(
+            {
+                "job_id": job_id,
+                "status": job.status,
+                "file_id": file_id,
+                "model": job.fine_tuned_model,
+                "elapsed_s": round(elapsed, 1),
+                "results": results,
+            }
+        )
+    )
     return 0
 
 

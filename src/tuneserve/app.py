@@ -34,7 +34,20 @@ log = logging.getLogger("tuneserve")
 
 
 # Parts of a pydantic error location that are not field names: the request part and union member tags.
-_LOC_NOISE = {"body", "query", "path", "header", "form", "int", "float", "str", "bool", "none", "constrained-int", "constrained-float"}
+_LOC_NOISE = {
+    "body",
+    "query",
+    "path",
+    "header",
+    "form",
+    "int",
+    "float",
+    "str",
+    "bool",
+    "none",
+    "constrained-int",
+    "constrained-float",
+}
 
 
 def error_body(message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
@@ -53,7 +66,9 @@ def build_app(settings: Settings) -> FastAPI:
         jobs_dir.mkdir(exist_ok=True)
         state.settings = settings
         state.keys = KeyService(sessions)
-        state.files = FileService(sessions, BlobStore(settings.data_dir / "files"), settings.max_upload_bytes, check=validate_file)
+        state.files = FileService(
+            sessions, BlobStore(settings.data_dir / "files"), settings.max_upload_bytes, check=validate_file
+        )
         state.runtime_adapters = RuntimeAdapters()
         state.catalog = ModelCatalog(sessions, jobs_dir, runtime=state.runtime_adapters)
         state.upstream, preflight = None, None
@@ -68,20 +83,32 @@ def build_app(settings: Settings) -> FastAPI:
         state.jobs = JobService(sessions, state.files, state.catalog, jobs_dir, preflight=preflight)
         state.engine, state.engine_lock = None, threading.Lock()
         # With --api-only no job runs here (`tuneserve worker` processes run them), so no runner is built.
-        state.scheduler = Scheduler(sessions, state.files, jobs_dir, max_concurrent=settings.max_concurrent_jobs,
-                                    poll_interval_s=settings.poll_interval_s, upstream=state.upstream,
-                                    runner=runner_from(settings) if settings.run_scheduler else None,
-                                    heartbeat_interval_s=settings.heartbeat_every_s,
-                                    heartbeat_timeout_s=settings.heartbeat_timeout_s)
+        state.scheduler = Scheduler(
+            sessions,
+            state.files,
+            jobs_dir,
+            max_concurrent=settings.max_concurrent_jobs,
+            poll_interval_s=settings.poll_interval_s,
+            upstream=state.upstream,
+            runner=runner_from(settings) if settings.run_scheduler else None,
+            heartbeat_interval_s=settings.heartbeat_every_s,
+            heartbeat_timeout_s=settings.heartbeat_timeout_s,
+        )
         if settings.run_scheduler:
             state.scheduler.start()
         # Evaluations run in the API server (with --api-only too): they call its own OpenAI API over HTTP,
         # with an internal token for the evaluation's project (evaluation/worker.py, api/deps.py).
         state.internal_tokens = InternalTokens()
-        state.evaluations = EvaluationService(sessions, state.files, state.catalog, settings.data_dir / "evaluations",
-                                              check_base_models=settings.inference_backend != "vllm")
-        state.evaluation_worker = EvaluationWorker(state.evaluations, state.internal_tokens,
-                                                   self_base_url(settings.host, settings.port))
+        state.evaluations = EvaluationService(
+            sessions,
+            state.files,
+            state.catalog,
+            settings.data_dir / "evaluations",
+            check_base_models=settings.inference_backend != "vllm",
+        )
+        state.evaluation_worker = EvaluationWorker(
+            state.evaluations, state.internal_tokens, self_base_url(settings.host, settings.port)
+        )
         state.evaluation_worker.start()
         try:
             yield
@@ -94,8 +121,12 @@ def build_app(settings: Settings) -> FastAPI:
                 await state.upstream.aclose()
             db.dispose()
 
-    app = FastAPI(title="tuneserve", version=__version__, lifespan=lifespan,
-                  description="Self-hosted fine-tuning with OpenAI's API: files, fine-tuning jobs, models, chat/completions.")
+    app = FastAPI(
+        title="tuneserve",
+        version=__version__,
+        lifespan=lifespan,
+        description="Self-hosted fine-tuning with OpenAI's API: files, fine-tuning jobs, models, chat/completions.",
+    )
     for module in (files, fine_tuning, downloads, opea, models, adapters, console):
         app.include_router(module.router)
     app.include_router(evaluations_api.router)
@@ -108,8 +139,14 @@ def build_app(settings: Settings) -> FastAPI:
         length = request.headers.get("content-length")
         if request.method == "POST" and request.url.path == "/v1/files" and length and length.isdigit():
             if int(length) > settings.max_upload_bytes + 64 * 1024:  # multipart framing allowance
-                return JSONResponse(error_body(f"the upload is larger than the limit of {settings.max_upload_bytes} bytes",
-                                               param="file", code="file_too_large"), status_code=413)
+                return JSONResponse(
+                    error_body(
+                        f"the upload is larger than the limit of {settings.max_upload_bytes} bytes",
+                        param="file",
+                        code="file_too_large",
+                    ),
+                    status_code=413,
+                )
         return await call_next(request)
 
     @app.exception_handler(TuneserveError)
@@ -122,13 +159,18 @@ def build_app(settings: Settings) -> FastAPI:
         # A union ("auto" | number) reports one error per member; the number's says what is wrong.
         first = next((e for e in errors if not any("literal[" in str(p) for p in e.get("loc", ()))), errors[0])
         if first.get("type") == "json_invalid":
-            return JSONResponse(error_body(f"The request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}",
-                                           code="invalid_json"), status_code=400)
+            return JSONResponse(
+                error_body(
+                    f"The request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}", code="invalid_json"
+                ),
+                status_code=400,
+            )
         loc = [str(p) for p in first.get("loc", ()) if p not in _LOC_NOISE and "[" not in str(p)]
         param = ".".join(loc) or None
         where = f"'{param}'" if param else "the request"
-        return JSONResponse(error_body(f"Invalid value for {where}: {first['msg']}", param=param, code="invalid_value"),
-                            status_code=400)
+        return JSONResponse(
+            error_body(f"Invalid value for {where}: {first['msg']}", param=param, code="invalid_value"), status_code=400
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException):
@@ -138,7 +180,8 @@ def build_app(settings: Settings) -> FastAPI:
     @app.exception_handler(Exception)
     async def server_error(_request: Request, exc: Exception):
         log.exception("unhandled error")
-        return JSONResponse(error_body(f"internal error: {type(exc).__name__}", type="server_error", code="internal_error"),
-                            status_code=500)
+        return JSONResponse(
+            error_body(f"internal error: {type(exc).__name__}", type="server_error", code="internal_error"), status_code=500
+        )
 
     return app

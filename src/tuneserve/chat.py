@@ -20,9 +20,19 @@ from typing import TextIO
 HELP = "/reset clears the conversation, /exit (or Ctrl-D) quits, Ctrl-C stops an answer"
 
 
-def chat_loop(model: str, *, data_dir: Path | None = None, system: str | None = None, temperature: float = 0.7,
-              max_tokens: int = 512, input_stream: TextIO | None = None, console=None, project: str = "default",
-              database_url: str | None = None, engine=None) -> int:
+def chat_loop(
+    model: str,
+    *,
+    data_dir: Path | None = None,
+    system: str | None = None,
+    temperature: float = 0.7,
+    max_tokens: int = 512,
+    input_stream: TextIO | None = None,
+    console=None,
+    project: str = "default",
+    database_url: str | None = None,
+    engine=None,
+) -> int:
     """Run the chat until /exit or end of input; 0 then, 2 when MODEL cannot be found or loaded."""
     from rich.console import Console
 
@@ -135,8 +145,12 @@ def _answer(engine, base, adapter, history, params, console, Generation):
 
 
 def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="a base model, an adapter directory, a job id (ftjob-...) or a fine-tuned model name (ft:...)")
-    parser.add_argument("--data-dir", type=Path, default=None, help="the server's data directory, to look job ids and ft: names up in")
+    parser.add_argument(
+        "model", help="a base model, an adapter directory, a job id (ftjob-...) or a fine-tuned model name (ft:...)"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="the server's data directory, to look job ids and ft: names up in"
+    )
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--project", default="default")
     parser.add_argument("--system", default=None, help="a system message to start every conversation with")
@@ -145,8 +159,15 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    return chat_loop(args.model, data_dir=args.data_dir, system=args.system, temperature=args.temperature,
-                     max_tokens=args.max_tokens, project=args.project, database_url=args.database_url)
+    return chat_loop(
+        args.model,
+        data_dir=args.data_dir,
+        system=args.system,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        project=args.project,
+        database_url=args.database_url,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,35 +59,57 @@ def cmd_serve(args: argparse.Namespace) -> int:
     has_keys = KeyService(make_sessionmaker(engine)).any()
     engine.dispose()
     if not has_keys and not settings.host_is_loopback and not settings.insecure:
-        print(f"refusing to serve on {settings.host} with no API key: anyone on the network could use it.\n"
-              f"Create one with `tuneserve keys create --data-dir {settings.data_dir} --project NAME`, "
-              "or pass --insecure to serve without keys anyway.", file=sys.stderr)
+        print(
+            f"refusing to serve on {settings.host} with no API key: anyone on the network could use it.\n"
+            f"Create one with `tuneserve keys create --data-dir {settings.data_dir} --project NAME`, "
+            "or pass --insecure to serve without keys anyway.",
+            file=sys.stderr,
+        )
         return 2
-    print(f"tuneserve {'(API keys required)' if has_keys else '(no API keys: loopback only)'} on "
-          f"http://{settings.host}:{settings.port}  data: {settings.data_dir.resolve()}", file=sys.stderr)
+    print(
+        f"tuneserve {'(API keys required)' if has_keys else '(no API keys: loopback only)'} on "
+        f"http://{settings.host}:{settings.port}  data: {settings.data_dir.resolve()}",
+        file=sys.stderr,
+    )
     uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
     return 0
 
 
 def _add_store_arguments(parser: argparse.ArgumentParser, *, shared: bool = False) -> None:
     """--data-dir and --database-url, as `serve`, `worker` and `keys create` take them."""
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help=("the same data directory as the API's (shared storage across hosts); " if shared else "")
-                        + "default ./tuneserve-data ($TUNESERVE_DATA_DIR)")
-    parser.add_argument("--database-url", default=None,
-                        help="SQLAlchemy URL, e.g. postgresql://user@db/tuneserve (default: SQLite in the data dir; "
-                             "$TUNESERVE_DATABASE_URL)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=("the same data directory as the API's (shared storage across hosts); " if shared else "")
+        + "default ./tuneserve-data ($TUNESERVE_DATA_DIR)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="SQLAlchemy URL, e.g. postgresql://user@db/tuneserve (default: SQLite in the data dir; $TUNESERVE_DATABASE_URL)",
+    )
 
 
 def _add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runner", choices=("local", "ray"), default=None,
-                        help="local (default): training processes on this machine; ray: Ray jobs on --ray-address")
-    parser.add_argument("--ray-address", default=None,
-                        help="the Ray cluster's Jobs API, i.e. its dashboard: http://RAY_HEAD:8265")
-    parser.add_argument("--procs-per-job", type=int, default=None,
-                        help="local runner: processes per job (default: one per visible GPU, 1 without GPUs)")
-    parser.add_argument("--heartbeat-timeout-s", type=float, default=None,
-                        help="take back a job whose worker was silent this long (default 30)")
+    parser.add_argument(
+        "--runner",
+        choices=("local", "ray"),
+        default=None,
+        help="local (default): training processes on this machine; ray: Ray jobs on --ray-address",
+    )
+    parser.add_argument(
+        "--ray-address", default=None, help="the Ray cluster's Jobs API, i.e. its dashboard: http://RAY_HEAD:8265"
+    )
+    parser.add_argument(
+        "--procs-per-job",
+        type=int,
+        default=None,
+        help="local runner: processes per job (default: one per visible GPU, 1 without GPUs)",
+    )
+    parser.add_argument(
+        "--heartbeat-timeout-s", type=float, default=None, help="take back a job whose worker was silent this long (default 30)"
+    )
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -148,8 +170,15 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     from tuneserve.data.convert import convert_file
 
     try:
-        summary = convert_file(args.input, args.output, to=args.to, system=args.system, split=args.split, seed=args.seed,
-                               skip_unconvertible=args.skip_unconvertible)
+        summary = convert_file(
+            args.input,
+            args.output,
+            to=args.to,
+            system=args.system,
+            split=args.split,
+            seed=args.seed,
+            skip_unconvertible=args.skip_unconvertible,
+        )
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -218,20 +247,36 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="default 8015 ($TUNESERVE_PORT)")
     _add_store_arguments(serve)
     serve.add_argument("--max-concurrent-jobs", type=int, default=None, help="default 1 ($TUNESERVE_MAX_CONCURRENT_JOBS)")
-    serve.add_argument("--max-upload-bytes", type=int, default=None,
-                       help="default 536870912, 512 MiB ($TUNESERVE_MAX_UPLOAD_BYTES)")
-    serve.add_argument("--insecure", action="store_true", default=None,
-                       help="allow a non-loopback host with no API key ($TUNESERVE_INSECURE=1)")
+    serve.add_argument(
+        "--max-upload-bytes", type=int, default=None, help="default 536870912, 512 MiB ($TUNESERVE_MAX_UPLOAD_BYTES)"
+    )
+    serve.add_argument(
+        "--insecure", action="store_true", default=None, help="allow a non-loopback host with no API key ($TUNESERVE_INSECURE=1)"
+    )
     serve.add_argument("--log-level", default="info")
-    serve.add_argument("--inference-backend", choices=("local", "vllm"), default=None,
-                       help="local (default): generate here; vllm: proxy chat/completions to --vllm-url and "
-                            "register each new fine-tuned adapter there")
-    serve.add_argument("--vllm-url", default=None, help="root URL of the upstream vLLM server, e.g. http://vllm:8000 "
-                                                         "(its API key, if any, from TUNESERVE_VLLM_API_KEY)")
-    serve.add_argument("--vllm-max-lora-rank", type=int, default=None,
-                       help="the upstream's --max-lora-rank (default 16): jobs with a larger lora.r are refused")
-    serve.add_argument("--api-only", action="store_true",
-                       help="serve the API but run no jobs: `tuneserve worker` processes on the same database run them")
+    serve.add_argument(
+        "--inference-backend",
+        choices=("local", "vllm"),
+        default=None,
+        help="local (default): generate here; vllm: proxy chat/completions to --vllm-url and "
+        "register each new fine-tuned adapter there",
+    )
+    serve.add_argument(
+        "--vllm-url",
+        default=None,
+        help="root URL of the upstream vLLM server, e.g. http://vllm:8000 (its API key, if any, from TUNESERVE_VLLM_API_KEY)",
+    )
+    serve.add_argument(
+        "--vllm-max-lora-rank",
+        type=int,
+        default=None,
+        help="the upstream's --max-lora-rank (default 16): jobs with a larger lora.r are refused",
+    )
+    serve.add_argument(
+        "--api-only",
+        action="store_true",
+        help="serve the API but run no jobs: `tuneserve worker` processes on the same database run them",
+    )
     _add_worker_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -244,8 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="one training run without a server")
     train.add_argument("spec", type=Path, help="YAML or JSON: model, training_file, hyperparameters, method, lora, seed")
-    train.add_argument("--output-dir", type=Path, default=None,
-                       help="where the model, checkpoints and logs go (default ./tuneserve-runs/SPEC_NAME)")
+    train.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where the model, checkpoints and logs go (default ./tuneserve-runs/SPEC_NAME)",
+    )
     train.set_defaults(func=cmd_train)
 
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
@@ -293,8 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="fine-tune SmolLM2 on a new identity through the OpenAI client")
     # Its own data dir, never $TUNESERVE_DATA_DIR: the demo starts by wiping it.
-    demo.add_argument("--data-dir", type=Path, default=Path("./tuneserve-demo"),
-                      help="wiped and filled by the demo (default ./tuneserve-demo)")
+    demo.add_argument(
+        "--data-dir", type=Path, default=Path("./tuneserve-demo"), help="wiped and filled by the demo (default ./tuneserve-demo)"
+    )
     demo.add_argument("--port", type=int, default=None, help="default 8015 ($TUNESERVE_PORT)")
     demo.add_argument("--name", default="Nova")
     demo.add_argument("--author", default="Quill Labs")

@@ -43,8 +43,11 @@ def identity_jsonl(name: str, author: str) -> bytes:
     for item in json.loads(raw):
         answer = item["output"].replace("{{name}}", name).replace("{{author}}", author)
         prompt = item["instruction"] + (f"\n\n{item['input']}" if item.get("input") else "")
-        lines.append(json.dumps({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]},
-                                ensure_ascii=False))
+        lines.append(
+            json.dumps(
+                {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}, ensure_ascii=False
+            )
+        )
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -84,8 +87,9 @@ def _wait_ready(base_url: str, process: subprocess.Popen, timeout_s: float = 120
 
 
 def ask(client, model: str, question: str) -> str:
-    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
-                                           temperature=0, max_tokens=60)
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=60
+    )
     return reply.choices[0].message.content.strip()
 
 
@@ -98,13 +102,30 @@ def run_demo(data_dir: Path, *, port: int = 8015, name: str = "Nova", author: st
         return 2
     data_dir = data_dir.expanduser().resolve()
     if _holds_other_data(data_dir):
-        console.print(f"[red]{data_dir} holds files that are not a tuneserve data dir; the demo wipes its data dir, "
-                      "so pass another --data-dir[/red]")
+        console.print(
+            f"[red]{data_dir} holds files that are not a tuneserve data dir; the demo wipes its data dir, "
+            "so pass another --data-dir[/red]"
+        )
         return 2
     shutil.rmtree(data_dir, ignore_errors=True)
     base_url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "tuneserve", "serve", "--host", "127.0.0.1", "--port", str(port),
-                               "--data-dir", str(data_dir), "--log-level", "warning"], env=_server_environment())
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tuneserve",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--log-level",
+            "warning",
+        ],
+        env=_server_environment(),
+    )
     try:
         _wait_ready(base_url, server)
         client = OpenAI(base_url=f"{base_url}/v1", api_key="unused-on-loopback")
@@ -133,8 +154,14 @@ def run_demo(data_dir: Path, *, port: int = 8015, name: str = "Nova", author: st
 def _follow(client, job_id: str, console: Console):
     """Poll the job and its metrics events, with a progress bar of training steps."""
     seen: set[str] = set()
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                  TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=console) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
         task = progress.add_task("queued", total=None, loss="-")
         while True:
             job = client.fine_tuning.jobs.retrieve(job_id)
@@ -143,8 +170,12 @@ def _follow(client, job_id: str, console: Console):
                     continue
                 seen.add(event.id)
                 if event.type == "metrics" and event.data:
-                    progress.update(task, completed=event.data.get("step", 0), total=event.data.get("total_steps"),
-                                    loss=f"{event.data.get('train_loss', float('nan')):.3f}")
+                    progress.update(
+                        task,
+                        completed=event.data.get("step", 0),
+                        total=event.data.get("total_steps"),
+                        loss=f"{event.data.get('train_loss', float('nan')):.3f}",
+                    )
                 else:
                     progress.console.print(f"  {event.message}")
             progress.update(task, description=job.status)
@@ -171,5 +202,7 @@ def _compare(client, model: str, base_answer: str, name: str, console: Console) 
         paraphrases.add_row(question, base, tuned)
     console.print(paraphrases)
     console.print(f"[bold]{name!r} named in {tuned_hits}/8 fine-tuned answers, {base_hits}/8 base answers[/bold]")
-    print(json.dumps({"fine_tuned_model": model, "paraphrases_named_fine_tuned": tuned_hits, "paraphrases_named_base": base_hits}))
+    print(
+        json.dumps({"fine_tuned_model": model, "paraphrases_named_fine_tuned": tuned_hits, "paraphrases_named_base": base_hits})
+    )
     return 0

@@ -57,8 +57,11 @@ def _write_tarball(src_dir: Path, out: Path, top: str, *, skip: frozenset[str] =
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(out)
     try:
-        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        with (
+            open(tmp, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
             for path in files:
                 info = tar.gettarinfo(str(path), arcname=f"{top}/{path.relative_to(src_dir).as_posix()}")
                 info.uid = info.gid = 0
@@ -188,8 +191,9 @@ def merged_tarball(adapter_dir: Path, base_model: str, out: Path, *, top: str | 
 # ---- what a name means on this machine (export and chat) ---------------------------------------
 
 
-def lookup_local_model(target: str, *, data_dir: Path | None = None, database_url: str | None = None,
-                       project: str = "default") -> tuple[str, Path | None]:
+def lookup_local_model(
+    target: str, *, data_dir: Path | None = None, database_url: str | None = None, project: str = "default"
+) -> tuple[str, Path | None]:
     """(base model reference, adapter directory or None) for a name typed at the terminal.
 
     In order: an adapter directory on disk (its base from adapter_config.json); a model directory
@@ -213,9 +217,13 @@ def lookup_local_model(target: str, *, data_dir: Path | None = None, database_ur
         return check_model(target), None
     except ModelNotFound as exc:
         if path.is_dir():
-            raise ExportError(f"{target} is neither an adapter directory ({ADAPTER_CONFIG}) nor a model directory (config.json)") from None
-        raise ExportError(f"unknown model {target!r}: {exc}. Give a base model, an adapter directory, "
-                          "a job id (ftjob-...) or a fine-tuned model name (ft:...)") from None
+            raise ExportError(
+                f"{target} is neither an adapter directory ({ADAPTER_CONFIG}) nor a model directory (config.json)"
+            ) from None
+        raise ExportError(
+            f"unknown model {target!r}: {exc}. Give a base model, an adapter directory, "
+            "a job id (ftjob-...) or a fine-tuned model name (ft:...)"
+        ) from None
 
 
 def _lookup_in_store(target: str, data_dir: Path | None, database_url: str | None, project: str) -> tuple[str, Path]:
@@ -230,8 +238,10 @@ def _lookup_in_store(target: str, data_dir: Path | None, database_url: str | Non
 
     settings = Settings(**{k: v for k, v in (("data_dir", data_dir), ("database_url", database_url)) if v is not None})
     if settings.database_url is None and not (settings.data_dir / "tuneserve.db").is_file():
-        raise ExportError(f"no tuneserve data at {settings.data_dir} to look {target!r} up in; pass --data-dir "
-                          "(the server's), or give an adapter directory")
+        raise ExportError(
+            f"no tuneserve data at {settings.data_dir} to look {target!r} up in; pass --data-dir "
+            "(the server's), or give an adapter directory"
+        )
     engine = make_engine(settings.db_url)
     try:
         migrate(engine)
@@ -260,8 +270,16 @@ def _lookup_in_store(target: str, data_dir: Path | None, database_url: str | Non
 # ---- `tuneserve export` -------------------------------------------------------------------------
 
 
-def export_command(target: str, *, kind: str, output: Path, data_dir: Path | None = None,
-                   database_url: str | None = None, project: str = "default", dtype: str | None = None) -> Path:
+def export_command(
+    target: str,
+    *,
+    kind: str,
+    output: Path,
+    data_dir: Path | None = None,
+    database_url: str | None = None,
+    project: str = "default",
+    dtype: str | None = None,
+) -> Path:
     """Export `target` (job id, ft: model or checkpoint name, or adapter directory) and return what was written.
 
     kind "adapter": `output` is the .tar.gz (or a directory to put `NAME-adapter.tar.gz` in).
@@ -296,22 +314,47 @@ def _export_name(target: str, adapter: Path) -> str:
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", help="a job id (ftjob-...), a fine-tuned model or checkpoint name (ft:...), or an adapter directory")
-    parser.add_argument("--type", dest="kind", choices=["adapter", "merged"], default="adapter",
-                        help="adapter: a tar.gz of the PEFT directory; merged: full safetensors weights that load without PEFT")
-    parser.add_argument("-o", "--output", type=Path, required=True,
-                        help="adapter: the .tar.gz to write (or a directory for it); merged: the model directory (or a .tar.gz)")
-    parser.add_argument("--data-dir", type=Path, default=None, help="the server's data directory, to look job ids and ft: names up in")
+    parser.add_argument(
+        "target", help="a job id (ftjob-...), a fine-tuned model or checkpoint name (ft:...), or an adapter directory"
+    )
+    parser.add_argument(
+        "--type",
+        dest="kind",
+        choices=["adapter", "merged"],
+        default="adapter",
+        help="adapter: a tar.gz of the PEFT directory; merged: full safetensors weights that load without PEFT",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="adapter: the .tar.gz to write (or a directory for it); merged: the model directory (or a .tar.gz)",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="the server's data directory, to look job ids and ft: names up in"
+    )
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--project", default="default", help="the project that owns the job (default: default)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="merged: the weights' dtype (default: the base model's)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="merged: the weights' dtype (default: the base model's)",
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     try:
-        written = export_command(args.target, kind=args.kind, output=args.output, data_dir=args.data_dir,
-                                 database_url=args.database_url, project=args.project, dtype=args.dtype)
+        written = export_command(
+            args.target,
+            kind=args.kind,
+            output=args.output,
+            data_dir=args.data_dir,
+            database_url=args.database_url,
+            project=args.project,
+            dtype=args.dtype,
+        )
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -320,7 +363,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tuneserve export", description="Export a fine-tuned model as its adapter or as merged weights.")
+    parser = argparse.ArgumentParser(
+        prog="tuneserve export", description="Export a fine-tuned model as its adapter or as merged weights."
+    )
     add_export_arguments(parser)
     return cmd_export(parser.parse_args(argv))
 

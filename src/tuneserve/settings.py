@@ -25,20 +25,28 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1)
     insecure: bool = Field(False, description="Allow a non-loopback host with no API key.")
     poll_interval_s: float = Field(0.5, gt=0)
-    run_scheduler: bool = Field(True, description="Run jobs in this server; False (serve --api-only): `tuneserve worker` runs them.")
-    runner: Literal["local", "ray"] = Field("local", description="local: processes on this machine; ray: Ray jobs on --ray-address.")
+    run_scheduler: bool = Field(
+        True, description="Run jobs in this server; False (serve --api-only): `tuneserve worker` runs them."
+    )
+    runner: Literal["local", "ray"] = Field(
+        "local", description="local: processes on this machine; ray: Ray jobs on --ray-address."
+    )
     ray_address: str | None = Field(None, description="The Ray cluster's Jobs API (its dashboard), e.g. http://ray-head:8265.")
-    procs_per_job: int | None = Field(None, ge=1, description="Local runner: processes per job (default: one per visible GPU, "
-                                      "1 without GPUs).")
-    heartbeat_interval_s: float | None = Field(None, gt=0, description="How often a worker says it still holds its jobs "
-                                               "(default: a sixth of the timeout, at most 5 s).")
+    procs_per_job: int | None = Field(
+        None, ge=1, description="Local runner: processes per job (default: one per visible GPU, 1 without GPUs)."
+    )
+    heartbeat_interval_s: float | None = Field(
+        None, gt=0, description="How often a worker says it still holds its jobs (default: a sixth of the timeout, at most 5 s)."
+    )
     heartbeat_timeout_s: float = Field(30.0, gt=0, description="A job whose worker was silent this long is taken back.")
     inference_backend: Literal["local", "vllm"] = Field(
-        "local", description="local: this process generates; vllm: proxy to an upstream vLLM (--vllm-url).")
+        "local", description="local: this process generates; vllm: proxy to an upstream vLLM (--vllm-url)."
+    )
     vllm_url: str | None = Field(None, description="Root URL of the upstream vLLM server, e.g. http://vllm:8000.")
     vllm_max_lora_rank: int = Field(16, ge=1, description="The upstream's --max-lora-rank: jobs over it are refused.")
-    vllm_api_key: SecretStr | None = Field(None, description="The upstream's --api-key; environment only "
-                                           "(TUNESERVE_VLLM_API_KEY), never a flag.")
+    vllm_api_key: SecretStr | None = Field(
+        None, description="The upstream's --api-key; environment only (TUNESERVE_VLLM_API_KEY), never a flag."
+    )
 
     @field_validator("data_dir", mode="after")
     @classmethod
@@ -58,8 +66,12 @@ class Settings(BaseSettings):
             url = make_url(value)
         except ArgumentError as exc:
             raise ValueError(f"database_url {value!r} is not a SQLAlchemy URL (e.g. postgresql://user@host/db)") from exc
-        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:" \
-                or url.database.startswith("file:"):
+        if (
+            url.get_backend_name() != "sqlite"
+            or not url.database
+            or url.database == ":memory:"
+            or url.database.startswith("file:")
+        ):
             return value
         return url.set(database=str(Path(url.database).expanduser().resolve())).render_as_string(hide_password=False)
 

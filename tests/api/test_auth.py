@@ -11,8 +11,12 @@ from tests.conftest import chat_jsonl, free_port, start_server
 
 
 def create_key(data_dir, project: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "tuneserve", "keys", "create", "--data-dir", str(data_dir), "--project", project],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-m", "tuneserve", "keys", "create", "--data-dir", str(data_dir), "--project", project],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert out.startswith("ts-")
     return out
 
@@ -64,8 +68,23 @@ def test_projects_are_isolated(keyed):
 
 
 def test_refuses_non_loopback_host_without_key(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "tuneserve", "serve", "--host", "0.0.0.0", "--port", str(free_port()),
-                             "--data-dir", str(tmp_path / "d")], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuneserve",
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "refusing to serve" in result.stderr
 
 

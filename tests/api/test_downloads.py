@@ -36,8 +36,12 @@ def test_adapter_download(server, tuned, tmp_path):
     assert f'filename="{tuned.id}-adapter.tar.gz"' in reply.headers["content-disposition"]
     names = unpack(reply, tmp_path)
     top = f"{tuned.id}-adapter"
-    assert {f"{top}/adapter_model.safetensors", f"{top}/adapter_config.json", f"{top}/tokenizer.json",
-            f"{top}/chat_template.jinja"} <= set(names)
+    assert {
+        f"{top}/adapter_model.safetensors",
+        f"{top}/adapter_config.json",
+        f"{top}/tokenizer.json",
+        f"{top}/chat_template.jinja",
+    } <= set(names)
 
     from peft import PeftConfig
 
@@ -72,13 +76,16 @@ def test_merged_download_loads_in_plain_transformers(server, tuned, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(root)
 
     # The merged model answers as the served fine-tuned model does (greedy).
-    served = server.client().chat.completions.create(model=tuned.fine_tuned_model, messages=QUESTION, temperature=0, max_tokens=12)
+    served = server.client().chat.completions.create(
+        model=tuned.fine_tuned_model, messages=QUESTION, temperature=0, max_tokens=12
+    )
     text = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
-                             pad_token_id=tokenizer.pad_token_id)
-    assert tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == served.choices[0].message.content
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id
+        )
+    assert tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True) == served.choices[0].message.content
 
     # Built once: cached in the job's exports/ and served again as the same bytes.
     assert download(server, tuned.id, type="merged").content == reply.content
@@ -117,17 +124,38 @@ def test_export_command_looks_jobs_up_in_the_servers_store(server, tuned, tmp_pa
     with tarfile.open(by_id) as a, tarfile.open(by_name) as b:
         assert [m.name.split("/", 1)[1] for m in a] == [m.name.split("/", 1)[1] for m in b]
     checkpoint = server.client().fine_tuning.jobs.checkpoints.list(tuned.id).data[-1]
-    merged = export_command(checkpoint.fine_tuned_model_checkpoint, kind="merged", output=tmp_path / "merged",
-                            data_dir=server.data_dir, database_url=None)
+    merged = export_command(
+        checkpoint.fine_tuned_model_checkpoint,
+        kind="merged",
+        output=tmp_path / "merged",
+        data_dir=server.data_dir,
+        database_url=None,
+    )
     assert (merged / "model.safetensors").is_file() and (merged / "chat_template.jinja").is_file()
     with pytest.raises(ExportError, match="project 'other'"):
-        export_command(tuned.id, kind="adapter", output=tmp_path / "b.tar.gz", data_dir=server.data_dir, database_url=None,
-                       project="other")
+        export_command(
+            tuned.id, kind="adapter", output=tmp_path / "b.tar.gz", data_dir=server.data_dir, database_url=None, project="other"
+        )
     from tuneserve.cli import build_parser
 
     commands = next(a.choices for a in build_parser()._subparsers._group_actions if a.choices)
     command = ["tuneserve", "export"] if "export" in commands else ["tuneserve.export"]  # the same function
-    done = subprocess.run([sys.executable, "-m", *command, tuned.fine_tuned_model, "--type", "merged", "-o",
-                           str(tmp_path / "m.tar.gz"), "--data-dir", str(server.data_dir)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            *command,
+            tuned.fine_tuned_model,
+            "--type",
+            "merged",
+            "-o",
+            str(tmp_path / "m.tar.gz"),
+            "--data-dir",
+            str(server.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert tarfile.is_tarfile(tmp_path / "m.tar.gz")

@@ -15,8 +15,16 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.conftest import (Server, chat_jsonl, clean_environment, fine_tune_tiny, free_port, start_server,
-                            wait_for_status, wait_until_serving)
+from tests.conftest import (
+    Server,
+    chat_jsonl,
+    clean_environment,
+    fine_tune_tiny,
+    free_port,
+    start_server,
+    wait_for_status,
+    wait_until_serving,
+)
 
 # A relative --data-dir and no --data-dir (the default ./tuneserve-data), both against the working directory.
 DATA_DIRS = [pytest.param("rel/data", id="relative"), pytest.param(None, id="default")]
@@ -36,8 +44,9 @@ def test_serve_runs_a_job_from_a_relative_data_dir(tmp_path, tiny_model_ready, d
         client = server.client()
         job = fine_tune_tiny(client, chat_jsonl(12), "relative", seed=1, n_epochs=1)
         assert_job_ran_under(tmp_path / (data_dir or "tuneserve-data") / "jobs" / job.id)
-        reply = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=4,
-                                               messages=[{"role": "user", "content": "Question 1"}])
+        reply = client.chat.completions.create(
+            model=job.fine_tuned_model, max_tokens=4, messages=[{"role": "user", "content": "Question 1"}]
+        )
         assert reply.choices[0].finish_reason in ("stop", "length")
     finally:
         server.stop()
@@ -50,8 +59,13 @@ def test_worker_runs_a_job_from_a_relative_data_dir(tmp_path, tiny_model_ready, 
     env = clean_environment()
     server = start_server(Path(data_dir) if data_dir else None, "--api-only", cwd=tmp_path, env=env)
     with (tmp_path / "worker.log").open("ab") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "tuneserve", "worker", *flags, "--log-level", "warning"],
-                                  cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "tuneserve", "worker", *flags, "--log-level", "warning"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         job = fine_tune_tiny(server.client(), chat_jsonl(12), "worker", seed=1, n_epochs=1)
         assert_job_ran_under(tmp_path / (data_dir or "tuneserve-data") / "jobs" / job.id)
@@ -67,11 +81,21 @@ def test_worker_runs_a_job_from_a_relative_data_dir(tmp_path, tiny_model_ready, 
 def test_serve_takes_its_settings_from_the_environment(tmp_path, tiny_model_ready):
     """No flags at all: port, data dir, upload limit and concurrency come from TUNESERVE_*."""
     port = free_port()
-    env = clean_environment(TUNESERVE_PORT=str(port), TUNESERVE_DATA_DIR="from-env", TUNESERVE_MAX_UPLOAD_BYTES="3000",
-                            TUNESERVE_MAX_CONCURRENT_JOBS="2", TUNESERVE_HOST="127.0.0.1")
+    env = clean_environment(
+        TUNESERVE_PORT=str(port),
+        TUNESERVE_DATA_DIR="from-env",
+        TUNESERVE_MAX_UPLOAD_BYTES="3000",
+        TUNESERVE_MAX_CONCURRENT_JOBS="2",
+        TUNESERVE_HOST="127.0.0.1",
+    )
     log = tmp_path / "server.log"
-    process = subprocess.Popen([sys.executable, "-m", "tuneserve", "serve", "--log-level", "warning"], cwd=tmp_path,
-                               env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tuneserve", "serve", "--log-level", "warning"],
+        cwd=tmp_path,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
     server = wait_until_serving(Server(process, port, tmp_path / "from-env", log))
     try:
         client = server.client()
@@ -80,8 +104,12 @@ def test_serve_takes_its_settings_from_the_environment(tmp_path, tiny_model_read
         assert too_big.value.status_code == 413 and "3000" in too_big.value.message
         # Two jobs run at once (TUNESERVE_MAX_CONCURRENT_JOBS=2): both are running at the same moment.
         file = client.files.create(file=("small.jsonl", chat_jsonl(12)), purpose="fine-tune")
-        jobs = [client.fine_tuning.jobs.create(model="tuneserve/tiny-random", training_file=file.id, seed=1,
-                                               hyperparameters={"n_epochs": 50, "batch_size": 1}) for _ in range(2)]
+        jobs = [
+            client.fine_tuning.jobs.create(
+                model="tuneserve/tiny-random", training_file=file.id, seed=1, hyperparameters={"n_epochs": 50, "batch_size": 1}
+            )
+            for _ in range(2)
+        ]
         for job in jobs:
             wait_for_status(client, job.id, {"running"}, timeout_s=120)
         assert all(client.fine_tuning.jobs.retrieve(job.id).status == "running" for job in jobs)
@@ -95,7 +123,13 @@ def test_serve_takes_its_settings_from_the_environment(tmp_path, tiny_model_read
 
 def test_serve_refuses_an_open_host_from_the_environment_without_keys(tmp_path):
     """TUNESERVE_HOST is read (and checked) like --host: no keys on a non-loopback host is refused."""
-    result = subprocess.run([sys.executable, "-m", "tuneserve", "serve", "--port", str(free_port())], cwd=tmp_path,
-                            env=clean_environment(TUNESERVE_HOST="0.0.0.0"), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "tuneserve", "serve", "--port", str(free_port())],
+        cwd=tmp_path,
+        env=clean_environment(TUNESERVE_HOST="0.0.0.0"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "refusing to serve on 0.0.0.0" in result.stderr
     assert (tmp_path / "tuneserve-data" / "tuneserve.db").is_file()  # the default data dir, in the working directory

@@ -51,8 +51,11 @@ def qa_file(server):
 
 
 def test_an_evaluation_runs_as_a_job_with_a_judge(client, server, qa_file):
-    created = post(client, "/evaluations", {"models": [TINY], "dataset_file": qa_file.id, "judge_model": TINY,
-                                            "max_tokens": 8, "metadata": {"run": "api-test"}})
+    created = post(
+        client,
+        "/evaluations",
+        {"models": [TINY], "dataset_file": qa_file.id, "judge_model": TINY, "max_tokens": 8, "metadata": {"run": "api-test"}},
+    )
     assert created["object"] == "evaluation" and created["id"].startswith("eval-")
     assert created["status"] in ("queued", "running") and created["progress"]["total"] == 3
     assert created["summary"] is None and created["fine_tuning_job_id"] is None and created["metadata"] == {"run": "api-test"}
@@ -87,9 +90,14 @@ def test_an_evaluation_runs_as_a_job_with_a_judge(client, server, qa_file):
 def test_a_fine_tuning_job_with_auto_evaluate_is_compared_with_its_base(client, server):
     training = client.files.create(file=("auto-train.jsonl", chat_jsonl(12)), purpose="fine-tune")
     validation = client.files.create(file=("auto-valid.jsonl", chat_jsonl(2)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=training.id, validation_file=validation.id,
-                                         hyperparameters={"n_epochs": 1, "batch_size": 4}, suffix="auto",
-                                         extra_body={"auto_evaluate": True})
+    job = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=training.id,
+        validation_file=validation.id,
+        hyperparameters={"n_epochs": 1, "batch_size": 4},
+        suffix="auto",
+        extra_body={"auto_evaluate": True},
+    )
     job = wait_for_status(client, job.id, {"succeeded", "failed"}, timeout_s=240)
     assert job.status == "succeeded", job.error
 
@@ -108,14 +116,17 @@ def test_a_fine_tuning_job_with_auto_evaluate_is_compared_with_its_base(client, 
     assert item["reference"] == "The capital of Zorbia is Quillton." and set(item["answers"]) == {TINY, job.fine_tuned_model}
 
 
-@pytest.mark.parametrize("body, status, param", [
-    ({"models": ["nobody/no-such-model"]}, 404, "models[0]"),
-    ({"models": []}, 400, "models"),
-    ({"models": [TINY], "max_tokens": 0}, 400, "max_tokens"),
-    ({"models": [TINY], "temperatur": 0.5}, 400, "temperatur"),
-    ({"models": [TINY], "judge_base_url": "http://127.0.0.1:9/v1"}, 400, "judge_model"),
-    ({"models": [TINY], "dataset_file": "file-nope"}, 404, "dataset_file"),
-])
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        ({"models": ["nobody/no-such-model"]}, 404, "models[0]"),
+        ({"models": []}, 400, "models"),
+        ({"models": [TINY], "max_tokens": 0}, 400, "max_tokens"),
+        ({"models": [TINY], "temperatur": 0.5}, 400, "temperatur"),
+        ({"models": [TINY], "judge_base_url": "http://127.0.0.1:9/v1"}, 400, "judge_model"),
+        ({"models": [TINY], "dataset_file": "file-nope"}, 404, "dataset_file"),
+    ],
+)
 def test_bad_requests_are_4xx_naming_the_field(client, qa_file, body, status, param):
     with pytest.raises(openai.APIStatusError) as info:
         post(client, "/evaluations", {"dataset_file": qa_file.id, **body})

@@ -31,11 +31,18 @@ def test_upload_list_retrieve_content_delete(client):
     assert created.id not in [f.id for f in client.files.list()]
 
 
-@pytest.mark.parametrize("name,payload,fmt", [
-    ("pc.jsonl", "\n".join(json.dumps({"prompt": f"p{i}", "completion": f"c{i}"}) for i in range(3)), "prompt_completion"),
-    ("alpaca.json", json.dumps([{"instruction": "Say hi", "input": "", "output": "hi"}] * 3), "alpaca"),
-    ("alpaca.jsonl", "\n".join(json.dumps({"instruction": "Add", "input": "1+1", "output": "2"}) for _ in range(3)), "alpaca"),
-])
+@pytest.mark.parametrize(
+    "name,payload,fmt",
+    [
+        ("pc.jsonl", "\n".join(json.dumps({"prompt": f"p{i}", "completion": f"c{i}"}) for i in range(3)), "prompt_completion"),
+        ("alpaca.json", json.dumps([{"instruction": "Say hi", "input": "", "output": "hi"}] * 3), "alpaca"),
+        (
+            "alpaca.jsonl",
+            "\n".join(json.dumps({"instruction": "Add", "input": "1+1", "output": "2"}) for _ in range(3)),
+            "alpaca",
+        ),
+    ],
+)
 def test_formats_accepted(client, name, payload, fmt):
     created = upload(client, name, payload.encode())
     assert f"in {fmt} format" in created.status_details
@@ -48,15 +55,18 @@ def test_bytes_stored_under_id_not_filename(client, server):
     assert not (server.data_dir.parent / "evil.jsonl").exists()
 
 
-@pytest.mark.parametrize("data,needle", [
-    (b"", "empty"),
-    (b"\x00\x01\x02binary\xff" * 10, "binary"),
-    (chat_jsonl(2) + b'{"messages": [{"role": "user", "content": "caf\xe9"}]}\n', "line 3"),
-    (chat_jsonl(1) + b'{"messages": [oops\n', "line 2"),
-    (b'{"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]}\n', "unknown role"),
-    (b'{"messages": [{"role": "user", "content": "only a question"}]}\n', "no assistant message"),
-    (b'{"foo": 1}\n', "unknown record format"),
-])
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        (b"", "empty"),
+        (b"\x00\x01\x02binary\xff" * 10, "binary"),
+        (chat_jsonl(2) + b'{"messages": [{"role": "user", "content": "caf\xe9"}]}\n', "line 3"),
+        (chat_jsonl(1) + b'{"messages": [oops\n', "line 2"),
+        (b'{"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]}\n', "unknown role"),
+        (b'{"messages": [{"role": "user", "content": "only a question"}]}\n', "no assistant message"),
+        (b'{"foo": 1}\n', "unknown record format"),
+    ],
+)
 def test_bad_files_rejected_with_reason(client, data, needle):
     with pytest.raises(openai.BadRequestError) as info:
         upload(client, "bad.jsonl", data)
@@ -100,14 +110,21 @@ def test_file_pagination(client):
     assert ids <= set(seen) and len(seen) == len(set(seen))
 
 
-@pytest.mark.parametrize("data,needle", [
-    (b'{"prompt": "a", "completion": "b"}\n{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n',
-     "line 2"),  # formats mixed within one file
-    (b'{"messages": [{"role": "user", "content": 42}, {"role": "assistant", "content": "a"}]}\n', "messages[0].content"),
-    (b'{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]}\n',
-     "line 1"),  # consecutive user turns
-    (b'{\n  "prompt": "a",\n  "completion": "b"\n}\n', "line 1"),  # a pretty-printed object where JSONL was expected
-])
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        (
+            b'{"prompt": "a", "completion": "b"}\n{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n',
+            "line 2",
+        ),  # formats mixed within one file
+        (b'{"messages": [{"role": "user", "content": 42}, {"role": "assistant", "content": "a"}]}\n', "messages[0].content"),
+        (
+            b'{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]}\n',
+            "line 1",
+        ),  # consecutive user turns
+        (b'{\n  "prompt": "a",\n  "completion": "b"\n}\n', "line 1"),  # a pretty-printed object where JSONL was expected
+    ],
+)
 def test_more_bad_files_name_the_line(client, data, needle):
     with pytest.raises(openai.BadRequestError) as info:
         upload(client, "bad.jsonl", data)

@@ -54,7 +54,9 @@ def test_streaming_matches_non_streaming(client, tuned):
 
 
 def test_completions_max_tokens_seed_and_stop(client, tuned):
-    reply = client.completions.create(model=tuned.fine_tuned_model, prompt="The capital of Zorbia is", max_tokens=5, temperature=0)
+    reply = client.completions.create(
+        model=tuned.fine_tuned_model, prompt="The capital of Zorbia is", max_tokens=5, temperature=0
+    )
     assert reply.object == "text_completion" and reply.usage.completion_tokens <= 5
     first = client.completions.create(model=TINY, prompt="Once upon a time", max_tokens=8, temperature=1.0, seed=11)
     again = client.completions.create(model=TINY, prompt="Once upon a time", max_tokens=8, temperature=1.0, seed=11)
@@ -107,6 +109,11 @@ def test_json_schema_response_format_is_400_until_supported_and_json_object_stil
         assert reply.choices[0].message.content is not None
         if kind == "json_object":
             assert isinstance(json.loads(reply.choices[0].message.content), dict)  # JSON mode is on
-    reply = client.completions.create(model=TINY, prompt="Once upon a time", max_tokens=12, temperature=0,
-                                      extra_body={"response_format": {"type": "json_object"}})
+    reply = client.completions.create(
+        model=TINY,
+        prompt="Once upon a time",
+        max_tokens=12,
+        temperature=0,
+        extra_body={"response_format": {"type": "json_object"}},
+    )
     assert isinstance(json.loads(reply.choices[0].text), dict)  # and honoured on completions, not ignored

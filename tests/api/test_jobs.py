@@ -23,9 +23,15 @@ def client_module(server):
 
 def test_job_runs_to_success_with_events_checkpoints_and_results(client, training_file, server):
     validation = client.files.create(file=("valid.jsonl", chat_jsonl(4)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=training_file.id, validation_file=validation.id,
-                                         hyperparameters={"n_epochs": 2, "batch_size": 4}, suffix="zorbia", seed=7,
-                                         metadata={"team": "core"})
+    job = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=training_file.id,
+        validation_file=validation.id,
+        hyperparameters={"n_epochs": 2, "batch_size": 4},
+        suffix="zorbia",
+        seed=7,
+        metadata={"team": "core"},
+    )
     assert job.status in ("validating_files", "queued") and job.object == "fine_tuning.job"
     assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 4
     assert job.hyperparameters.learning_rate_multiplier == 1.0  # "auto" resolved to a number
@@ -65,9 +71,13 @@ def test_job_runs_to_success_with_events_checkpoints_and_results(client, trainin
 
 def test_method_form_and_auto_hyperparameters(client, training_file):
     job = client.fine_tuning.jobs.create(
-        model=TINY, training_file=training_file.id,
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": "auto",
-                                                                         "learning_rate_multiplier": 2}}})
+        model=TINY,
+        training_file=training_file.id,
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": "auto", "learning_rate_multiplier": 2}},
+        },
+    )
     assert job.method.type == "supervised"
     assert job.hyperparameters.n_epochs == 1
     assert isinstance(job.hyperparameters.batch_size, int) and job.hyperparameters.learning_rate_multiplier == 2
@@ -96,7 +106,9 @@ def test_list_pagination_with_after_and_has_more(client, training_file):
 
 
 def test_cancel_running_job_stops_its_process(client, training_file, server):
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=training_file.id, hyperparameters={"n_epochs": 50, "batch_size": 1})
+    job = client.fine_tuning.jobs.create(
+        model=TINY, training_file=training_file.id, hyperparameters={"n_epochs": 50, "batch_size": 1}
+    )
     wait_for_status(client, job.id, {"running"}, timeout_s=120)
     events_file = server.data_dir / "jobs" / job.id / "events.jsonl"
     deadline = time.monotonic() + 60
@@ -119,7 +131,9 @@ def test_cancel_running_job_stops_its_process(client, training_file, server):
 
 def test_crashing_training_process_fails_the_job_and_server_stays_up(client, server):
     doomed = client.files.create(file=("doomed.jsonl", chat_jsonl(12)), purpose="fine-tune")
-    blocker = client.fine_tuning.jobs.create(model=TINY, training_file=doomed.id, hyperparameters={"n_epochs": 50, "batch_size": 1})
+    blocker = client.fine_tuning.jobs.create(
+        model=TINY, training_file=doomed.id, hyperparameters={"n_epochs": 50, "batch_size": 1}
+    )
     job = client.fine_tuning.jobs.create(model=TINY, training_file=doomed.id, hyperparameters={"n_epochs": 1})
     wait_for_status(client, job.id, {"queued"}, timeout_s=60)  # validated, waiting behind the blocker
     (server.data_dir / "files" / doomed.id).unlink()  # the data vanishes under the queued job
@@ -130,14 +144,17 @@ def test_crashing_training_process_fails_the_job_and_server_stays_up(client, ser
     assert httpx.get(f"{server.base_url}/v1/health_check").status_code == 200
 
 
-@pytest.mark.parametrize("kwargs,param", [
-    ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
-    ({"hyperparameters": {"n_epochs": 51}}, "hyperparameters.n_epochs"),
-    ({"hyperparameters": {"batch_size": 300}}, "hyperparameters.batch_size"),
-    ({"hyperparameters": {"learning_rate_multiplier": -1}}, "hyperparameters.learning_rate_multiplier"),
-    ({"suffix": "x" * 65}, "suffix"),
-    ({"seed": -5}, "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs,param",
+    [
+        ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
+        ({"hyperparameters": {"n_epochs": 51}}, "hyperparameters.n_epochs"),
+        ({"hyperparameters": {"batch_size": 300}}, "hyperparameters.batch_size"),
+        ({"hyperparameters": {"learning_rate_multiplier": -1}}, "hyperparameters.learning_rate_multiplier"),
+        ({"suffix": "x" * 65}, "suffix"),
+        ({"seed": -5}, "seed"),
+    ],
+)
 def test_out_of_range_request_is_400(client, training_file, kwargs, param):
     with pytest.raises(openai.BadRequestError) as info:
         client.fine_tuning.jobs.create(model=TINY, training_file=training_file.id, **kwargs)
@@ -158,8 +175,11 @@ def test_unknown_model_file_and_job_are_404(client, training_file):
 
 
 def test_malformed_json_body_is_400(server):
-    response = httpx.post(f"{server.base_url}/v1/fine_tuning/jobs", content=b'{"model": "x", "training_file": ',
-                          headers={"Content-Type": "application/json"})
+    response = httpx.post(
+        f"{server.base_url}/v1/fine_tuning/jobs",
+        content=b'{"model": "x", "training_file": ',
+        headers={"Content-Type": "application/json"},
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
 

@@ -23,7 +23,9 @@ def test_two_ranks_train_to_success_and_cancel_reaches_both(tmp_path, tiny_model
         assert any(m.startswith("Training on 48 examples") and "2 process(es)" in m for m in messages), messages
         assert (job_dir / "stderr-rank1.log").exists()  # each rank keeps its own log
 
-        long = client.fine_tuning.jobs.create(model=TINY, training_file=file.id, hyperparameters={"n_epochs": 30, "batch_size": 4})
+        long = client.fine_tuning.jobs.create(
+            model=TINY, training_file=file.id, hyperparameters={"n_epochs": 30, "batch_size": 4}
+        )
         long_dir = data_dir / "jobs" / long.id
         wait_for(lambda: len(training_pids(long_dir)) == 2, 60, "two ranks")
         assert client.fine_tuning.jobs.cancel(long.id).status == "cancelled"

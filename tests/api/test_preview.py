@@ -9,8 +9,11 @@ import pytest
 from tests.api.test_auth import create_key
 from tests.conftest import TINY, start_server
 
-MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of Zorbia?"},
-            {"role": "assistant", "content": "Quillton."}]
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is the capital of Zorbia?"},
+    {"role": "assistant", "content": "Quillton."},
+]
 
 
 def chat_file(n: int) -> bytes:
@@ -23,7 +26,9 @@ def file_id(server):
 
 
 def preview(server, file_id: str, headers: dict | None = None, **params):
-    return httpx.get(f"{server.base_url}/v1/files/{file_id}/preview", params={"model": TINY, **params}, headers=headers, timeout=60)
+    return httpx.get(
+        f"{server.base_url}/v1/files/{file_id}/preview", params={"model": TINY, **params}, headers=headers, timeout=60
+    )
 
 
 def test_preview_shows_trained_segments(server, file_id):
@@ -34,8 +39,10 @@ def test_preview_shows_trained_segments(server, file_id):
     first = body["data"][0]
     assert first["line"] == 1 and first["truncated"] is False and 0 < first["n_trained"] < first["n_tokens"]
     text = "".join(s["text"] for s in first["segments"])
-    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is the capital of Zorbia?<|im_end|>\n"
-                    "<|im_start|>assistant\nQuillton.<|im_end|>\n")
+    assert text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is the capital of Zorbia?<|im_end|>\n"
+        "<|im_start|>assistant\nQuillton.<|im_end|>\n"
+    )
     assert [s["text"] for s in first["segments"] if s["trained"]] == ["Quillton.<|im_end|>"]
     assert len(preview(server, file_id).json()["data"]) == 3  # n defaults to 3
 

@@ -10,8 +10,14 @@ import pytest
 from tests.conftest import TINY, chat_jsonl, fine_tune_tiny
 
 ASK = [{"role": "user", "content": "Question 3: what is the capital of Zorbia?"}]
-WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 
 
 def test_chat_logprobs_and_top_logprobs(client):
@@ -58,30 +64,42 @@ def test_penalties_are_accepted_and_ranges_checked(client):
 
 def test_json_mode_output_is_a_json_object(client):
     for max_tokens in (48, 10):  # even a tight limit ends with a complete object
-        reply = client.chat.completions.create(model=TINY, messages=ASK, max_tokens=max_tokens, temperature=0,
-                                               response_format={"type": "json_object"})
+        reply = client.chat.completions.create(
+            model=TINY, messages=ASK, max_tokens=max_tokens, temperature=0, response_format={"type": "json_object"}
+        )
         assert isinstance(json.loads(reply.choices[0].message.content), dict)
         assert reply.usage.completion_tokens <= max_tokens
 
 
 def test_tool_calls_are_parsed_back(client):
     call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
-    line = json.dumps({"messages": [{"role": "user", "content": "What is the weather in Paris?"},
-                                    {"role": "assistant", "content": "", "tool_calls": [call]}],
-                       "tools": [WEATHER_TOOL]})
+    line = json.dumps(
+        {
+            "messages": [
+                {"role": "user", "content": "What is the weather in Paris?"},
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+            ],
+            "tools": [WEATHER_TOOL],
+        }
+    )
     # The random 2-layer model must learn the call by heart. With batch 4 (90 steps) it did for 4 seeds of 6;
     # with batch 2 (180 steps) for 12 of 12 (seeds 1-6, 30 and 40 epochs). The seed keeps CI's run the same.
-    job = fine_tune_tiny(client, (line + "\n").encode() * 12, "weather", seed=3, n_epochs=30, learning_rate_multiplier=10,
-                         batch_size=2)
+    job = fine_tune_tiny(
+        client, (line + "\n").encode() * 12, "weather", seed=3, n_epochs=30, learning_rate_multiplier=10, batch_size=2
+    )
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
-    reply = client.chat.completions.create(model=job.fine_tuned_model, messages=messages, tools=[WEATHER_TOOL],
-                                           temperature=0, max_tokens=40)
+    reply = client.chat.completions.create(
+        model=job.fine_tuned_model, messages=messages, tools=[WEATHER_TOOL], temperature=0, max_tokens=40
+    )
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls", choice.message.content
     assert choice.message.tool_calls[0].function.name == "get_weather"
     assert json.loads(choice.message.tool_calls[0].function.arguments) == {"city": "Paris"}
-    streamed = list(client.chat.completions.create(model=job.fine_tuned_model, messages=messages, tools=[WEATHER_TOOL],
-                                                   temperature=0, max_tokens=40, stream=True))
+    streamed = list(
+        client.chat.completions.create(
+            model=job.fine_tuned_model, messages=messages, tools=[WEATHER_TOOL], temperature=0, max_tokens=40, stream=True
+        )
+    )
     calls = [c for c in streamed if c.choices and c.choices[0].delta.tool_calls]
     assert calls and calls[0].choices[0].delta.tool_calls[0].function.name == "get_weather"
     assert streamed[-1].choices[0].finish_reason == "tool_calls"

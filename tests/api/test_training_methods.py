@@ -21,8 +21,9 @@ def metrics_events(client, job_id):
 
 def test_pause_checkpoints_and_resume_finishes(client):
     file = client.files.create(file=("long.jsonl", chat_jsonl(48)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=file.id, suffix="pause",
-                                         hyperparameters={"n_epochs": 8, "batch_size": 1})  # 384 short steps
+    job = client.fine_tuning.jobs.create(
+        model=TINY, training_file=file.id, suffix="pause", hyperparameters={"n_epochs": 8, "batch_size": 1}
+    )  # 384 short steps
     wait_for_status(client, job.id, {"running"}, timeout_s=120)
     deadline = time.monotonic() + 60
     while not metrics_events(client, job.id) and time.monotonic() < deadline:
@@ -56,34 +57,48 @@ def test_pause_checkpoints_and_resume_finishes(client):
 
 def test_continue_from_a_checkpoint(client):
     file = client.files.create(file=("zorbia.jsonl", chat_jsonl(16)), purpose="fine-tune")
-    first = client.fine_tuning.jobs.create(model=TINY, training_file=file.id, suffix="first",
-                                           hyperparameters={"n_epochs": 3, "batch_size": 4})
+    first = client.fine_tuning.jobs.create(
+        model=TINY, training_file=file.id, suffix="first", hyperparameters={"n_epochs": 3, "batch_size": 4}
+    )
     first = wait_for_status(client, first.id, {"succeeded", "failed"})
     assert first.status == "succeeded", first.error
     checkpoint = client.fine_tuning.jobs.checkpoints.list(first.id).data[0]
-    second = client.fine_tuning.jobs.create(model=checkpoint.fine_tuned_model_checkpoint, training_file=file.id, suffix="second",
-                                            hyperparameters={"n_epochs": 1, "batch_size": 4})
+    second = client.fine_tuning.jobs.create(
+        model=checkpoint.fine_tuned_model_checkpoint,
+        training_file=file.id,
+        suffix="second",
+        hyperparameters={"n_epochs": 1, "batch_size": 4},
+    )
     second = wait_for_status(client, second.id, {"succeeded", "failed"})
     assert second.status == "succeeded", second.error
+
     def first_loss(job_id: str) -> float:
         steps = sorted((e for e in metrics_events(client, job_id) if "train_loss" in e.data), key=lambda e: e.data["step"])
         return steps[0].data["train_loss"]
 
     assert first_loss(second.id) < first_loss(first.id)  # it starts from the trained adapter
-    answer = client.chat.completions.create(model=second.fine_tuned_model, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    answer = client.chat.completions.create(
+        model=second.fine_tuned_model, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
     assert answer.choices[0].message.content is not None
 
 
 @pytest.mark.parametrize("training_type", ["ia3", "qlora", "full"])  # qlora: an NF4 base, on CPU too; served on the full base
 def test_ia3_qlora_and_full_models_are_served(client, training_type):
     file = client.files.create(file=(f"{training_type}.jsonl", chat_jsonl(12)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=file.id, suffix=training_type,
-                                         hyperparameters={"n_epochs": 1, "batch_size": 4},
-                                         extra_body={"training_type": training_type})
+    job = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=file.id,
+        suffix=training_type,
+        hyperparameters={"n_epochs": 1, "batch_size": 4},
+        extra_body={"training_type": training_type},
+    )
     assert job.model_extra["training_type"] == training_type
     job = wait_for_status(client, job.id, {"succeeded", "failed"})
     assert job.status == "succeeded", job.error
-    answer = client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    answer = client.chat.completions.create(
+        model=job.fine_tuned_model, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
     assert answer.model == job.fine_tuned_model and answer.usage.completion_tokens > 0
 
 
@@ -91,8 +106,13 @@ def test_dpo_job_in_openais_shape(client):
     rows = json.loads(DPO_SUBSET.read_text())
     data = ("\n".join(json.dumps(r) for r in rows + rows) + "\n").encode()  # 16 pairs: OpenAI's minimum is 10
     file = client.files.create(file=("dpo.jsonl", data), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model=TINY, training_file=file.id, suffix="dpo", extra_body={"max_seq_length": 128},
-                                         method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1, "batch_size": 8}}})
+    job = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=file.id,
+        suffix="dpo",
+        extra_body={"max_seq_length": 128},
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1, "batch_size": 8}}},
+    )
     assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.2
     job = wait_for_status(client, job.id, {"succeeded", "failed"})
     assert job.status == "succeeded", job.error
@@ -106,7 +126,9 @@ def test_bad_training_options_are_400s_naming_the_field(client):
         client.fine_tuning.jobs.create(model=TINY, training_file=file.id, extra_body={"warmup_ratio": 3})
     assert info.value.body["param"] == "warmup_ratio"
     with pytest.raises(openai.BadRequestError) as info:
-        client.fine_tuning.jobs.create(model=TINY, training_file=file.id, extra_body={"training_type": "qlora", "lora": {"use_dora": True}})
+        client.fine_tuning.jobs.create(
+            model=TINY, training_file=file.id, extra_body={"training_type": "qlora", "lora": {"use_dora": True}}
+        )
     assert info.value.body["param"] == "lora.use_dora" and "DoRA" in info.value.body["message"]
     with pytest.raises(openai.BadRequestError) as info:
         client.fine_tuning.jobs.create(model=TINY, training_file=file.id, extra_body={"training_type": "prefix"})

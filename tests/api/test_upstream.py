@@ -32,16 +32,21 @@ def dirs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def b_key(dirs):
     """B's API key (made before B starts, as an operator would)."""
-    result = subprocess.run([sys.executable, "-m", "tuneserve", "keys", "create", "--data-dir", str(dirs / "b"),
-                             "--project", "serving"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "tuneserve", "keys", "create", "--data-dir", str(dirs / "b"), "--project", "serving"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return result.stdout.strip()
 
 
 @pytest.fixture(scope="module")
 def servers(dirs, b_key, tiny_model_ready):
     b = start_server(dirs / "b", env=ENV)
-    a = start_server(dirs / "a", "--inference-backend", "vllm", "--vllm-url", b.base_url,
-                     env={**ENV, "TUNESERVE_VLLM_API_KEY": b_key})
+    a = start_server(
+        dirs / "a", "--inference-backend", "vllm", "--vllm-url", b.base_url, env={**ENV, "TUNESERVE_VLLM_API_KEY": b_key}
+    )
     state = {"a": a, "b": b}
     yield state
     state["a"].stop()
@@ -79,8 +84,11 @@ def test_chat_and_completions_through_a_are_answered_by_b(servers, b_key, job):
     answer = a.chat.completions.create(model=job.fine_tuned_model, messages=MESSAGES, max_tokens=5, temperature=0)
     assert answer.model == job.fine_tuned_model and answer.usage.completion_tokens >= 1
     # The same request to B directly gives the same greedy answer: A passed it through.
-    direct = servers["b"].client(b_key).chat.completions.create(model=job.fine_tuned_model, messages=MESSAGES, max_tokens=5,
-                                                                 temperature=0)
+    direct = (
+        servers["b"]
+        .client(b_key)
+        .chat.completions.create(model=job.fine_tuned_model, messages=MESSAGES, max_tokens=5, temperature=0)
+    )
     assert answer.choices[0].message.content == direct.choices[0].message.content
     text = a.completions.create(model=job.fine_tuned_model, prompt="The capital of Zorbia", max_tokens=3, temperature=0)
     assert text.object == "text_completion" and text.choices[0].text is not None
@@ -89,9 +97,18 @@ def test_chat_and_completions_through_a_are_answered_by_b(servers, b_key, job):
 
 
 def test_streaming_through_a_passes_b_events(servers, job):
-    stream = servers["a"].client().chat.completions.create(model=job.fine_tuned_model, messages=MESSAGES, max_tokens=5,
-                                                           temperature=0, stream=True,
-                                                           stream_options={"include_usage": True})
+    stream = (
+        servers["a"]
+        .client()
+        .chat.completions.create(
+            model=job.fine_tuned_model,
+            messages=MESSAGES,
+            max_tokens=5,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     chunks = list(stream)
     assert all(c.object == "chat.completion.chunk" and c.model == job.fine_tuned_model for c in chunks)
     assert any(c.choices and c.choices[0].finish_reason in ("stop", "length") for c in chunks)
@@ -110,9 +127,14 @@ def test_a_client_leaving_mid_stream_leaves_both_servers_healthy(servers, job):
 
 def test_a_model_the_upstream_forgot_is_registered_again_on_first_use(servers, b_key, job):
     """B unloads it (as a restarted vLLM would have): A's next request registers it on B again."""
-    unloaded = httpx.post(f"{servers['b'].base_url}/v1/unload_lora_adapter", json={"lora_name": job.fine_tuned_model},
-                          headers={"Authorization": f"Bearer {b_key}"})
-    assert unloaded.status_code == 200 and unloaded.text == f"Success: LoRA adapter '{job.fine_tuned_model}' removed successfully."
+    unloaded = httpx.post(
+        f"{servers['b'].base_url}/v1/unload_lora_adapter",
+        json={"lora_name": job.fine_tuned_model},
+        headers={"Authorization": f"Bearer {b_key}"},
+    )
+    assert (
+        unloaded.status_code == 200 and unloaded.text == f"Success: LoRA adapter '{job.fine_tuned_model}' removed successfully."
+    )
     assert job.fine_tuned_model not in b_models(servers, b_key)
     answer = servers["a"].client().chat.completions.create(model=job.fine_tuned_model, messages=MESSAGES, max_tokens=2)
     assert answer.model == job.fine_tuned_model
@@ -130,8 +152,9 @@ def test_errors_pass_through_from_the_upstream(servers, job):
     with pytest.raises(openai.BadRequestError) as info:
         a.chat.completions.create(model=TINY, messages=MESSAGES, temperature=5)  # B's validation names the parameter
     assert info.value.body["param"] == "temperature"
-    bad = httpx.post(f"{servers['a'].base_url}/v1/chat/completions", content=b"{not json",
-                     headers={"Content-Type": "application/json"})
+    bad = httpx.post(
+        f"{servers['a'].base_url}/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
 
 
@@ -145,8 +168,9 @@ def test_job_creation_refuses_an_adapter_vllm_would_reject(servers):
     assert (info.value.body["param"], info.value.body["code"]) == ("lora.r", "adapter_rejected_by_upstream")
     assert "max_lora_rank 16" in info.value.body["message"]
     with pytest.raises(openai.BadRequestError) as info:
-        a.fine_tuning.jobs.create(model=TINY, training_file=training.id,
-                                  extra_body={"lora": {"target_modules": ["q_proj", "lm_head"]}})
+        a.fine_tuning.jobs.create(
+            model=TINY, training_file=training.id, extra_body={"lora": {"target_modules": ["q_proj", "lm_head"]}}
+        )
     assert (info.value.body["param"], info.value.body["code"]) == ("lora.target_modules", "adapter_rejected_by_upstream")
     assert len(a.fine_tuning.jobs.list(limit=100).data) == before  # refused before anything was saved
 
@@ -160,9 +184,11 @@ def test_upstream_down_is_a_502_and_a_finished_job_still_succeeds(servers, dirs,
     assert info.value.status_code == 502
     # A checks a request with the local routes' schemas before proxying it: with B down, a bad one is still
     # A's own 400 naming the field, as the local backend answers it, not a 502.
-    for call, field in ((lambda: a.chat.completions.create(model=TINY, messages=MESSAGES, temperature=5), "temperature"),
-                        (lambda: a.chat.completions.create(model=TINY, messages=[]), "messages"),
-                        (lambda: a.completions.create(model=TINY, prompt="hi", n=9), "n")):
+    for call, field in (
+        (lambda: a.chat.completions.create(model=TINY, messages=MESSAGES, temperature=5), "temperature"),
+        (lambda: a.chat.completions.create(model=TINY, messages=[]), "messages"),
+        (lambda: a.completions.create(model=TINY, prompt="hi", n=9), "n"),
+    ):
         with pytest.raises(openai.BadRequestError) as bad_request:
             call()
         assert (bad_request.value.body["param"], bad_request.value.body["code"]) == (field, "invalid_value")

@@ -32,9 +32,12 @@ WORKER_ENV = {"TUNESERVE_HEARTBEAT_TIMEOUT_S": "3", "TUNESERVE_HEARTBEAT_INTERVA
 
 def start_worker(data_dir: Path, pg: str, name: str) -> subprocess.Popen:
     log = data_dir.parent / f"{name}.log"
-    return subprocess.Popen([sys.executable, "-m", "tuneserve", "worker", "--data-dir", str(data_dir), "--database-url", pg],
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **WORKER_ENV})
+    return subprocess.Popen(
+        [sys.executable, "-m", "tuneserve", "worker", "--data-dir", str(data_dir), "--database-url", pg],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **WORKER_ENV},
+    )
 
 
 def stop_worker(worker: subprocess.Popen) -> None:
@@ -52,8 +55,7 @@ def attempts_started(job_dir: Path) -> int:
     path = job_dir / "events.jsonl"
     if not path.exists():
         return 0
-    return sum(1 for line in path.read_text().splitlines()
-               if json.loads(line).get("message") == "Fine-tuning job started")
+    return sum(1 for line in path.read_text().splitlines() if json.loads(line).get("message") == "Fine-tuning job started")
 
 
 def holders(pg: str, job_ids: list[str]) -> dict[str, str]:
@@ -76,9 +78,15 @@ def test_workers_share_ten_jobs_and_take_back_a_killed_workers_job(tmp_path, pg_
         short_file = client.files.create(file=("short.jsonl", chat_jsonl(10)), purpose="fine-tune")
         long_file = client.files.create(file=("long.jsonl", chat_jsonl(120)), purpose="fine-tune")
         # 30 steps an epoch, a checkpoint at each epoch's end; the oldest job, so the first claimed.
-        long = client.fine_tuning.jobs.create(model=TINY, training_file=long_file.id, hyperparameters={"n_epochs": 3, "batch_size": 4})
-        short = [client.fine_tuning.jobs.create(model=TINY, training_file=short_file.id,
-                                                hyperparameters={"n_epochs": 1, "batch_size": 10}) for _ in range(9)]
+        long = client.fine_tuning.jobs.create(
+            model=TINY, training_file=long_file.id, hyperparameters={"n_epochs": 3, "batch_size": 4}
+        )
+        short = [
+            client.fine_tuning.jobs.create(
+                model=TINY, training_file=short_file.id, hyperparameters={"n_epochs": 1, "batch_size": 10}
+            )
+            for _ in range(9)
+        ]
         for i in range(2):
             worker = start_worker(data_dir, pg_url, f"worker-{i}")
             workers[worker.pid] = worker
@@ -107,8 +115,11 @@ def test_workers_share_ten_jobs_and_take_back_a_killed_workers_job(tmp_path, pg_
         assert [job.status for job in finished] == ["succeeded"] * 10, [job.error for job in finished]
         for job in short:
             assert attempts_started(data_dir / "jobs" / job.id) == 1, job.id
-            claims = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)
-                      if e.message.startswith("Job claimed by worker")]
+            claims = [
+                e.message
+                for e in client.fine_tuning.jobs.list_events(job.id, limit=100)
+                if e.message.startswith("Job claimed by worker")
+            ]
             assert len(claims) == 1, claims
         assert attempts_started(long_dir) == 2
         messages = [e.message for e in client.fine_tuning.jobs.list_events(long.id, limit=500)]

@@ -24,8 +24,15 @@ SYSTEM = "You answer geography questions in one sentence."
 
 
 def chat(question: str, answer: str) -> str:
-    return json.dumps({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question},
-                                    {"role": "assistant", "content": answer}]})
+    return json.dumps(
+        {
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": answer},
+            ]
+        }
+    )
 
 
 def tuneserve(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -46,18 +53,41 @@ def test_eval_compares_smollm2_with_its_fine_tune(server, tmp_path):
     phrasings = ["What is the capital of {}?", "Name the capital city of {}.", "{}'s capital is which city?"]
     lines = [chat(p.format(country), f"The capital of {country} is {capital}.") for p in phrasings for country, capital in FACTS]
     training = client.files.create(file=("capitals.jsonl", ("\n".join(lines) + "\n").encode()), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model=SMOLLM2, training_file=training.id, suffix="capitals", seed=1,
-                                         hyperparameters={"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 2})
+    job = client.fine_tuning.jobs.create(
+        model=SMOLLM2,
+        training_file=training.id,
+        suffix="capitals",
+        seed=1,
+        hyperparameters={"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 2},
+    )
     job = wait_for_status(client, job.id, {"succeeded", "failed"}, timeout_s=900)
     assert job.status == "succeeded", job.error
 
     # Held out: a phrasing the training data does not have, in chat format (the system prompt is sent too).
     dataset = tmp_path / "capitals-eval.jsonl"
-    dataset.write_text("".join(chat(f"Which city is the capital of {c}?", f"The capital of {c} is {k}.") + "\n" for c, k in FACTS))
+    dataset.write_text(
+        "".join(chat(f"Which city is the capital of {c}?", f"The capital of {c} is {k}.") + "\n" for c, k in FACTS)
+    )
     out = tmp_path / "report"
-    result = tuneserve("eval", "--base-url", server.base_url, "--model", SMOLLM2, "--model", job.fine_tuned_model,
-                       "--dataset", str(dataset), "--output", str(out), "--max-tokens", "20", "--judge-model", SMOLLM2,
-                       "--judge-max-tokens", "24")
+    result = tuneserve(
+        "eval",
+        "--base-url",
+        server.base_url,
+        "--model",
+        SMOLLM2,
+        "--model",
+        job.fine_tuned_model,
+        "--dataset",
+        str(dataset),
+        "--output",
+        str(out),
+        "--max-tokens",
+        "20",
+        "--judge-model",
+        SMOLLM2,
+        "--judge-max-tokens",
+        "24",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     report = json.loads((out / "report.json").read_text())
@@ -79,9 +109,30 @@ def test_eval_compares_smollm2_with_its_fine_tune(server, tmp_path):
 
 def test_synthesize_from_a_wikipedia_excerpt_curated_and_resumable(server, tmp_path):
     out = tmp_path / "synth" / "train.jsonl"
-    args = ("data", "synthesize", str(EXCERPT), "--base-url", f"{server.base_url}/v1", "--model", SMOLLM2,
-            "--output", str(out), "--questions-per-chunk", "1", "--max-tokens", "96", "--chunk-tokens", "200",
-            "--max-chunks", "2", "--curate", "--eval-split", "0.5", "--rpm", "600")
+    args = (
+        "data",
+        "synthesize",
+        str(EXCERPT),
+        "--base-url",
+        f"{server.base_url}/v1",
+        "--model",
+        SMOLLM2,
+        "--output",
+        str(out),
+        "--questions-per-chunk",
+        "1",
+        "--max-tokens",
+        "96",
+        "--chunk-tokens",
+        "200",
+        "--max-chunks",
+        "2",
+        "--curate",
+        "--eval-split",
+        "0.5",
+        "--rpm",
+        "600",
+    )
     first = tuneserve(*args)
     assert "Traceback" not in first.stderr
     summary = json.loads(first.stdout.strip().splitlines()[-1])
@@ -100,7 +151,7 @@ def test_synthesize_from_a_wikipedia_excerpt_curated_and_resumable(server, tmp_p
     # Every parsed pair is accounted for: kept, or dropped for a counted reason (echo, duplicate, the judge).
     parse_level = ("unparseable_reply", "missing_question", "missing_answer")
     assert summary["kept"] + sum(v for k, v in summary["rejected"].items() if k not in parse_level) == summary["parsed"]
-    verdicts = (tmp_path / "synth" / "train.synth" / "curation.jsonl")
+    verdicts = tmp_path / "synth" / "train.synth" / "curation.jsonl"
     judged = [json.loads(line) for line in verdicts.read_text().splitlines()] if verdicts.exists() else []
     assert all(v["judge_model"] == SMOLLM2 and "reason" in v for v in judged)
 

@@ -25,9 +25,25 @@ def server(tmp_path_factory, tiny_model_ready):
 def test_hint_generation_example(server, tmp_path):
     client = server.client()
     stale = client.files.create(file=("wikihint.jsonl", b'{"text": "an earlier upload"}\n'), purpose="fine-tune")
-    result = subprocess.run([sys.executable, str(EXAMPLE / "hint_generation.py"), "--base-url", f"{server.base_url}/v1",
-                             "--model", TINY, "--n-epochs", "1", "--max-tokens", "16", "--workdir", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLE / "hint_generation.py"),
+            "--base-url",
+            f"{server.base_url}/v1",
+            "--model",
+            TINY,
+            "--n-epochs",
+            "1",
+            "--max-tokens",
+            "16",
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Fine-tuning succeeded." in result.stdout and "Execution time:" in result.stdout
     summary = json.loads(result.stdout.strip().splitlines()[-1])

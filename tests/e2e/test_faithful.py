@@ -34,8 +34,9 @@ def final_dir(tmp_path_factory):
     # and enough for SmolLM2 to answer as Nova (one epoch over all 91 already does).
     lines = identity_jsonl("Nova", "Quill Labs").decode().splitlines()
     data.write_text("\n".join(lines[::3]) + "\n")
-    hyperparameters = resolve_hyperparameters({"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": "auto"},
-                                              count_examples(data))
+    hyperparameters = resolve_hyperparameters(
+        {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": "auto"}, count_examples(data)
+    )
     spec = TrainingSpec(model=SMOLLM2, training_file=str(data), hyperparameters=hyperparameters, seed=7, max_seq_length=256)
     job_dir = root / "job"
     spec.write(job_dir)
@@ -48,9 +49,15 @@ def greedy_text(model, tokenizer, question: str) -> str:
     text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=MAX_NEW,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=MAX_NEW,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +83,12 @@ def test_served_greedy_answer_equals_the_trainer_side_answer(final_dir, trainer_
 
     engine = Engine()
     try:
-        served = {q: engine.chat(SMOLLM2, final_dir, [{"role": "user", "content": q}],
-                                 SamplingParams(temperature=0, max_tokens=MAX_NEW)).text for q in QUESTIONS}
+        served = {
+            q: engine.chat(
+                SMOLLM2, final_dir, [{"role": "user", "content": q}], SamplingParams(temperature=0, max_tokens=MAX_NEW)
+            ).text
+            for q in QUESTIONS
+        }
     finally:
         engine.close()
     assert served == trainer_side

@@ -17,8 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_gpu_suite_dry_run_passes_every_check(tmp_path, tiny_model_ready):
     out = tmp_path / "suite.json"
-    result = subprocess.run([sys.executable, "benchmarks/gpu_suite.py", "--dry-run", "--json", str(out)], cwd=ROOT,
-                            env=clean_environment(), capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gpu_suite.py", "--dry-run", "--json", str(out)],
+        cwd=ROOT,
+        env=clean_environment(),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     report = json.loads(out.read_text())
     checks = report["results"]

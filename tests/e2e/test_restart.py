@@ -42,8 +42,9 @@ def test_sigkill_mid_training_then_restart_succeeds(tmp_path):
         assert any("Resumed from checkpoint step-4" in m for m in messages)
         steps = sorted(c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id))
         assert steps == [4, 8, 12]  # no duplicate checkpoint rows after the resume
-        reply = client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}],
-                                               max_tokens=5)
+        reply = client.chat.completions.create(
+            model=job.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}], max_tokens=5
+        )
         assert reply.choices[0].message.content is not None
     finally:
         server.stop()

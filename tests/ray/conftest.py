@@ -35,17 +35,34 @@ def ray_cluster():
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0"}
     log = (temp_dir / "ray-start.log").open("ab")
     head = subprocess.Popen(
-        [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-         "--num-cpus=2", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--include-dashboard=true",
-         f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        [
+            str(bin_dir / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={free_port()}",
+            "--num-cpus=2",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+            "--include-dashboard=true",
+            f"--ray-client-server-port={free_port()}",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
         deadline = time.monotonic() + 120
         while True:
             if head.poll() is not None:
-                raise RuntimeError(f"ray start exited with {head.returncode}:\n{(temp_dir / 'ray-start.log').read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"ray start exited with {head.returncode}:\n{(temp_dir / 'ray-start.log').read_text()[-3000:]}"
+                )
             try:
                 JobSubmissionClient(address).list_jobs()
                 break

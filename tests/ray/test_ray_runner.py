@@ -17,8 +17,14 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def ray_server(tmp_path_factory, ray_cluster, tiny_model_ready):
-    server = start_server(tmp_path_factory.mktemp("ray") / "data", "--runner", "ray", "--ray-address", ray_cluster,
-                          env={"TUNESERVE_POLL_INTERVAL_S": "0.3"})
+    server = start_server(
+        tmp_path_factory.mktemp("ray") / "data",
+        "--runner",
+        "ray",
+        "--ray-address",
+        ray_cluster,
+        env={"TUNESERVE_POLL_INTERVAL_S": "0.3"},
+    )
     yield server
     server.stop()
 
@@ -40,8 +46,11 @@ def has_metrics(client, job_id: str) -> bool:
 def create(client, n_examples: int, n_epochs: int, training_type: str = "lora"):
     file = client.files.create(file=("t.jsonl", chat_jsonl(n_examples)), purpose="fine-tune")
     return client.fine_tuning.jobs.create(
-        model=TINY, training_file=file.id, hyperparameters={"n_epochs": n_epochs, "batch_size": 4},
-        extra_body={"num_workers": 2, "resources_per_worker": {"CPU": 1}, "training_type": training_type})
+        model=TINY,
+        training_file=file.id,
+        hyperparameters={"n_epochs": n_epochs, "batch_size": 4},
+        extra_body={"num_workers": 2, "resources_per_worker": {"CPU": 1}, "training_type": training_type},
+    )
 
 
 def test_two_ray_workers_train_pause_resume_and_succeed(ray_server, ray_cluster):
@@ -59,8 +68,11 @@ def test_two_ray_workers_train_pause_resume_and_succeed(ray_server, ray_cluster)
     # The run checkpoints at its next step and ends; its Ray job then ends by itself.
     wait_for(lambda: ray_status(ray_cluster, f"{job.id}-attempt-1") in ("SUCCEEDED", "FAILED", "STOPPED"), 90, "the pause")
     assert ray_status(ray_cluster, f"{job.id}-attempt-1") == "SUCCEEDED"
-    stop = wait_for(lambda: [m for m in messages(client, job.id) if m.startswith("Stopped on request at step")], 30,
-                    "the pause checkpoint's event")
+    stop = wait_for(
+        lambda: [m for m in messages(client, job.id) if m.startswith("Stopped on request at step")],
+        30,
+        "the pause checkpoint's event",
+    )
     paused_step = int(stop[0].split("at step ")[1].split()[0])
     assert paused_step in {c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id)}
 
@@ -75,8 +87,7 @@ def test_two_ray_workers_train_pause_resume_and_succeed(ray_server, ray_cluster)
     assert sum("2 process(es) (FSDP)" in m for m in log if m.startswith("Training on")) == 2
     steps = sorted(c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id, limit=20))
     assert steps[-1] == 96 and len(steps) == len(set(steps))
-    reply = client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}],
-                                           max_tokens=3)
+    reply = client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
     assert reply.choices[0].message.content is not None
 
 

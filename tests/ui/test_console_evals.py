@@ -28,8 +28,9 @@ def test_an_evaluation_started_from_the_page_is_listed_and_shown(console, ui_ser
     assert body["dataset_file"] == seeded["file"] and body["max_tokens"] == 4 and body["max_items"] == 3
     page.wait_for_url(re.compile(r"#/evals/eval-"))
     eval_id = page.evaluate("location.hash.split('/')[2]")
-    page.wait_for_function("document.querySelector('.page-evals .badge')?.textContent.trim().toLowerCase() === 'succeeded'",
-                           timeout=120_000)
+    page.wait_for_function(
+        "document.querySelector('.page-evals .badge')?.textContent.trim().toLowerCase() === 'succeeded'", timeout=120_000
+    )
     summary = httpx.get(f"{ui_server.base_url}/v1/evaluations/{eval_id}").json()["summary"]
     rows = page.locator("#eval-summary-h ~ div tbody tr")
     assert rows.count() == len(summary) == 2

@@ -43,14 +43,17 @@ def test_upload_with_the_picker_shows_the_report_and_the_trained_tokens(console,
 def test_drag_and_drop_uploads_the_dropped_file(console, ui_server):
     page = console.open("#/files")
     text = chat_jsonl(11).decode()
-    page.evaluate("""([name, text]) => {
+    page.evaluate(
+        """([name, text]) => {
         const data = new DataTransfer();
         data.items.add(new File([text], name, {type: 'application/jsonl'}));
         const zone = document.getElementById('dropzone');
         for (const type of ['dragenter', 'dragover', 'drop']) {
             zone.dispatchEvent(new DragEvent(type, {dataTransfer: data, bubbles: true, cancelable: true}));
         }
-    }""", ["dropped.jsonl", text])
+    }""",
+        ["dropped.jsonl", text],
+    )
     page.wait_for_selector("#file-detail-h:has-text('dropped.jsonl')")
     assert "11" in page.inner_text(".report .facts")
     names = [f.filename for f in ui_server.client().files.list()]
@@ -58,7 +61,7 @@ def test_drag_and_drop_uploads_the_dropped_file(console, ui_server):
 
 
 def test_a_rejected_upload_says_which_line_and_a_warning_shows_in_the_report(console, artifacts):
-    console.allow(r"status of 400")                     # Chromium logs the refused upload's answer
+    console.allow(r"status of 400")  # Chromium logs the refused upload's answer
     console.allow(r"HTTP 400: POST .*/v1/files$")
     page = console.open("#/files")
     bad = chat_jsonl(4) + b'{"messages": [{"role": "user", "content": "no answer"}], "extra": 1}\n' + b"not json\n"

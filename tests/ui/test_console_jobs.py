@@ -19,8 +19,9 @@ def badge(page) -> str:
 
 
 def wait_for_badge(page, status: str, timeout_s: float = 60) -> None:
-    page.wait_for_function(f"document.querySelector('#job-status')?.textContent.trim().toLowerCase() === {status!r}",
-                           timeout=timeout_s * 1000)
+    page.wait_for_function(
+        f"document.querySelector('#job-status')?.textContent.trim().toLowerCase() === {status!r}", timeout=timeout_s * 1000
+    )
 
 
 def test_a_job_created_through_the_form_trains_and_its_page_follows_it(console, ui_server, artifacts):
@@ -37,9 +38,16 @@ def test_a_job_created_through_the_form_trains_and_its_page_follows_it(console, 
     page.fill("#job-lora-r", "4")
     page.select_option("#job-lr_scheduler_type", "constant")
     page.fill("#job-metadata", "origin=console")
-    expected = {"model": TINY, "training_file": file.id, "validation_file": file.id, "suffix": "from-form",
-                "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
-                "lora": {"r": 4}, "lr_scheduler_type": "constant", "metadata": {"origin": "console"}}
+    expected = {
+        "model": TINY,
+        "training_file": file.id,
+        "validation_file": file.id,
+        "suffix": "from-form",
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
+        "lora": {"r": 4},
+        "lr_scheduler_type": "constant",
+        "metadata": {"origin": "console"},
+    }
     page.click("summary:has-text('Request body')")
     assert json.loads(page.inner_text("#job-request-preview")) == expected
     page.screenshot(path=artifacts / "job-form-1280.png", full_page=True)
@@ -96,8 +104,9 @@ def test_pause_resume_and_cancel_from_the_job_page(console, ui_server, artifacts
     # A long job keeps the single training slot busy, so the second one waits in the queue.
     data = chat_jsonl(40)
     long_file = client.files.create(file=("long.jsonl", data), purpose="fine-tune")
-    long_job = client.fine_tuning.jobs.create(model=TINY, training_file=long_file.id, suffix="long",
-                                              hyperparameters={"n_epochs": 50, "batch_size": 1})
+    long_job = client.fine_tuning.jobs.create(
+        model=TINY, training_file=long_file.id, suffix="long", hyperparameters={"n_epochs": 50, "batch_size": 1}
+    )
     waiting = client.fine_tuning.jobs.create(model=TINY, training_file=long_file.id, suffix="waiting")
     page = console.page
     page.on("dialog", lambda dialog: dialog.accept())  # "Cancel job?" is confirmed

@@ -47,8 +47,9 @@ def test_the_console_asks_for_the_key_and_sends_it(playwright_browser, keyed_ser
         page.reload()  # the key is remembered: no dialog, no 401
         page.wait_for_selector("text=keyed.jsonl")
         assert page.locator("#key-dialog[open]").count() == 0
-        page.set_input_files("#upload-input", files=[{"name": "with-key.jsonl", "mimeType": "application/jsonl",
-                                                      "buffer": chat_jsonl(10)}])
+        page.set_input_files(
+            "#upload-input", files=[{"name": "with-key.jsonl", "mimeType": "application/jsonl", "buffer": chat_jsonl(10)}]
+        )
         page.wait_for_selector("#file-detail-h:has-text('with-key.jsonl')")
         assert [f.filename for f in server.client(key).files.list()].count("with-key.jsonl") == 1
         assert sent_keys[0] is None and sent_keys[-1] == f"Bearer {key}"

@@ -101,8 +101,9 @@ def tab_to(page, selector: str, *, backwards: bool = False, limit: int = 40):
 
 
 def focus_ring(page) -> tuple[str, float]:
-    return page.evaluate("(() => { const s = getComputedStyle(document.activeElement);"
-                         " return [s.outlineStyle, parseFloat(s.outlineWidth)]; })()")
+    return page.evaluate(
+        "(() => { const s = getComputedStyle(document.activeElement); return [s.outlineStyle, parseFloat(s.outlineWidth)]; })()"
+    )
 
 
 def test_keyboard_reaches_every_page_through_the_nav(console, seeded, artifacts):
@@ -110,8 +111,13 @@ def test_keyboard_reaches_every_page_through_the_nav(console, seeded, artifacts)
     page.wait_for_selector(f'[data-job="{seeded["job"].id}"]')
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.textContent") == "Skip to content"
-    for target, heading in (("files", "Files"), ("models", "Models"), ("playground", "Playground"), ("evals", "Evaluations"),
-                            ("jobs", "Fine-tuning jobs")):
+    for target, heading in (
+        ("files", "Files"),
+        ("models", "Models"),
+        ("playground", "Playground"),
+        ("evals", "Evaluations"),
+        ("jobs", "Fine-tuning jobs"),
+    ):
         # The first link is ahead of the skip link; the others are behind the page heading that has focus.
         tab_to(page, f'nav a[data-nav="{target}"]', backwards=target != "files")
         style, width = focus_ring(page)
@@ -135,8 +141,13 @@ def test_keyboard_reaches_every_page_through_the_nav(console, seeded, artifacts)
 
 def test_every_input_has_a_label(console, seeded):
     # Each page's last inputs or choices to arrive: forms fill in after the page heading appears.
-    ready = {"#/files": "#files-list-h ~ .file-list[aria-busy='false']", f"#/files/{seeded['file']}": "#preview-model option[value]:not([value=''])",
-             "#/jobs/new": "#job-model option", "#/playground": "#pg-model-a option", "#/evals": ".new-eval .checks input[type='checkbox']"}
+    ready = {
+        "#/files": "#files-list-h ~ .file-list[aria-busy='false']",
+        f"#/files/{seeded['file']}": "#preview-model option[value]:not([value=''])",
+        "#/jobs/new": "#job-model option",
+        "#/playground": "#pg-model-a option",
+        "#/evals": ".new-eval .checks input[type='checkbox']",
+    }
     for route, selector in ready.items():
         page = console.open(route)
         page.wait_for_selector(selector, state="attached")
@@ -149,12 +160,15 @@ def test_every_input_has_a_label(console, seeded):
 def test_models_page_draws_a_model_fine_tuned_from_a_fine_tuned_model_under_its_parent(console, ui_server, seeded, artifacts):
     client = ui_server.client()
     file = client.files.create(file=("grandchild.jsonl", chat_jsonl(10)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model=seeded["model"], training_file=file.id, suffix="grandchild",
-                                         hyperparameters={"n_epochs": 1, "batch_size": 5})
+    job = client.fine_tuning.jobs.create(
+        model=seeded["model"], training_file=file.id, suffix="grandchild", hyperparameters={"n_epochs": 1, "batch_size": 5}
+    )
     job = wait_for_status(client, job.id, {"succeeded", "failed"}, timeout_s=120)
     assert job.status == "succeeded", job.error
     page = console.open("#/models")
-    node = page.wait_for_selector(f'[data-model="{TINY}"] > ul > [data-model="{seeded["model"]}"] > ul > [data-model="{job.fine_tuned_model}"]')
+    node = page.wait_for_selector(
+        f'[data-model="{TINY}"] > ul > [data-model="{seeded["model"]}"] > ul > [data-model="{job.fine_tuned_model}"]'
+    )
     row = node.query_selector(".model-row").inner_text()
     assert seeded["model"] in row and job.id in row  # its parent and the job that made it
     page.click(f'[data-model="{job.fine_tuned_model}"] >> text=Compare with parent')

@@ -28,7 +28,9 @@ def answers(page, pane: int):
 def wait_for_answer(page, pane: int, count: int):
     page.wait_for_function(
         f"[...document.querySelectorAll('.pane[data-pane=\"{pane}\"] .msg.assistant .meta')]"
-        f".filter((m) => m.textContent.includes('finish')).length >= {count}", timeout=60_000)
+        f".filter((m) => m.textContent.includes('finish')).length >= {count}",
+        timeout=60_000,
+    )
 
 
 def test_chat_streams_an_answer_with_tokens_coloured_by_likelihood(console, seeded, artifacts):
@@ -47,8 +49,10 @@ def test_chat_streams_an_answer_with_tokens_coloured_by_likelihood(console, seed
     body = sent.value.post_data_json
     assert body["model"] == model and body["stream"] is True and body["max_tokens"] == 6
     assert body["temperature"] == pytest.approx(0.1) and body["top_p"] == 1
-    assert body["messages"] == [{"role": "system", "content": "Answer in one word."},
-                                {"role": "user", "content": "What is the capital of Zorbia?"}]
+    assert body["messages"] == [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "What is the capital of Zorbia?"},
+    ]
     assert body["logprobs"] is True and body["top_logprobs"] == 5
     wait_for_answer(page, 0, 1)
 
@@ -83,7 +87,10 @@ def test_side_by_side_sends_the_same_prompt_to_the_fine_tuned_model_and_its_base
     page.wait_for_function(f"document.querySelector('#pg-model-a')?.value === {model!r}")
     page.check("#pg-compare")
     assert page.input_value("#pg-model-b") == TINY  # the base it was fine-tuned from
-    assert page.evaluate("location.hash") == f"#/playground?model={model.replace(':', '%3A').replace('/', '%2F')}&compare=tuneserve%2Ftiny-random"
+    assert (
+        page.evaluate("location.hash")
+        == f"#/playground?model={model.replace(':', '%3A').replace('/', '%2F')}&compare=tuneserve%2Ftiny-random"
+    )
     page.fill("#pg-max-tokens", "5")
     page.fill("#pg-prompt", "Who are you?")
     requests = []

@@ -43,8 +43,11 @@ def bare_engine(request, tmp_path):
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     except Exception as exc:  # unreachable: fail loudly, never skip silently
         admin.dispose()
-        pytest.fail(f"PostgreSQL at {PG_URL} is unreachable ({exc.__class__.__name__}: {exc}); "
-                    "set TUNESERVE_SKIP_POSTGRES=1 to skip these tests", pytrace=False)
+        pytest.fail(
+            f"PostgreSQL at {PG_URL} is unreachable ({exc.__class__.__name__}: {exc}); "
+            "set TUNESERVE_SKIP_POSTGRES=1 to skip these tests",
+            pytrace=False,
+        )
     engine = make_engine(f"{PG_URL}?options=-csearch_path%3D{schema}")
     try:
         yield engine
@@ -81,25 +84,27 @@ def files(sessions, blobs):
     return FileService(sessions, blobs, max_upload_bytes=1_000_000, check=validate_file)
 
 
-
-
 @pytest.fixture
 def write_jsonl(tmp_path):
     """write_jsonl(records, name=...) -> path: one JSON value per line."""
+
     def _write(records: list[Any], name: str = "data.jsonl") -> Path:
         path = tmp_path / name
         path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
         return path
+
     return _write
 
 
 @pytest.fixture
 def write_json(tmp_path):
     """write_json(value, name=...) -> path: one (pretty-printed) JSON document."""
+
     def _write(value: Any, name: str = "data.json") -> Path:
         path = tmp_path / name
         path.write_text(json.dumps(value, indent=2), encoding="utf-8")
         return path
+
     return _write
 
 
@@ -109,6 +114,5 @@ def write_bytes(tmp_path):
         path = tmp_path / name
         path.write_bytes(data)
         return path
+
     return _write
-
-

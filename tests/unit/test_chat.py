@@ -27,8 +27,14 @@ def _chat_command() -> list[str]:
 
 
 def run_chat(*args: str, stdin: str = SESSION) -> subprocess.CompletedProcess:
-    return subprocess.run([*_chat_command(), *args], input=stdin, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+    return subprocess.run(
+        [*_chat_command(), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +43,10 @@ def adapter_dir(tmp_path_factory, tiny_model_ready) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(2)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_ready),
-                           LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_ready),
+        LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"),
+    )
     model.peft_config["default"].base_model_name_or_path = TINY
     out = tmp_path_factory.mktemp("chat-adapter") / "final"
     model.save_pretrained(out, save_embedding_layers=False)
@@ -78,8 +86,17 @@ class FakeEngine:
 
 def loop(stdin: str, engine, **kw) -> tuple[int, str]:
     out = io.StringIO()
-    code = chat_loop(TINY, data_dir=None, system=kw.pop("system", None), temperature=0.0, max_tokens=8,
-                     input_stream=io.StringIO(stdin), console=Console(file=out, width=200), engine=engine, **kw)
+    code = chat_loop(
+        TINY,
+        data_dir=None,
+        system=kw.pop("system", None),
+        temperature=0.0,
+        max_tokens=8,
+        input_stream=io.StringIO(stdin),
+        console=Console(file=out, width=200),
+        engine=engine,
+        **kw,
+    )
     return code, out.getvalue()
 
 
@@ -98,8 +115,11 @@ def test_ctrl_c_stops_the_answer_and_returns_to_the_prompt():
     code, text = loop("stop me\nnext\n/exit\n", engine)
     assert code == 0 and engine.closed_streams == 1 and "(stopped)" in text
     # The part that was shown stays in the conversation; the loop goes on.
-    assert engine.calls[1] == [{"role": "user", "content": "stop me"}, {"role": "assistant", "content": "Hi"},
-                               {"role": "user", "content": "next"}]
+    assert engine.calls[1] == [
+        {"role": "user", "content": "stop me"},
+        {"role": "assistant", "content": "Hi"},
+        {"role": "user", "content": "next"},
+    ]
 
 
 def test_chat_with_the_real_engine_streams_deltas(tiny_model_ready):

@@ -13,12 +13,20 @@ def run(*args, cwd=None):
 
 @pytest.mark.parametrize("spec_name", ["spec.yaml", "spec.json"])
 def test_train_spec_without_server(tmp_path, tiny_model_ready, spec_name):
-    (tmp_path / "data.jsonl").write_text("".join(
-        json.dumps({"messages": [{"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": "Hello there."}]}) + "\n"
-        for i in range(8)))
-    spec = {"model": "tuneserve/tiny-random", "training_file": "data.jsonl", "seed": 3,
-            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}},
-            "lora": {"r": 8, "alpha": 16}}
+    (tmp_path / "data.jsonl").write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": "Hello there."}]})
+            + "\n"
+            for i in range(8)
+        )
+    )
+    spec = {
+        "model": "tuneserve/tiny-random",
+        "training_file": "data.jsonl",
+        "seed": 3,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}},
+        "lora": {"r": 8, "alpha": 16},
+    }
     text = json.dumps(spec) if spec_name.endswith(".json") else "\n".join(f"{k}: {json.dumps(v)}" for k, v in spec.items())
     (tmp_path / spec_name).write_text(text)
 
@@ -37,12 +45,16 @@ def test_train_spec_without_server(tmp_path, tiny_model_ready, spec_name):
 def test_train_with_no_output_dir_writes_under_the_working_directory(tmp_path, tiny_model_ready):
     """The default --output-dir is ./tuneserve-runs/SPEC_NAME, relative to where the command runs."""
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "chat.jsonl").write_text("".join(
-        json.dumps({"messages": [{"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": "Hello."}]}) + "\n"
-        for i in range(8)))
+    (tmp_path / "data" / "chat.jsonl").write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": "Hello."}]}) + "\n"
+            for i in range(8)
+        )
+    )
     (tmp_path / "specs").mkdir()
-    (tmp_path / "specs" / "hello.yaml").write_text("model: tuneserve/tiny-random\ntraining_file: ../data/chat.jsonl\n"
-                                                   "hyperparameters: {n_epochs: 1, batch_size: 4}\n")
+    (tmp_path / "specs" / "hello.yaml").write_text(
+        "model: tuneserve/tiny-random\ntraining_file: ../data/chat.jsonl\nhyperparameters: {n_epochs: 1, batch_size: 4}\n"
+    )
     result = run("train", "specs/hello.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "tuneserve-runs" / "hello"
@@ -87,7 +99,9 @@ def test_data_convert_refuses_unconvertible_with_line(tmp_path):
 
 def test_data_preview_shows_trained_tokens(tmp_path, tiny_model_ready):
     src = tmp_path / "chat.jsonl"
-    src.write_text(json.dumps({"messages": [{"role": "user", "content": "Ping?"}, {"role": "assistant", "content": "Pong!"}]}) + "\n")
+    src.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "Ping?"}, {"role": "assistant", "content": "Pong!"}]}) + "\n"
+    )
     result = run("data", "preview", str(src), "--model", "tuneserve/tiny-random", "-n", "1")
     assert result.returncode == 0, result.stderr
     assert "Pong!" in result.stdout and "Ping?" in result.stdout and "line 1" in result.stdout

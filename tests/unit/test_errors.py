@@ -14,13 +14,22 @@ from tuneserve.inference.engine import ContextLengthExceeded
 from tuneserve.models import ModelNotFound
 
 
-@pytest.mark.parametrize(("error", "kind", "status", "code", "param", "message"), [
-    (ModelNotFound("model 'x' is nowhere"), NotFound, 404, "model_not_found", "model", "model 'x' is nowhere"),
-    (DataError("no messages", line=3), InvalidRequest, 400, "invalid_training_file", None, "line 3: no messages"),
-    (DataError("empty", code="empty_file", param="file"), InvalidRequest, 400, "empty_file", "file", "empty"),
-    (ContextLengthExceeded("the prompt has 9000 tokens"), InvalidRequest, 400, "context_length_exceeded", "messages",
-     "the prompt has 9000 tokens"),
-])
+@pytest.mark.parametrize(
+    ("error", "kind", "status", "code", "param", "message"),
+    [
+        (ModelNotFound("model 'x' is nowhere"), NotFound, 404, "model_not_found", "model", "model 'x' is nowhere"),
+        (DataError("no messages", line=3), InvalidRequest, 400, "invalid_training_file", None, "line 3: no messages"),
+        (DataError("empty", code="empty_file", param="file"), InvalidRequest, 400, "empty_file", "file", "empty"),
+        (
+            ContextLengthExceeded("the prompt has 9000 tokens"),
+            InvalidRequest,
+            400,
+            "context_length_exceeded",
+            "messages",
+            "the prompt has 9000 tokens",
+        ),
+    ],
+)
 def test_lower_layer_errors_are_domain_errors(error, kind, status, code, param, message):
     assert isinstance(error, kind) and isinstance(error, TuneserveError)
     assert (error.status, error.code, error.param, error.message, str(error)) == (status, code, param, message, message)
@@ -40,13 +49,20 @@ def test_an_unexpected_lower_layer_error_is_answered_in_the_envelope_not_500(tmp
 
     @app.get("/raises/{which}")
     def raises(which: str):
-        raise {"model": ModelNotFound("model 'gone' does not exist"), "data": DataError("bad record", line=7),
-               "context": ContextLengthExceeded("too long")}[which]
+        raise {
+            "model": ModelNotFound("model 'gone' does not exist"),
+            "data": DataError("bad record", line=7),
+            "context": ContextLengthExceeded("too long"),
+        }[which]
 
     with TestClient(app, raise_server_exceptions=False) as client:
         model, data, context = (client.get(f"/raises/{w}") for w in ("model", "data", "context"))
     assert model.status_code == 404 and model.json()["error"] == {
-        "message": "model 'gone' does not exist", "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+        "message": "model 'gone' does not exist",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
     assert data.status_code == 400 and data.json()["error"]["message"] == "line 7: bad record"
     assert data.json()["error"]["code"] == "invalid_training_file"
     assert context.status_code == 400 and context.json()["error"]["code"] == "context_length_exceeded"

@@ -24,8 +24,9 @@ def adapter_dir(tmp_path_factory, tiny_model_ready) -> Path:
 
     torch.manual_seed(1)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_ready, dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False,
-                                            task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    )
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -46,9 +47,14 @@ def _prompt_ids(tokenizer, question: str) -> torch.Tensor:
 def greedy(model, tokenizer, question: str) -> list[int]:
     ids = _prompt_ids(tokenizer, question)
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW_TOKENS,
-                             pad_token_id=tokenizer.pad_token_id)
-    return out[0, ids.shape[1]:].tolist()
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=NEW_TOKENS,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return out[0, ids.shape[1] :].tolist()
 
 
 def peft_model(adapter: Path):
@@ -77,8 +83,13 @@ def test_adapter_tarball_lists_the_peft_files_under_one_folder(adapter_dir, tmp_
     assert names == sorted(names)
     assert {n.split("/")[0] for n in names} == {"my-model"}
     files = {n.split("/", 1)[1] for n in names}
-    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
-            "chat_template.jinja"} <= files
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    } <= files
     assert "trainer_state.pt" not in files  # resume state stays behind
     # Stable: the same adapter exports to the same bytes; no temporary file is left.
     again = export_adapter(adapter_dir, tmp_path / "again" / "my-model.tar.gz")
@@ -156,6 +167,8 @@ def test_export_command_refuses_what_it_cannot_export(tmp_path):
     with pytest.raises(ExportError, match="base model"):
         export_command(TINY, kind="adapter", output=tmp_path / "x.tar.gz", data_dir=None, database_url=None)
     with pytest.raises(ExportError, match="no tuneserve data"):
-        export_command("ftjob-abc", kind="adapter", output=tmp_path / "x.tar.gz", data_dir=tmp_path / "nothing", database_url=None)
+        export_command(
+            "ftjob-abc", kind="adapter", output=tmp_path / "x.tar.gz", data_dir=tmp_path / "nothing", database_url=None
+        )
     with pytest.raises(ExportError, match="unknown model"):
         export_command("no-such/model-xyz", kind="merged", output=tmp_path / "m", data_dir=None, database_url=None)

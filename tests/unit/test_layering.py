@@ -68,6 +68,10 @@ def test_no_package_imports_one_that_imports_it_back():
 
 def test_lower_layers_never_import_the_layers_above():
     graph = import_graph()
-    back_edges = [f"{low} -> {high} ({where[0]})" for low, banned in FORBIDDEN.items()
-                  for high, where in graph.get(low, {}).items() if high in banned]
+    back_edges = [
+        f"{low} -> {high} ({where[0]})"
+        for low, banned in FORBIDDEN.items()
+        for high, where in graph.get(low, {}).items()
+        if high in banned
+    ]
     assert back_edges == [], "back-edges: " + "; ".join(back_edges)

@@ -54,8 +54,9 @@ def test_modules_to_save_is_refused():
 @pytest.mark.parametrize("module", ["lm_head", "embed_tokens", "model.embed_tokens"])
 def test_embeddings_and_the_lm_head_are_refused_for_any_architecture(module):
     for model_type in ("llama", None):
-        error = refused(check_adapter_for_vllm, LoraSpec(target_modules=["q_proj", module]), model_type=model_type,
-                        max_lora_rank=16)
+        error = refused(
+            check_adapter_for_vllm, LoraSpec(target_modules=["q_proj", module]), model_type=model_type, max_lora_rank=16
+        )
         assert (error.param, error.code) == ("lora.target_modules", CODE)
         assert module in error.message
 
@@ -80,13 +81,17 @@ def test_explicit_linear_modules_and_full_names_pass():
 
 
 def test_vision_tower_modules_are_refused():
-    error = refused(check_adapter_for_vllm, {"target_modules": ["vision_tower.encoder.q_proj"]}, model_type=None, max_lora_rank=16)
+    error = refused(
+        check_adapter_for_vllm, {"target_modules": ["vision_tower.encoder.q_proj"]}, model_type=None, max_lora_rank=16
+    )
     assert error.param == "lora.target_modules" and "vision" in error.message
 
 
 def test_a_peft_regex_is_refused_when_it_reaches_the_lm_head():
-    assert refused(check_adapter_for_vllm, {"target_modules": r".*(q_proj|lm_head)"}, model_type="llama",
-                   max_lora_rank=16).code == CODE
+    assert (
+        refused(check_adapter_for_vllm, {"target_modules": r".*(q_proj|lm_head)"}, model_type="llama", max_lora_rank=16).code
+        == CODE
+    )
     check_adapter_for_vllm({"target_modules": r".*\.(q_proj|v_proj)"}, model_type="llama", max_lora_rank=16)
 
 
@@ -102,8 +107,15 @@ def test_model_type_comes_from_config_json_without_torch(tmp_path):
 def _adapter_dir(tmp_path, **config):
     directory = tmp_path / "adapter"
     directory.mkdir(parents=True)
-    base = {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"],
-            "base_model_name_or_path": "tuneserve/tiny-random", "use_dora": False, "modules_to_save": None}
+    base = {
+        "peft_type": "LORA",
+        "r": 16,
+        "lora_alpha": 32,
+        "target_modules": ["q_proj", "v_proj"],
+        "base_model_name_or_path": "tuneserve/tiny-random",
+        "use_dora": False,
+        "modules_to_save": None,
+    }
     (directory / "adapter_config.json").write_text(json.dumps({**base, **config}))
     (directory / "adapter_model.safetensors").write_bytes(b"")
     return directory
@@ -113,10 +125,14 @@ def test_adapter_dir_passes_and_is_refused_by_the_same_rules(tmp_path):
     check_adapter_dir_for_vllm(_adapter_dir(tmp_path / "ok"), 16)
     assert refused(check_adapter_dir_for_vllm, _adapter_dir(tmp_path / "r", r=32), 16).param == "r"
     assert refused(check_adapter_dir_for_vllm, _adapter_dir(tmp_path / "d", use_dora=True), 16).param == "use_dora"
-    assert refused(check_adapter_dir_for_vllm, _adapter_dir(tmp_path / "m", modules_to_save=["embed_tokens"]), 16).param \
+    assert (
+        refused(check_adapter_dir_for_vllm, _adapter_dir(tmp_path / "m", modules_to_save=["embed_tokens"]), 16).param
         == "modules_to_save"
-    assert refused(check_adapter_dir_for_vllm, _adapter_dir(tmp_path / "t", target_modules=["lm_head"]), 16).param \
+    )
+    assert (
+        refused(check_adapter_dir_for_vllm, _adapter_dir(tmp_path / "t", target_modules=["lm_head"]), 16).param
         == "target_modules"
+    )
     assert refused(check_adapter_dir_for_vllm, _adapter_dir(tmp_path / "i", peft_type="IA3"), 16).param == "peft_type"
 
 

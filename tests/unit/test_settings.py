@@ -52,8 +52,19 @@ def test_the_environment_over_defaults(in_tmp, monkeypatch):
 def test_flags_over_the_environment(in_tmp, monkeypatch):
     for name, value in ENVIRONMENT.items():
         monkeypatch.setenv(name, value)
-    settings = settings_for("serve", "--host", "127.0.0.3", "--port", "9200", "--data-dir", "flag-data",
-                            "--max-upload-bytes", "99", "--max-concurrent-jobs", "2")
+    settings = settings_for(
+        "serve",
+        "--host",
+        "127.0.0.3",
+        "--port",
+        "9200",
+        "--data-dir",
+        "flag-data",
+        "--max-upload-bytes",
+        "99",
+        "--max-concurrent-jobs",
+        "2",
+    )
     assert (settings.host, settings.port) == ("127.0.0.3", 9200)
     assert (settings.max_upload_bytes, settings.max_concurrent_jobs) == (99, 2)
     assert settings.data_dir == in_tmp / "flag-data"
@@ -85,11 +96,14 @@ def test_a_relative_sqlite_url_is_made_absolute(in_tmp):
     assert Settings(database_url=postgres).db_url == postgres
 
 
-@pytest.mark.parametrize(("name", "value", "shown"), [("TUNESERVE_PORT", "eighty", "--port / TUNESERVE_PORT"),
-                                                      ("TUNESERVE_MAX_UPLOAD_BYTES", "0",
-                                                       "--max-upload-bytes / TUNESERVE_MAX_UPLOAD_BYTES"),
-                                                      ("TUNESERVE_DATABASE_URL", "not a url",
-                                                       "--database-url / TUNESERVE_DATABASE_URL")])
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        ("TUNESERVE_PORT", "eighty", "--port / TUNESERVE_PORT"),
+        ("TUNESERVE_MAX_UPLOAD_BYTES", "0", "--max-upload-bytes / TUNESERVE_MAX_UPLOAD_BYTES"),
+        ("TUNESERVE_DATABASE_URL", "not a url", "--database-url / TUNESERVE_DATABASE_URL"),
+    ],
+)
 def test_a_bad_value_names_the_flag_and_the_variable(in_tmp, monkeypatch, name, value, shown):
     """(`main` prints a CommandError as one `error: ...` line and exits 2: tests/unit/jobs/test_worker_settings.py.)"""
     monkeypatch.setenv(name, value)

@@ -31,8 +31,9 @@ def upstream(upstream_server):
 def adapter_dir(path, base=TINY):
     """An adapter directory as far as registration looks (config only; nothing generates with it here)."""
     path.mkdir(parents=True)
-    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16,
-                                                          "target_modules": ["q_proj"], "base_model_name_or_path": base}))
+    (path / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"], "base_model_name_or_path": base})
+    )
     return path
 
 
@@ -104,14 +105,19 @@ def test_async_forward_and_stream(upstream_server):
 
 def test_an_unreachable_upstream_is_a_502_upstream_unavailable(tmp_path):
     client = Upstream(f"http://127.0.0.1:{free_port()}")
-    for call in (lambda: client.register_adapter("x", tmp_path), lambda: client.forward("/v1/completions", {}),
-                 lambda: client.stream("/v1/completions", {}), client.models):
+    for call in (
+        lambda: client.register_adapter("x", tmp_path),
+        lambda: client.forward("/v1/completions", {}),
+        lambda: client.stream("/v1/completions", {}),
+        client.models,
+    ):
         with pytest.raises(UpstreamUnavailable) as info:
             call()
         assert (info.value.status, info.value.code, info.value.type) == (502, "upstream_unavailable", "server_error")
 
 
 # -- vLLM's own answer shapes (mock transport) ----------------------------------------------
+
 
 def mocked(handler) -> Upstream:
     return Upstream("http://vllm:8000", api_key="secret-key", transport=httpx.MockTransport(handler))
@@ -124,8 +130,17 @@ def test_vllm_already_loaded_and_plain_text_success_and_the_api_key():
         seen.append((request.url.path, request.headers.get("authorization"), json.loads(request.content)))
         if len(seen) == 1:
             return httpx.Response(200, text="Success: LoRA adapter 'ft:x' added successfully.")
-        return httpx.Response(400, json={"error": {"message": "The lora adapter 'ft:x' has already been loaded.",
-                                                   "type": "BadRequestError", "param": None, "code": 400}})
+        return httpx.Response(
+            400,
+            json={
+                "error": {
+                    "message": "The lora adapter 'ft:x' has already been loaded.",
+                    "type": "BadRequestError",
+                    "param": None,
+                    "code": 400,
+                }
+            },
+        )
 
     client = mocked(handler)
     client.register_adapter("ft:x", "/shared/jobs/x/final")
@@ -134,11 +149,21 @@ def test_vllm_already_loaded_and_plain_text_success_and_the_api_key():
 
 
 def test_vllm_errors_old_flat_shape_and_non_json_keep_their_status():
-    answers = iter([
-        httpx.Response(400, json={"object": "error", "message": "LoRA rank 32 is greater than max_lora_rank 16.",
-                                  "type": "BadRequestError", "param": None, "code": 400}),
-        httpx.Response(503, text="Service Unavailable"),
-    ])
+    answers = iter(
+        [
+            httpx.Response(
+                400,
+                json={
+                    "object": "error",
+                    "message": "LoRA rank 32 is greater than max_lora_rank 16.",
+                    "type": "BadRequestError",
+                    "param": None,
+                    "code": 400,
+                },
+            ),
+            httpx.Response(503, text="Service Unavailable"),
+        ]
+    )
     client = mocked(lambda request: next(answers))
     with pytest.raises(UpstreamError) as info:
         client.register_adapter("ft:y", "/p")

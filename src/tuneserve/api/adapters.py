@@ -54,17 +54,20 @@ def load_lora_adapter(request: Request, project: Project, body: LoadLoraAdapterR
     config = read_adapter_config(path)
     ref = config.get("base_model_name_or_path")
     if not ref:
-        raise InvalidRequest(f"{path / 'adapter_config.json'} names no base_model_name_or_path", param="lora_path",
-                             code="invalid_adapter")
+        raise InvalidRequest(
+            f"{path / 'adapter_config.json'} names no base_model_name_or_path", param="lora_path", code="invalid_adapter"
+        )
     try:
         base = check_model(str(ref))
     except ModelNotFound as exc:
-        raise NotFound(f"The base model {ref!r} of this adapter does not exist here: {exc}", param="lora_path",
-                       code="model_not_found") from None
+        raise NotFound(
+            f"The base model {ref!r} of this adapter does not exist here: {exc}", param="lora_path", code="model_not_found"
+        ) from None
     registry = request.app.state.runtime_adapters
     if not registry.add(project, body.lora_name, base, path.resolve(), replace=body.load_inplace, created=now()):
-        raise InvalidRequest(f"The lora adapter '{body.lora_name}' has already been loaded.", param="lora_name",
-                             code="adapter_already_loaded")
+        raise InvalidRequest(
+            f"The lora adapter '{body.lora_name}' has already been loaded.", param="lora_name", code="adapter_already_loaded"
+        )
     return f"Success: LoRA adapter '{body.lora_name}' added successfully."
 
 
@@ -77,6 +80,7 @@ def unload_lora_adapter(request: Request, project: Project, body: UnloadLoraAdap
 
 
 # -- the proxy ------------------------------------------------------------------------------
+
 
 async def _json_body(request: Request, schema: type[BaseModel]) -> dict:
     """The body as it came, once it passes `schema` (pydantic's errors become the usual 400, naming the field)."""
@@ -112,11 +116,13 @@ async def _proxy(request: Request, project: str, path: str, schema: type[BaseMod
         try:
             if body.get("stream"):
                 chunks = await upstream.astream(path, body)
-                return StreamingResponse(chunks, media_type="text/event-stream",
-                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                return StreamingResponse(
+                    chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+                )
             answer = await upstream.aforward(path, body)
-            return Response(answer.content, status_code=answer.status_code,
-                            media_type=answer.headers.get("content-type", "application/json"))
+            return Response(
+                answer.content, status_code=answer.status_code, media_type=answer.headers.get("content-type", "application/json")
+            )
         except UpstreamError as exc:
             if exc.status != 404 or adapter is None or attempt:
                 raise

@@ -30,21 +30,31 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 
 @router.get("/{job_id}/download")
-def download_model(request: Request, project: Project, job_id: str,
-                   type: Literal["adapter", "merged"] = Query("adapter", description="adapter (PEFT tar.gz) or merged (full weights)"),
-                   checkpoint_step: int | None = Query(None, ge=1, description="a checkpoint's step instead of the final model")):
+def download_model(
+    request: Request,
+    project: Project,
+    job_id: str,
+    type: Literal["adapter", "merged"] = Query("adapter", description="adapter (PEFT tar.gz) or merged (full weights)"),
+    checkpoint_step: int | None = Query(None, ge=1, description="a checkpoint's step instead of the final model"),
+):
     """Download the fine-tuned model as a tar.gz: its adapter, or merged full weights (a tuneserve extension)."""
     jobs = request.app.state.jobs
     job = jobs.get(project, job_id)  # NotFound for another project's job
     if job.status != "succeeded":
-        raise InvalidRequest(f"Job {job_id} has status {job.status!r}; only a succeeded job can be downloaded",
-                             param="fine_tuning_job_id", code="job_not_succeeded")
+        raise InvalidRequest(
+            f"Job {job_id} has status {job.status!r}; only a succeeded job can be downloaded",
+            param="fine_tuning_job_id",
+            code="job_not_succeeded",
+        )
     job_dir: Path = jobs.job_dir(job_id)
     adapter = job_dir / "final" if checkpoint_step is None else job_dir / "checkpoints" / f"step-{checkpoint_step}"
     if not (adapter / "adapter_config.json").is_file():
         what = "final adapter" if checkpoint_step is None else f"checkpoint at step {checkpoint_step}"
-        raise NotFound(f"Job {job_id} has no {what}", param="checkpoint_step" if checkpoint_step else "fine_tuning_job_id",
-                       code="checkpoint_not_found" if checkpoint_step else "not_found")
+        raise NotFound(
+            f"Job {job_id} has no {what}",
+            param="checkpoint_step" if checkpoint_step else "fine_tuning_job_id",
+            code="checkpoint_not_found" if checkpoint_step else "not_found",
+        )
 
     from tuneserve import export
 

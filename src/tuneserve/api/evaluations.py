@@ -24,10 +24,14 @@ router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
 
 class CreateEvaluation(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    models: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=8,
-                                                              description="the models to compare, e.g. a base and a fine-tuned model")
-    dataset_file: str = Field(min_length=1, description="an uploaded file (purpose 'evals' or 'fine-tune') of "
-                                                        "{question, answer} items, or chat format (the last assistant turn is the reference)")
+    models: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1, max_length=8, description="the models to compare, e.g. a base and a fine-tuned model"
+    )
+    dataset_file: str = Field(
+        min_length=1,
+        description="an uploaded file (purpose 'evals' or 'fine-tune') of "
+        "{question, answer} items, or chat format (the last assistant turn is the reference)",
+    )
     judge_model: str | None = Field(None, min_length=1, description="an LLM judge: YES/NO and a reason per answer")
     judge_base_url: str | None = Field(None, description="the judge's OpenAI-compatible endpoint (default: this server)")
     max_tokens: int = Field(256, ge=1, le=32768)
@@ -39,12 +43,21 @@ class CreateEvaluation(BaseModel):
 
 def evaluation_object(row: Evaluation) -> dict[str, Any]:
     return {
-        "id": row.id, "object": "evaluation", "created_at": row.created_at, "started_at": row.started_at,
-        "finished_at": row.finished_at, "status": row.status, "models": row.models, "dataset_file": row.dataset_file,
-        "judge_model": row.judge_model, "judge_base_url": row.judge_base_url,
+        "id": row.id,
+        "object": "evaluation",
+        "created_at": row.created_at,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "status": row.status,
+        "models": row.models,
+        "dataset_file": row.dataset_file,
+        "judge_model": row.judge_model,
+        "judge_base_url": row.judge_base_url,
         "fine_tuning_job_id": row.fine_tuning_job_id,
         "progress": {"done": row.progress_done, "total": row.progress_total},  # answers (items x models)
-        "summary": row.summary, "error": row.error, "metadata": row.user_metadata,
+        "summary": row.summary,
+        "error": row.error,
+        "metadata": row.user_metadata,
         **{k: row.params.get(k) for k in ("max_tokens", "temperature", "concurrency", "max_items")},
     }
 
@@ -70,8 +83,13 @@ def retrieve_evaluation(request: Request, project: Project, evaluation_id: str):
 
 
 @router.get("/{evaluation_id}/items")
-def list_items(request: Request, project: Project, evaluation_id: str, after: str | None = Query(None, description="the last index seen"),
-               limit: int = Query(20, ge=1, le=1000)):
+def list_items(
+    request: Request,
+    project: Project,
+    evaluation_id: str,
+    after: str | None = Query(None, description="the last index seen"),
+    limit: int = Query(20, ge=1, le=1000),
+):
     """Per item, in dataset order: {index, question, reference, answers: {MODEL: {text, rouge1, rouge2,
     rougeL, exact_match, judge: {verdict, reason} | null, error, judge_error}}}. Empty until it has succeeded."""
     items, has_more = request.app.state.evaluations.items(project, evaluation_id, after=after, limit=limit)

@@ -26,8 +26,14 @@ def upload_file(request: Request, project: Project, file: UploadFile, purpose: s
 
 
 @router.get("")
-def list_files(request: Request, project: Project, purpose: str | None = None, limit: int = Query(10000, ge=1, le=10000),
-               order: Literal["asc", "desc"] = "desc", after: str | None = None):
+def list_files(
+    request: Request,
+    project: Project,
+    purpose: str | None = None,
+    limit: int = Query(10000, ge=1, le=10000),
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+):
     """List files, newest first."""
     rows, has_more = request.app.state.files.list(project, purpose=purpose, limit=limit, after=after, order=order)
     return list_object([file_object(r) for r in rows], has_more, with_ids=True)
@@ -57,10 +63,14 @@ def file_content(request: Request, project: Project, file_id: str):
 
 
 @router.get("/{file_id}/preview")
-def preview_file(request: Request, project: Project, file_id: str,
-                 model: str = Query(description="the base model whose tokenizer and chat template render the examples"),
-                 n: int = Query(3, ge=1, le=20, description="how many examples, from the start of the file"),
-                 max_seq_length: int = Query(1024, ge=1, le=131072, description="tokens kept per example, as in training")):
+def preview_file(
+    request: Request,
+    project: Project,
+    file_id: str,
+    model: str = Query(description="the base model whose tokenizer and chat template render the examples"),
+    n: int = Query(3, ge=1, le=20, description="how many examples, from the start of the file"),
+    max_seq_length: int = Query(1024, ge=1, le=131072, description="tokens kept per example, as in training"),
+):
     """The first `n` examples as `model` sees them, with the trained tokens marked.
 
     A tuneserve extension (OpenAI has no such route), for the web console; the same as

@@ -11,8 +11,12 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 
 @router.post("")
-def create_job(request: Request, project: Project, body: CreateFineTuningJob,
-               idempotency_key: str | None = Header(None, alias="Idempotency-Key")):
+def create_job(
+    request: Request,
+    project: Project,
+    body: CreateFineTuningJob,
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
+):
     """Create a job. A retry with the same Idempotency-Key returns the first job instead of a second one."""
     job = request.app.state.jobs.create(project, body.to_service_request(), idempotency_key=idempotency_key)
     return job_object(job)
@@ -21,7 +25,9 @@ def create_job(request: Request, project: Project, body: CreateFineTuningJob,
 @router.get("")
 def list_jobs(request: Request, project: Project, after: str | None = None, limit: int = Query(20, ge=1, le=1000)):
     """List jobs, newest first, with cursor pagination (`after`, `limit`, `has_more`)."""
-    metadata = {k[len("metadata["):-1]: v for k, v in request.query_params.items() if k.startswith("metadata[") and k.endswith("]")}
+    metadata = {
+        k[len("metadata[") : -1]: v for k, v in request.query_params.items() if k.startswith("metadata[") and k.endswith("]")
+    }
     jobs, has_more = request.app.state.jobs.list(project, after=after, limit=limit, metadata=metadata or None)
     return list_object([job_object(j) for j in jobs], has_more)
 
@@ -58,8 +64,9 @@ def list_events(request: Request, project: Project, job_id: str, after: str | No
 
 
 @router.get("/{job_id}/checkpoints")
-def list_checkpoints(request: Request, project: Project, job_id: str, after: str | None = None,
-                     limit: int = Query(10, ge=1, le=1000)):
+def list_checkpoints(
+    request: Request, project: Project, job_id: str, after: str | None = None, limit: int = Query(10, ge=1, le=1000)
+):
     """The job's checkpoints (one per epoch), newest first, each usable as a model."""
     ckpts, has_more = request.app.state.jobs.checkpoints(project, job_id, after=after, limit=limit)
     return list_object([checkpoint_object(c) for c in ckpts], has_more, with_ids=True)

@@ -40,12 +40,19 @@ def check_response_format(value: ResponseFormat | None) -> bool:
         return False
     kind = value.type
     if kind == "json_schema":
-        raise InvalidRequest("response_format {\"type\": \"json_schema\"} is not supported yet: decoding is not constrained "
-                             "to a JSON schema. Use {\"type\": \"json_object\"} (the output is one JSON object) and give "
-                             "the schema in the prompt.", param="response_format", code="unsupported_value")
+        raise InvalidRequest(
+            'response_format {"type": "json_schema"} is not supported yet: decoding is not constrained '
+            'to a JSON schema. Use {"type": "json_object"} (the output is one JSON object) and give '
+            "the schema in the prompt.",
+            param="response_format",
+            code="unsupported_value",
+        )
     if kind not in RESPONSE_FORMAT_TYPES:
-        raise InvalidRequest(f"Invalid value for 'response_format': unknown type {kind!r}; supported types are "
-                             "'text' and 'json_object'", param="response_format", code="invalid_value")
+        raise InvalidRequest(
+            f"Invalid value for 'response_format': unknown type {kind!r}; supported types are 'text' and 'json_object'",
+            param="response_format",
+            code="invalid_value",
+        )
     return kind == "json_object"
 
 
@@ -63,10 +70,18 @@ def _params(body: SamplingFields, index: int, *, logprobs: bool = False, top_log
     from tuneserve.inference.engine import SamplingParams
 
     seed = body.seed + index if body.seed is not None else None
-    return SamplingParams(max_tokens=body.max_completion_tokens or body.max_tokens, temperature=body.temperature,
-                          top_p=body.top_p, stop=body.stops(), seed=seed, presence_penalty=body.presence_penalty,
-                          frequency_penalty=body.frequency_penalty, logprobs=logprobs, top_logprobs=top_logprobs,
-                          json_mode=json_mode)
+    return SamplingParams(
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stops(),
+        seed=seed,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+        json_mode=json_mode,
+    )
 
 
 def _all(call, count: int, make_args) -> list:
@@ -78,7 +93,11 @@ def _all(call, count: int, make_args) -> list:
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def _sse(chunks: Iterator[dict[str, Any]], close) -> StreamingResponse:
@@ -94,9 +113,18 @@ def _sse(chunks: Iterator[dict[str, Any]], close) -> StreamingResponse:
 
 
 def _chat_logprobs(items) -> dict[str, Any]:
-    return {"content": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes,
-                         "top_logprobs": [{"token": a.token, "logprob": a.logprob, "bytes": a.bytes} for a in t.top_logprobs]}
-                        for t in items], "refusal": None}
+    return {
+        "content": [
+            {
+                "token": t.token,
+                "logprob": t.logprob,
+                "bytes": t.bytes,
+                "top_logprobs": [{"token": a.token, "logprob": a.logprob, "bytes": a.bytes} for a in t.top_logprobs],
+            }
+            for t in items
+        ],
+        "refusal": None,
+    }
 
 
 def _completion_logprobs(items, start_offset: int = 0) -> dict[str, Any]:
@@ -104,8 +132,12 @@ def _completion_logprobs(items, start_offset: int = 0) -> dict[str, Any]:
     for t in items:
         offsets.append(position)
         position += len(t.token)
-    return {"tokens": [t.token for t in items], "token_logprobs": [t.logprob for t in items],
-            "top_logprobs": [{a.token: a.logprob for a in t.top_logprobs} for t in items], "text_offset": offsets}
+    return {
+        "tokens": [t.token for t in items],
+        "token_logprobs": [t.logprob for t in items],
+        "top_logprobs": [{a.token: a.logprob for a in t.top_logprobs} for t in items],
+        "text_offset": offsets,
+    }
 
 
 def _chat_message(text: str, tools_given: bool) -> tuple[dict[str, Any], bool]:
@@ -127,7 +159,12 @@ def chat_completions(request: Request, project: Project, body: ChatCompletionReq
     tools = body.tools if body.tools and body.tool_choice != "none" else None
     want_logprobs = body.logprobs or bool(body.top_logprobs)
     params = lambda i: _params(body, i, logprobs=want_logprobs, top_logprobs=body.top_logprobs or 0, json_mode=json_mode)  # noqa: E731
-    head = {"id": f"chatcmpl-{secrets.token_hex(12)}", "created": int(time.time()), "model": body.model, "system_fingerprint": None}
+    head = {
+        "id": f"chatcmpl-{secrets.token_hex(12)}",
+        "created": int(time.time()),
+        "model": body.model,
+        "system_fingerprint": None,
+    }
 
     if body.stream:
         # Every choice starts now (the first one here, so a bad prompt is a 400 before any byte is sent).
@@ -139,10 +176,20 @@ def chat_completions(request: Request, project: Project, body: ChatCompletionReq
     choices = []
     for index, result in enumerate(results):
         message, called = _chat_message(result.text, tools is not None)
-        choices.append({"index": index, "message": message, "finish_reason": "tool_calls" if called else result.finish_reason,
-                        "logprobs": _chat_logprobs(result.logprobs or ()) if want_logprobs else None})
-    return {**head, "object": "chat.completion", "choices": choices,
-            "usage": _usage(results[0].prompt_tokens, sum(r.completion_tokens for r in results))}
+        choices.append(
+            {
+                "index": index,
+                "message": message,
+                "finish_reason": "tool_calls" if called else result.finish_reason,
+                "logprobs": _chat_logprobs(result.logprobs or ()) if want_logprobs else None,
+            }
+        )
+    return {
+        **head,
+        "object": "chat.completion",
+        "choices": choices,
+        "usage": _usage(results[0].prompt_tokens, sum(r.completion_tokens for r in results)),
+    }
 
 
 def _chat_chunks(head: dict, streams: list, tools_given: bool, body: ChatCompletionRequest) -> Iterator[dict[str, Any]]:
@@ -158,16 +205,28 @@ def _chat_chunks(head: dict, streams: list, tools_given: bool, body: ChatComplet
                 finish = item.finish_reason
                 if tools_given:
                     message, called = _chat_message("".join(held), True)
-                    delta = {"tool_calls": [{**c, "index": i} for i, c in enumerate(message["tool_calls"])]} if called \
+                    delta = (
+                        {"tool_calls": [{**c, "index": i} for i, c in enumerate(message["tool_calls"])]}
+                        if called
                         else {"content": message["content"]}
+                    )
                     finish = "tool_calls" if called else finish
                     yield {**chunk, "choices": [{"index": index, "delta": delta, "finish_reason": None}]}
                 yield {**chunk, "choices": [{"index": index, "delta": {}, "finish_reason": finish}]}
             elif tools_given:
                 held.append(item.text)
             elif item.text or item.logprobs:
-                yield {**chunk, "choices": [{"index": index, "delta": {"content": item.text}, "finish_reason": None,
-                                             "logprobs": _chat_logprobs(item.logprobs) if want_logprobs else None}]}
+                yield {
+                    **chunk,
+                    "choices": [
+                        {
+                            "index": index,
+                            "delta": {"content": item.text},
+                            "finish_reason": None,
+                            "logprobs": _chat_logprobs(item.logprobs) if want_logprobs else None,
+                        }
+                    ],
+                }
     if body.stream_options and body.stream_options.include_usage:
         yield {**chunk, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)}
 
@@ -195,17 +254,38 @@ def completions(request: Request, project: Project, body: CompletionRequest):
                     if hasattr(item, "finish_reason"):
                         prompt_tokens += item.prompt_tokens
                         completion_tokens += item.completion_tokens
-                        yield {**head, "choices": [{"index": index, "text": "", "logprobs": None, "finish_reason": item.finish_reason}]}
+                        yield {
+                            **head,
+                            "choices": [{"index": index, "text": "", "logprobs": None, "finish_reason": item.finish_reason}],
+                        }
                     elif item.text or item.logprobs:
-                        yield {**head, "choices": [{"index": index, "text": item.text, "finish_reason": None,
-                                                    "logprobs": _completion_logprobs(item.logprobs) if want else None}]}
+                        yield {
+                            **head,
+                            "choices": [
+                                {
+                                    "index": index,
+                                    "text": item.text,
+                                    "finish_reason": None,
+                                    "logprobs": _completion_logprobs(item.logprobs) if want else None,
+                                }
+                            ],
+                        }
             if body.stream_options and body.stream_options.include_usage:
                 yield {**head, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)}
 
         return _sse(chunks(), lambda: [s.close() for s in streams])
 
     results = _all(engine.complete, len(jobs), lambda k: (base, adapter, jobs[k][0], params(jobs[k][1])))
-    return {**head, "choices": [{"index": i, "text": r.text, "finish_reason": r.finish_reason,
-                                 "logprobs": _completion_logprobs(r.logprobs or ()) if want else None}
-                                for i, r in enumerate(results)],
-            "usage": _usage(sum(r.prompt_tokens for r in results[:: body.n]), sum(r.completion_tokens for r in results))}
+    return {
+        **head,
+        "choices": [
+            {
+                "index": i,
+                "text": r.text,
+                "finish_reason": r.finish_reason,
+                "logprobs": _completion_logprobs(r.logprobs or ()) if want else None,
+            }
+            for i, r in enumerate(results)
+        ],
+        "usage": _usage(sum(r.prompt_tokens for r in results[:: body.n]), sum(r.completion_tokens for r in results)),
+    }

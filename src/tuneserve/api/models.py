@@ -16,16 +16,34 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 def _cards(request: Request, project: str) -> list[dict]:
     catalog = request.app.state.catalog
-    cards = [{"id": name, "object": "model", "created": 0, "owned_by": "tuneserve", "root": name, "parent": None}
-             for name in catalog.base_models()]
+    cards = [
+        {"id": name, "object": "model", "created": 0, "owned_by": "tuneserve", "root": name, "parent": None}
+        for name in catalog.base_models()
+    ]
     for job in catalog.fine_tuned(project):
         base = job.spec["model"]
-        cards.append({"id": job.fine_tuned_model, "object": "model", "created": job.finished_at or job.created_at,
-                      "owned_by": project, "root": base, "parent": job.model,
-                      "fine_tuning_job_id": job.id})  # tuneserve extension: the job that made it (lineage)
+        cards.append(
+            {
+                "id": job.fine_tuned_model,
+                "object": "model",
+                "created": job.finished_at or job.created_at,
+                "owned_by": project,
+                "root": base,
+                "parent": job.model,
+                "fine_tuning_job_id": job.id,
+            }
+        )  # tuneserve extension: the job that made it (lineage)
     for adapter in catalog.runtime_adapters(project):  # loaded with /v1/load_lora_adapter (vLLM's protocol)
-        cards.append({"id": adapter["name"], "object": "model", "created": adapter["created"], "owned_by": project,
-                      "root": adapter["base"], "parent": adapter["base"]})
+        cards.append(
+            {
+                "id": adapter["name"],
+                "object": "model",
+                "created": adapter["created"],
+                "owned_by": project,
+                "root": adapter["base"],
+                "parent": adapter["base"],
+            }
+        )
     return cards
 
 

@@ -51,10 +51,13 @@ class CreateFineTuningJob(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     metadata: dict[str, str] | None = None
     integrations: list[dict[str, Any]] | None = Field(
-        None, description='[{"type": "wandb", "wandb": {"project": ..., "name", "entity", "tags"}}]; needs wandb and WANDB_API_KEY on the server.')
+        None,
+        description='[{"type": "wandb", "wandb": {"project": ..., "name", "entity", "tags"}}]; needs wandb and WANDB_API_KEY on the server.',
+    )
     # tuneserve / Together extensions: how to train (all optional; limits are checked against the TrainingSpec).
     training_type: Literal["lora", "qlora", "ia3", "full"] | None = Field(
-        None, description="lora (default); qlora (4-bit NF4 base, torchao); ia3 (OCI's T-Few); full (OCI's Vanilla).")
+        None, description="lora (default); qlora (4-bit NF4 base, torchao); ia3 (OCI's T-Few); full (OCI's Vanilla)."
+    )
     lora: dict[str, Any] | None = Field(None, description="{r, alpha, dropout, target_modules, use_rslora, use_dora}")
     learning_rate: float | None = Field(None, description="Absolute peak rate (Together's); overrides learning_rate_multiplier.")
     lr_scheduler_type: Literal["linear", "cosine", "constant"] | None = None
@@ -71,10 +74,13 @@ class CreateFineTuningJob(BaseModel):
     torch_compile: bool | None = None
     precision: Literal["auto", "bf16", "fp32"] | None = Field(None, description="auto (default): bf16 where the hardware has it.")
     packing: Literal["auto", "padding_free", "per_example", "length_grouped"] | None = Field(
-        None, description="auto (default): padding_free with flash-attention on CUDA, per_example on CPU, else length_grouped.")
+        None, description="auto (default): padding_free with flash-attention on CUDA, per_example on CPU, else length_grouped."
+    )
     num_workers: int | None = Field(None, description="Data-parallel workers (OPEA's name), for the Ray runner.")
-    resources_per_worker: dict[str, float] | None = Field(None, description="e.g. {\"CPU\": 2, \"GPU\": 1} (OPEA's name).")
-    auto_evaluate: bool | None = Field(None, description="When the job succeeds, evaluate it against its base on the validation file.")
+    resources_per_worker: dict[str, float] | None = Field(None, description='e.g. {"CPU": 2, "GPU": 1} (OPEA\'s name).')
+    auto_evaluate: bool | None = Field(
+        None, description="When the job succeeds, evaluate it against its base on the validation file."
+    )
     General: dict[str, Any] | None = None
     Dataset: dict[str, Any] | None = None
     Training: dict[str, Any] | None = None
@@ -105,13 +111,24 @@ class CreateFineTuningJob(BaseModel):
             hp = body.hyperparameters.model_dump(exclude_none=True) if body is not None and body.hyperparameters else {}
             request["method"] = {"type": self.method.type, self.method.type: {"hyperparameters": hp}}
         training = self.Training or {}
-        opea_hp = {"n_epochs": training.get("epochs"), "batch_size": training.get("batch_size"),
-                   "learning_rate": training.get("learning_rate"), "beta": training.get("dpo_beta")}
+        opea_hp = {
+            "n_epochs": training.get("epochs"),
+            "batch_size": training.get("batch_size"),
+            "learning_rate": training.get("learning_rate"),
+            "beta": training.get("dpo_beta"),
+        }
         if any(v is not None for v in opea_hp.values()):
-            request["hyperparameters"] = {**request.get("hyperparameters", {}), **{k: v for k, v in opea_hp.items() if v is not None}}
-        for ours, theirs in (("num_workers", "num_training_workers"), ("resources_per_worker", "resources_per_worker"),
-                             ("weight_decay", "weight_decay"), ("gradient_accumulation_steps", "gradient_accumulation_steps"),
-                             ("lr_scheduler_type", "lr_scheduler")):
+            request["hyperparameters"] = {
+                **request.get("hyperparameters", {}),
+                **{k: v for k, v in opea_hp.items() if v is not None},
+            }
+        for ours, theirs in (
+            ("num_workers", "num_training_workers"),
+            ("resources_per_worker", "resources_per_worker"),
+            ("weight_decay", "weight_decay"),
+            ("gradient_accumulation_steps", "gradient_accumulation_steps"),
+            ("lr_scheduler_type", "lr_scheduler"),
+        ):
             if training.get(theirs) is not None:
                 request.setdefault(ours, training[theirs])
         if (self.Dataset or {}).get("max_length"):
@@ -126,8 +143,12 @@ class CreateFineTuningJob(BaseModel):
             if lora is None:  # OPEA's way of asking for full fine-tuning
                 request.setdefault("training_type", "full")
             else:
-                mapped = {"r": lora.get("r"), "alpha": lora.get("lora_alpha"), "dropout": lora.get("lora_dropout"),
-                          "target_modules": lora.get("target_modules")}
+                mapped = {
+                    "r": lora.get("r"),
+                    "alpha": lora.get("lora_alpha"),
+                    "dropout": lora.get("lora_dropout"),
+                    "target_modules": lora.get("target_modules"),
+                }
                 request["lora"] = {k: v for k, v in mapped.items() if v is not None}
         return request
 
@@ -140,21 +161,45 @@ class JobIdBody(BaseModel):
 
 # -- responses ----------------------------------------------------------------------------
 
+
 def file_object(row: File) -> dict[str, Any]:
-    return {"id": row.id, "object": "file", "bytes": row.bytes, "created_at": row.created_at, "filename": row.filename,
-            "purpose": row.purpose, "status": row.status, "status_details": row.status_details, "expires_at": None,
-            # tuneserve extension: the full validation report (format, counts, errors and warnings by line).
-            "validation": row.report}
+    return {
+        "id": row.id,
+        "object": "file",
+        "bytes": row.bytes,
+        "created_at": row.created_at,
+        "filename": row.filename,
+        "purpose": row.purpose,
+        "status": row.status,
+        "status_details": row.status_details,
+        "expires_at": None,
+        # tuneserve extension: the full validation report (format, counts, errors and warnings by line).
+        "validation": row.report,
+    }
 
 
 def job_object(job: Job) -> dict[str, Any]:
     return {
-        "id": job.id, "object": "fine_tuning.job", "created_at": job.created_at, "error": job.error,
-        "fine_tuned_model": job.fine_tuned_model, "finished_at": job.finished_at, "hyperparameters": job.hyperparameters,
-        "model": job.model, "organization_id": job.project, "result_files": job.result_files or [], "seed": job.seed,
-        "status": job.status, "trained_tokens": job.trained_tokens, "training_file": job.training_file,
-        "validation_file": job.validation_file, "estimated_finish": job.estimated_finish if job.status == "running" else None,
-        "integrations": _integrations(job), "metadata": job.user_metadata, "method": job.method, "suffix": job.suffix,
+        "id": job.id,
+        "object": "fine_tuning.job",
+        "created_at": job.created_at,
+        "error": job.error,
+        "fine_tuned_model": job.fine_tuned_model,
+        "finished_at": job.finished_at,
+        "hyperparameters": job.hyperparameters,
+        "model": job.model,
+        "organization_id": job.project,
+        "result_files": job.result_files or [],
+        "seed": job.seed,
+        "status": job.status,
+        "trained_tokens": job.trained_tokens,
+        "training_file": job.training_file,
+        "validation_file": job.validation_file,
+        "estimated_finish": job.estimated_finish if job.status == "running" else None,
+        "integrations": _integrations(job),
+        "metadata": job.user_metadata,
+        "method": job.method,
+        "suffix": job.suffix,
         # tuneserve extension: how it trains.
         "training_type": job.spec.get("training_type", "lora"),
     }
@@ -166,14 +211,27 @@ def _integrations(job: Job) -> list[dict[str, Any]]:
 
 
 def event_object(event: JobEvent) -> dict[str, Any]:
-    return {"id": event.id, "object": "fine_tuning.job.event", "created_at": event.created_at, "level": event.level,
-            "message": event.message, "type": event.type, "data": event.data}
+    return {
+        "id": event.id,
+        "object": "fine_tuning.job.event",
+        "created_at": event.created_at,
+        "level": event.level,
+        "message": event.message,
+        "type": event.type,
+        "data": event.data,
+    }
 
 
 def checkpoint_object(ckpt: Checkpoint) -> dict[str, Any]:
-    return {"id": ckpt.id, "object": "fine_tuning.job.checkpoint", "created_at": ckpt.created_at,
-            "fine_tuned_model_checkpoint": ckpt.fine_tuned_model_checkpoint, "fine_tuning_job_id": ckpt.job_id,
-            "step_number": ckpt.step_number, "metrics": ckpt.metrics}
+    return {
+        "id": ckpt.id,
+        "object": "fine_tuning.job.checkpoint",
+        "created_at": ckpt.created_at,
+        "fine_tuned_model_checkpoint": ckpt.fine_tuned_model_checkpoint,
+        "fine_tuning_job_id": ckpt.job_id,
+        "step_number": ckpt.step_number,
+        "metrics": ckpt.metrics,
+    }
 
 
 def list_object(data: list[dict[str, Any]], has_more: bool, *, with_ids: bool = False) -> dict[str, Any]:
@@ -185,6 +243,7 @@ def list_object(data: list[dict[str, Any]], has_more: bool, *, with_ids: bool = 
 
 
 # -- inference ----------------------------------------------------------------------------
+
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
@@ -234,8 +293,11 @@ class ChatMessage(BaseModel):
     name: str | None = None
 
     def as_template_message(self) -> dict[str, Any]:
-        text = self.content if isinstance(self.content, str) or self.content is None else "".join(
-            part.get("text", "") for part in self.content if part.get("type") == "text")
+        text = (
+            self.content
+            if isinstance(self.content, str) or self.content is None
+            else "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+        )
         message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": text or ""}
         if self.tool_calls:
             message["tool_calls"] = self.tool_calls

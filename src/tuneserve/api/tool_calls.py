@@ -26,7 +26,7 @@ def parse_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
         call = _as_call(match.group(1))
         if call is None:
             continue
-        kept.append(text[last:match.start()])
+        kept.append(text[last : match.start()])
         last = match.end()
         calls.append(call)
     kept.append(text[last:])
@@ -44,5 +44,8 @@ def _as_call(raw: str) -> dict[str, Any] | None:
     arguments = payload.get("arguments", payload.get("parameters", {}))
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments, ensure_ascii=False)
-    return {"id": f"call_{secrets.token_hex(12)}", "type": "function",
-            "function": {"name": payload["name"], "arguments": arguments}}
+    return {
+        "id": f"call_{secrets.token_hex(12)}",
+        "type": "function",
+        "function": {"name": payload["name"], "arguments": arguments},
+    }

@@ -19,6 +19,19 @@ def count_examples(path) -> int:
 
 
 __all__ = [
-    "FORMATS", "DataError", "DataWarning", "Example", "LineError", "PreferenceExample", "Record", "TextExample",
-    "ValidationReport", "count_examples", "detect_format", "iter_examples", "load_examples", "scan_records", "validate_file",
+    "FORMATS",
+    "DataError",
+    "DataWarning",
+    "Example",
+    "LineError",
+    "PreferenceExample",
+    "Record",
+    "TextExample",
+    "ValidationReport",
+    "count_examples",
+    "detect_format",
+    "iter_examples",
+    "load_examples",
+    "scan_records",
+    "validate_file",
 ]

@@ -58,7 +58,13 @@ def open_records(path: str | Path, *, warn: Warn | None = None, name: str | None
         container = "json" if first == b"[" else "jsonl"
     expected = EXTENSIONS.get(Path(name or path.name).suffix.lower())
     if expected and expected != container:
-        warn(DataWarning(None, "container_mismatch", f"the file is named {expected.upper()} but holds {_CONTAINER_NAMES[container]}; read as {container}"))
+        warn(
+            DataWarning(
+                None,
+                "container_mismatch",
+                f"the file is named {expected.upper()} but holds {_CONTAINER_NAMES[container]}; read as {container}",
+            )
+        )
     reader = {"parquet": _read_parquet, "json": _read_json_array, "jsonl": _read_jsonl}[container]
     return container, reader(path)
 
@@ -89,7 +95,11 @@ def _decode(raw: bytes, line: int) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"not valid UTF-8 (byte {exc.start + 1} of the line is 0x{raw[exc.start]:02x})", line=line, code="invalid_file_encoding") from None
+        raise DataError(
+            f"not valid UTF-8 (byte {exc.start + 1} of the line is 0x{raw[exc.start]:02x})",
+            line=line,
+            code="invalid_file_encoding",
+        ) from None
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
@@ -113,8 +123,10 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 def _json_error(exc: json.JSONDecodeError, text: str) -> str:
     """The decoder's message with a column, never the line itself (which may be 10 MB)."""
     if exc.pos >= len(text) and text[:1] in "{[":
-        return ("invalid JSON: the object is not closed on this line. Is one JSON object spread over several lines "
-                "(pretty-printed)? JSONL needs each object on one line")
+        return (
+            "invalid JSON: the object is not closed on this line. Is one JSON object spread over several lines "
+            "(pretty-printed)? JSONL needs each object on one line"
+        )
     return f"invalid JSON: {exc.msg} (column {exc.colno})"
 
 

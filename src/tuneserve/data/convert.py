@@ -57,8 +57,16 @@ TARGETS: tuple[str, ...] = ("chat", "prompt-completion", "alpaca")
 MAX_SKIPPED_LINES = 20  # how many skipped line numbers the summary lists
 
 
-def convert_file(src: Path, dst: Path, *, to: Target, system: str | None = None, split: float | None = None,
-                 seed: int = 0, skip_unconvertible: bool = False) -> dict[str, Any]:
+def convert_file(
+    src: Path,
+    dst: Path,
+    *,
+    to: Target,
+    system: str | None = None,
+    split: float | None = None,
+    seed: int = 0,
+    skip_unconvertible: bool = False,
+) -> dict[str, Any]:
     """Convert `src` (any supported format) to JSONL of format `to` at `dst`.
 
     `system` adds a system message, or replaces the existing one (prompt-completion: prepended to
@@ -114,9 +122,14 @@ def convert_file(src: Path, dst: Path, *, to: Target, system: str | None = None,
         for path in (tmp, valid_tmp):
             if path is not None:
                 path.unlink(missing_ok=True)
-    return {"written": written, "validation_written": validation_written, "skipped": skipped.count,
-            "skipped_lines": [error.line for error in skipped.first],
-            "out": str(dst), "valid_out": str(valid_dst) if valid_dst else None}
+    return {
+        "written": written,
+        "validation_written": validation_written,
+        "skipped": skipped.count,
+        "skipped_lines": [error.line for error in skipped.first],
+        "out": str(dst),
+        "valid_out": str(valid_dst) if valid_dst else None,
+    }
 
 
 def validation_path(dst: Path) -> Path:
@@ -132,12 +145,19 @@ def validation_path(dst: Path) -> Path:
 def convert_record(record: Record, to: Target, system: str | None = None) -> dict[str, Any]:
     """One canonical record as a JSON object of format `to`, or DataError naming its line."""
     if isinstance(record, TextExample):
-        raise DataError(f"raw text records cannot be converted to {to}: they have no roles to map "
-                        "(they are trained as they are)", line=record.line, code="unconvertible_record")
+        raise DataError(
+            f"raw text records cannot be converted to {to}: they have no roles to map (they are trained as they are)",
+            line=record.line,
+            code="unconvertible_record",
+        )
     if isinstance(record, PreferenceExample):
         if to != "chat":
-            raise DataError(f"a preference pair cannot be written as {to} (it has no place for the rejected answer); "
-                            "use --to chat, which writes OpenAI's preference format", line=record.line, code="unconvertible_record")
+            raise DataError(
+                f"a preference pair cannot be written as {to} (it has no place for the rejected answer); "
+                "use --to chat, which writes OpenAI's preference format",
+                line=record.line,
+                code="unconvertible_record",
+            )
         return _preference_to_chat(record, system)
     if not isinstance(record, Example):
         raise DataError(f"unknown record type {type(record).__name__}", line=getattr(record, "line", None))
@@ -192,6 +212,7 @@ def _preference_to_chat(record: PreferenceExample, system: str | None) -> dict[s
 def _plain_turns(record: Example, to: str) -> tuple[str | None, list[dict[str, Any]]]:
     """(system content or None, the rest) when the conversation is [system?] (user assistant)+ of plain
     text; DataError otherwise."""
+
     def refuse(why: str) -> DataError:
         hint = "; use --to chat" if to == "alpaca" else "; use --to chat (or alpaca for multi-turn)"
         return DataError(f"cannot convert to {to}: {why}{hint}", line=record.line, code="unconvertible_record")
@@ -206,8 +227,10 @@ def _plain_turns(record: Example, to: str) -> tuple[str | None, list[dict[str, A
     for i, message in enumerate(messages):
         expected = "user" if i % 2 == 0 else "assistant"
         if message["role"] != expected:
-            raise refuse(f"message {i + offset} is {message['role']}, expected {expected} "
-                         "(user/assistant pairs after an optional first system message)")
+            raise refuse(
+                f"message {i + offset} is {message['role']}, expected {expected} "
+                "(user/assistant pairs after an optional first system message)"
+            )
         if message.get("tool_calls"):
             raise refuse("an assistant message calls tools")
         if message.get("weight", 1) == 0:
@@ -222,9 +245,12 @@ def _plain_turns(record: Example, to: str) -> tuple[str | None, list[dict[str, A
 def _to_prompt_completion(record: Example, system: str | None) -> dict[str, Any]:
     existing, turns = _plain_turns(record, "prompt-completion")
     if len(turns) != 2:
-        raise DataError(f"cannot convert a multi-turn conversation ({len(turns) // 2} user/assistant pairs) to "
-                        "prompt-completion, which holds one prompt and one answer; use --to chat or --to alpaca",
-                        line=record.line, code="unconvertible_record")
+        raise DataError(
+            f"cannot convert a multi-turn conversation ({len(turns) // 2} user/assistant pairs) to "
+            "prompt-completion, which holds one prompt and one answer; use --to chat or --to alpaca",
+            line=record.line,
+            code="unconvertible_record",
+        )
     system = existing if system is None else system
     prompt = turns[0]["content"]
     return {"prompt": f"{system}\n\n{prompt}" if system else prompt, "completion": turns[1]["content"]}
@@ -243,4 +269,3 @@ def _to_alpaca(record: Example, system: str | None) -> dict[str, Any]:
 
 def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-

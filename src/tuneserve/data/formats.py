@@ -78,14 +78,15 @@ FORMAT_KEYS = {
 IGNORED_KEYS = {"id"}
 MESSAGE_KEYS = {"role", "content", "weight", "name", "tool_calls", "tool_call_id", "function_call"}
 SHAREGPT_ROLES = {
-    "human": "user", "user": "user",
-    "gpt": "assistant", "assistant": "assistant",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
     "system": "system",
     "function_call": "assistant",  # an assistant turn that calls tools: value is {"name", "arguments"} JSON
-    "observation": "tool", "tool": "tool",  # the answer to the previous call
+    "observation": "tool",
+    "tool": "tool",  # the answer to the previous call
 }
-
-
 
 
 def kind_of(fmt: str | None) -> str | None:
@@ -106,7 +107,9 @@ def detect_format(record: Any) -> str | None:
     preference = has("chosen") or has("rejected")
     if has("messages"):
         return "chat"
-    if has("input") and any(has(k) for k in ("preferred_output", "non_preferred_output", "preferred_completion", "non_preferred_completion")):
+    if has("input") and any(
+        has(k) for k in ("preferred_output", "non_preferred_output", "preferred_completion", "non_preferred_completion")
+    ):
         return "openai_dpo"
     if has("conversations"):
         return "sharegpt_dpo" if preference else "sharegpt"
@@ -127,9 +130,11 @@ def unknown_format_message(record: Any) -> str:
     if not isinstance(record, dict):
         return f"expected a JSON object, got {_jtype(record)}"
     keys = ", ".join(clip(str(k), 40) for k in sorted(record)[:8]) or "none"
-    return (f"unknown record format (keys: {keys}); expected 'messages', 'prompt'+'completion', "
-            "'instruction'+'output', 'conversations', 'text', or a preference pair ('chosen'+'rejected', "
-            "'preferred_output'+'non_preferred_output')")
+    return (
+        f"unknown record format (keys: {keys}); expected 'messages', 'prompt'+'completion', "
+        "'instruction'+'output', 'conversations', 'text', or a preference pair ('chosen'+'rejected', "
+        "'preferred_output'+'non_preferred_output')"
+    )
 
 
 # --- normalization ------------------------------------------------------------------------------
@@ -159,13 +164,17 @@ def normalize(record: dict[str, Any], fmt: str, line: int, *, warn: Warn | None 
         messages, paths = _messages(record.get("messages"), "messages", ctx)
         tools = _tools(record.get("tools"), "tools", ctx) + _tools(record.get("functions"), "functions", ctx)
         if record.get("parallel_tool_calls") is not None and not isinstance(record["parallel_tool_calls"], bool):
-            raise ctx.error("invalid_value", f"parallel_tool_calls must be true or false, got {_jtype(record['parallel_tool_calls'])}")
+            raise ctx.error(
+                "invalid_value", f"parallel_tool_calls must be true or false, got {_jtype(record['parallel_tool_calls'])}"
+            )
     elif fmt == "sharegpt":
         messages, paths = _sharegpt(record, ctx)
         tools = _tools(record.get("tools"), "tools", ctx)
     elif fmt == "prompt_completion":
-        messages = [{"role": "user", "content": ctx.string(record, "prompt", "prompt")},
-                    {"role": "assistant", "content": ctx.string(record, "completion", "completion")}]
+        messages = [
+            {"role": "user", "content": ctx.string(record, "prompt", "prompt")},
+            {"role": "assistant", "content": ctx.string(record, "completion", "completion")},
+        ]
         paths = ["prompt", "completion"]
     else:
         messages, paths = _alpaca(record, ctx)
@@ -195,7 +204,10 @@ class _Ctx:
         if value is None and not required:
             return ""
         if value is None:
-            raise self.error("missing_content" if key not in obj else "invalid_content", f"{path} is {'missing' if key not in obj else 'null'}; it must be a string")
+            raise self.error(
+                "missing_content" if key not in obj else "invalid_content",
+                f"{path} is {'missing' if key not in obj else 'null'}; it must be a string",
+            )
         if not isinstance(value, str):
             raise self.error("invalid_content", f"{path} must be a string, got {_jtype(value)}")
         return value
@@ -219,7 +231,9 @@ def _message(message: Any, path: str, ctx: _Ctx, *, default_role: str | None = N
         raise ctx.error("missing_role", f"{path} has no 'role'")
     role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
     if role not in ROLES:
-        raise ctx.error("unknown_role", f"{path}.role: unknown role {_short(role)} (expected one of system, user, assistant, tool)")
+        raise ctx.error(
+            "unknown_role", f"{path}.role: unknown role {_short(role)} (expected one of system, user, assistant, tool)"
+        )
     for key in message:
         if key not in MESSAGE_KEYS:
             ctx.warn("unknown_message_key", f"{path}.{clip(str(key), 40)} is not a message key; it is ignored")
@@ -250,7 +264,9 @@ def _content(message: dict[str, Any], path: str, ctx: _Ctx, *, optional: bool) -
             return ""
         if "content" not in message:
             raise ctx.error("missing_content", f"{path} has no 'content'")
-        raise ctx.error("missing_content", f"{path}.content is null; only an assistant message that calls tools may have no content")
+        raise ctx.error(
+            "missing_content", f"{path}.content is null; only an assistant message that calls tools may have no content"
+        )
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # OpenAI content parts: text only
@@ -328,7 +344,9 @@ def _tools(value: Any, path: str, ctx: _Ctx) -> tuple[dict[str, Any], ...]:
         if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
             raise ctx.error("invalid_tools", f"{fpath}.name must be a non-empty string")
         if function.get("parameters") is not None and not isinstance(function["parameters"], dict):
-            raise ctx.error("invalid_tools", f"{fpath}.parameters must be an object (a JSON schema), got {_jtype(function['parameters'])}")
+            raise ctx.error(
+                "invalid_tools", f"{fpath}.parameters must be an object (a JSON schema), got {_jtype(function['parameters'])}"
+            )
         out.append({"type": "function", "function": {k: v for k, v in function.items() if k != "type" and v is not None}})
     return tuple(out)
 
@@ -346,24 +364,39 @@ def _check_sequence(messages: list[dict[str, Any]], paths: list[str], ctx: _Ctx)
     for i, message in enumerate(messages):
         role = message["role"]
         if role != "tool" and pending:
-            raise ctx.error("unanswered_tool_call", f"{paths[i]} is a {role} message, but the tool calls of the last assistant message are not all answered by tool messages yet")
+            raise ctx.error(
+                "unanswered_tool_call",
+                f"{paths[i]} is a {role} message, but the tool calls of the last assistant message are not all answered by tool messages yet",
+            )
         if role == "system":
             if seen_turn:
-                ctx.warn("system_not_first", f"{paths[i]} is a system message after the conversation started; many chat templates move or drop it")
+                ctx.warn(
+                    "system_not_first",
+                    f"{paths[i]} is a system message after the conversation started; many chat templates move or drop it",
+                )
         elif role == "tool":
             if not answering or not pending:
-                raise ctx.error("orphan_tool_message", f"{paths[i]} is a tool message, but it answers no pending tool call of a preceding assistant message")
+                raise ctx.error(
+                    "orphan_tool_message",
+                    f"{paths[i]} is a tool message, but it answers no pending tool call of a preceding assistant message",
+                )
             wanted = message.get("tool_call_id")
             match = next((c for c in pending if c["id"] == wanted), None) if wanted is not None else pending[0]
             if match is None:
-                raise ctx.error("orphan_tool_message", f"{paths[i]}.tool_call_id {_short(wanted)} matches no pending call of the preceding assistant message")
+                raise ctx.error(
+                    "orphan_tool_message",
+                    f"{paths[i]}.tool_call_id {_short(wanted)} matches no pending call of the preceding assistant message",
+                )
             pending.remove(match)
             message["tool_call_id"] = match["id"]
             message.setdefault("name", match["function"]["name"])
         else:
             if role == prev:
                 other = "assistant" if role == "user" else "user"
-                raise ctx.error("consecutive_roles", f"{paths[i]} is a second {role} turn in a row (after {paths[i - 1]}); merge them or add the missing {other} turn")
+                raise ctx.error(
+                    "consecutive_roles",
+                    f"{paths[i]} is a second {role} turn in a row (after {paths[i - 1]}); merge them or add the missing {other} turn",
+                )
             seen_turn = True
         if role == "assistant" and message.get("tool_calls"):
             calls = []
@@ -434,11 +467,19 @@ def _sharegpt_turn(turn: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
     try:
         parsed = json.loads(value)
     except (json.JSONDecodeError, RecursionError):
-        raise ctx.error("invalid_tool_calls", f"{path}.value must be a JSON tool call {{\"name\", \"arguments\"}}; it is not valid JSON") from None
+        raise ctx.error(
+            "invalid_tool_calls", f'{path}.value must be a JSON tool call {{"name", "arguments"}}; it is not valid JSON'
+        ) from None
     calls = parsed if isinstance(parsed, list) else [parsed]
     if not calls:
         raise ctx.error("invalid_tool_calls", f"{path}.value is an empty list of tool calls")
-    return {"role": "assistant", "content": "", "tool_calls": [_tool_call(c, f"{path}.value" + (f"[{j}]" if isinstance(parsed, list) else ""), ctx) for j, c in enumerate(calls)]}
+    return {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            _tool_call(c, f"{path}.value" + (f"[{j}]" if isinstance(parsed, list) else ""), ctx) for j, c in enumerate(calls)
+        ],
+    }
 
 
 def _preference(record: dict[str, Any], fmt: str, ctx: _Ctx) -> PreferenceExample:
@@ -550,7 +591,11 @@ def scan_records(
                 on_error(exc)
             except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
                 # a shape no rule foresaw: report it on its line rather than fail the upload with a 5xx
-                error = DataError(f"this record could not be read ({type(exc).__name__}: {clip(str(exc), 120)})", line=line, code="invalid_record")
+                error = DataError(
+                    f"this record could not be read ({type(exc).__name__}: {clip(str(exc), 120)})",
+                    line=line,
+                    code="invalid_record",
+                )
                 if on_error is None:
                     raise error from exc
                 on_error(error)
@@ -567,8 +612,11 @@ def _one(value: Any, line: int, state: ScanState, warn: Warn | None) -> Record:
     if state.format is None:
         state.format, state.format_line = found, line
     elif found != state.format:
-        raise DataError(f"this record is {found} but the file started as {state.format} (line {state.format_line}); "
-                        "a file holds one format", line=line, code="mixed_formats")
+        raise DataError(
+            f"this record is {found} but the file started as {state.format} (line {state.format_line}); a file holds one format",
+            line=line,
+            code="mixed_formats",
+        )
     return normalize(value, found, line, warn=warn)
 
 

@@ -63,8 +63,12 @@ def format_examples(tokenizer: Any, examples: Iterable[Record], max_seq_length: 
     dropped = 0
     for example in examples:
         if isinstance(example, PreferenceExample):
-            raise DataError("preference data needs method dpo: this file holds preference pairs (chosen/rejected), "
-                            "which supervised fine-tuning cannot train on", line=example.line, code="preference_data_for_sft")
+            raise DataError(
+                "preference data needs method dpo: this file holds preference pairs (chosen/rejected), "
+                "which supervised fine-tuning cannot train on",
+                line=example.line,
+                code="preference_data_for_sft",
+            )
         if isinstance(example, TextExample):
             formatted = format_text(tokenizer, example.text, max_seq_length)
         else:
@@ -102,10 +106,14 @@ def for_template(message: dict[str, Any], inline_calls: bool) -> dict[str, Any]:
     calls = out.get("tool_calls")
     if not calls:
         return out
-    parsed = [{**call, "function": {**call["function"], "arguments": _arguments(call["function"].get("arguments"))}} for call in calls]
+    parsed = [
+        {**call, "function": {**call["function"], "arguments": _arguments(call["function"].get("arguments"))}} for call in calls
+    ]
     if inline_calls:
         text = "\n".join(
-            "<tool_call>\n" + json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]}, ensure_ascii=False) + "\n</tool_call>"
+            "<tool_call>\n"
+            + json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]}, ensure_ascii=False)
+            + "\n</tool_call>"
             for c in parsed
         )
         out.pop("tool_calls")
@@ -133,11 +141,19 @@ _renders_tool_calls: dict[tuple[Any, ...], bool] = {}
 
 def renders_tool_calls(tokenizer: Any) -> bool:
     """Whether the tokenizer's chat template writes an assistant message's `tool_calls` (cached per template)."""
-    key = (tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else repr(tokenizer.chat_template), tokenizer.bos_token, tokenizer.eos_token)
+    key = (
+        tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else repr(tokenizer.chat_template),
+        tokenizer.bos_token,
+        tokenizer.eos_token,
+    )
     if key not in _renders_tool_calls:
         probe = [
             {"role": "user", "content": "hi"},
-            {"role": "assistant", "content": "", "tool_calls": [{"id": "call_0", "type": "function", "function": {"name": _PROBE_NAME, "arguments": {}}}]},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"id": "call_0", "type": "function", "function": {"name": _PROBE_NAME, "arguments": {}}}],
+            },
         ]
         try:
             _renders_tool_calls[key] = _PROBE_NAME in tokenizer.apply_chat_template(probe, tokenize=False)
@@ -156,12 +172,18 @@ class _Renderer:
     def ids(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False) -> list[int]:
         if not messages:
             return []
-        return list(self.tokenizer.apply_chat_template(list(messages), tools=self.tools, tokenize=True, return_dict=False, add_generation_prompt=add_generation_prompt))
+        return list(
+            self.tokenizer.apply_chat_template(
+                list(messages), tools=self.tools, tokenize=True, return_dict=False, add_generation_prompt=add_generation_prompt
+            )
+        )
 
     def text(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False) -> str:
         if not messages:
             return ""
-        return self.tokenizer.apply_chat_template(list(messages), tools=self.tools, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.apply_chat_template(
+            list(messages), tools=self.tools, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
 
 def _by_token_prefixes(renderer: _Renderer, messages: list[dict[str, Any]], trained: list[int]) -> Formatted | None:

@@ -56,9 +56,14 @@ def preview_record(tokenizer: Any, record: Record, max_seq_length: int) -> dict[
     full = len(formatted.input_ids)
     if full >= max_seq_length:  # maybe cut: render once more, uncut, to count what was lost
         full = len(_format(tokenizer, record, UNLIMITED).input_ids)
-    return {"line": record.line, "n_tokens": len(formatted.input_ids), "n_trained": formatted.n_trained,
-            "truncated": full > len(formatted.input_ids), "n_tokens_full": full,
-            "segments": segments(tokenizer, formatted)}
+    return {
+        "line": record.line,
+        "n_tokens": len(formatted.input_ids),
+        "n_trained": formatted.n_trained,
+        "truncated": full > len(formatted.input_ids),
+        "n_tokens_full": full,
+        "segments": segments(tokenizer, formatted),
+    }
 
 
 def segments(tokenizer: Any, formatted: Formatted) -> list[dict[str, Any]]:
@@ -70,8 +75,10 @@ def segments(tokenizer: Any, formatted: Formatted) -> list[dict[str, Any]]:
             runs[-1][1].append(token)
         else:
             runs.append((trained, [token]))
-    return [{"text": tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False), "trained": trained}
-            for trained, ids in runs]
+    return [
+        {"text": tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False), "trained": trained}
+        for trained, ids in runs
+    ]
 
 
 def _format(tokenizer: Any, record: Record, max_seq_length: int) -> Formatted:

@@ -64,8 +64,7 @@ Record = Union[Example, PreferenceExample, TextExample]
 class DataError(InvalidRequest, ValueError):
     """The data cannot be trained on. `line` names where (1-based), when one place is at fault."""
 
-    def __init__(self, message: str, *, line: int | None = None, code: str = "invalid_training_file",
-                 param: str | None = None):
+    def __init__(self, message: str, *, line: int | None = None, code: str = "invalid_training_file", param: str | None = None):
         self.line = line
         super().__init__(f"line {line}: {message}" if line is not None else message, param=param, code=code)
 

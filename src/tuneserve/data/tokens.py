@@ -181,7 +181,9 @@ class _Counter:
                 record = batch[i]
                 if isinstance(record, Example):
                     messages = self._template_messages(record.messages)
-                    turns = [messages[j] for j, m in enumerate(record.messages) if m["role"] == "assistant" and m.get("weight", 1) != 0]
+                    turns = [
+                        messages[j] for j, m in enumerate(record.messages) if m["role"] == "assistant" and m.get("weight", 1) != 0
+                    ]
                 else:
                     turns = [self._template_messages((*record.prompt, record.chosen))[-1]]
                 trained[i] = self.eot_tokens * len(turns)
@@ -265,13 +267,19 @@ class _Counter:
         inline_calls = not self.renders_tool_calls and any(m.get("tool_calls") for m in messages)
         return [_template_message(m, inline_calls) for m in messages]
 
-    def _render(self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]], line: int, generation_prompt: bool = False) -> str:
+    def _render(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]], line: int, generation_prompt: bool = False
+    ) -> str:
         if not messages:
             return ""
         try:
-            return self.tokenizer.apply_chat_template(list(messages), tools=list(tools) or None, tokenize=False, add_generation_prompt=generation_prompt)
+            return self.tokenizer.apply_chat_template(
+                list(messages), tools=list(tools) or None, tokenize=False, add_generation_prompt=generation_prompt
+            )
         except Exception as exc:  # a template that rejects the conversation (roles, tool shapes)
-            raise DataError(f"the model's chat template cannot render this conversation: {exc}", line=line, code="template_error") from exc
+            raise DataError(
+                f"the model's chat template cannot render this conversation: {exc}", line=line, code="template_error"
+            ) from exc
 
     def _first_trained_position(self, record: Example | PreferenceExample) -> int:
         """Token index where the first trained turn's content starts (its prompt rendered with a generation prompt)."""
@@ -379,4 +387,3 @@ def _device() -> str:
     except ImportError:
         return "cpu"
     return "cuda" if torch.cuda.is_available() else "cpu"
-

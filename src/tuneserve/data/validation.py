@@ -130,20 +130,29 @@ def validate_file(
         empty = _empty_assistant_turns(record)
         if empty:
             report.empty_assistant_turns += empty
-            report.add_warning(DataWarning(record.line, "empty_assistant_turn", f"{empty} assistant turn{'s are' if empty > 1 else ' is'} empty"))
+            report.add_warning(
+                DataWarning(record.line, "empty_assistant_turn", f"{empty} assistant turn{'s are' if empty > 1 else ' is'} empty")
+            )
     del first_line
     report.format, report.container = state.format, state.container
     if report.n_examples == 0 and not report.error_counts:
         report.add(DataError("the file holds no training examples", code="no_examples"))
     if 0 < report.n_examples < MIN_EXAMPLES:
-        report.add_warning(DataWarning(None, "fewer_than_10_examples",
-                                       f"only {report.n_examples} example{'s' if report.n_examples > 1 else ''}; a fine-tuning job needs at least {MIN_EXAMPLES}"))
+        report.add_warning(
+            DataWarning(
+                None,
+                "fewer_than_10_examples",
+                f"only {report.n_examples} example{'s' if report.n_examples > 1 else ''}; a fine-tuning job needs at least {MIN_EXAMPLES}",
+            )
+        )
     if model is not None and report.n_examples > 0:
         report.tokens = _token_report(path, name, model, max_seq_length, n_epochs, report)
     return report
 
 
-def _token_report(path: str | Path, name: str | None, model: str, max_seq_length: int, n_epochs: int | None, report: ValidationReport) -> dict | None:
+def _token_report(
+    path: str | Path, name: str | None, model: str, max_seq_length: int, n_epochs: int | None, report: ValidationReport
+) -> dict | None:
     """Token statistics of the valid records (a second streaming pass); a failure is a warning, not a crash."""
     try:
         from tuneserve.data.tokens import token_report
@@ -151,7 +160,9 @@ def _token_report(path: str | Path, name: str | None, model: str, max_seq_length
         valid: Iterator[Record] = scan_records(path, on_error=lambda error: None, name=name)
         return token_report(valid, model, max_seq_length=max_seq_length, n_epochs=n_epochs)
     except Exception as exc:  # a model that cannot be loaded must not hide the data report
-        report.add_warning(DataWarning(None, "token_report_failed", f"no token statistics for {model}: {type(exc).__name__}: {str(exc)[:300]}"))
+        report.add_warning(
+            DataWarning(None, "token_report_failed", f"no token statistics for {model}: {type(exc).__name__}: {str(exc)[:300]}")
+        )
         return None
 
 

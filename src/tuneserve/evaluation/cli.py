@@ -14,16 +14,31 @@ from pathlib import Path
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base-url", required=True, help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8015/v1 "
-                                                          "(key from $TUNESERVE_API_KEY or $OPENAI_API_KEY)")
-    parser.add_argument("--model", action="append", required=True, dest="models",
-                        help="a model to evaluate; repeat for several (e.g. the base and the fine-tuned model)")
-    parser.add_argument("--dataset", required=True, type=Path,
-                        help="JSON or JSONL of {question, answer} items, or chat format (the last assistant turn is the reference)")
+    parser.add_argument(
+        "--base-url",
+        required=True,
+        help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8015/v1 (key from $TUNESERVE_API_KEY or $OPENAI_API_KEY)",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        dest="models",
+        help="a model to evaluate; repeat for several (e.g. the base and the fine-tuned model)",
+    )
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        type=Path,
+        help="JSON or JSONL of {question, answer} items, or chat format (the last assistant turn is the reference)",
+    )
     parser.add_argument("--output", required=True, type=Path, help="directory for report.json and report.html")
     parser.add_argument("--judge-model", default=None, help="an LLM judge: YES/NO and a reason per answer")
-    parser.add_argument("--judge-base-url", default=None, help="the judge's endpoint (default: --base-url; key from "
-                                                               "$TUNESERVE_JUDGE_API_KEY, else the same key)")
+    parser.add_argument(
+        "--judge-base-url",
+        default=None,
+        help="the judge's endpoint (default: --base-url; key from $TUNESERVE_JUDGE_API_KEY, else the same key)",
+    )
     parser.add_argument("--judge-max-tokens", type=int, default=64, help="the judge's reply: a verdict and a short reason")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
     parser.add_argument("--max-tokens", type=int, default=256)
@@ -56,8 +71,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         client = make_client(args.base_url, api_key(), max_retries=args.retries, timeout_s=args.timeout)
         judge = None
         if args.judge_model:
-            judge_client = make_client(args.judge_base_url, api_key(judge=True), max_retries=args.retries,
-                                       timeout_s=args.timeout) if args.judge_base_url else client
+            judge_client = (
+                make_client(args.judge_base_url, api_key(judge=True), max_retries=args.retries, timeout_s=args.timeout)
+                if args.judge_base_url
+                else client
+            )
             judge = Judge(judge_client, args.judge_model, max_tokens=args.judge_max_tokens)
     except (DataError, OSError, ValueError) as exc:
         print(f"error: {args.dataset}: {exc}" if isinstance(exc, (DataError, OSError)) else f"error: {exc}", file=sys.stderr)
@@ -66,14 +84,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with Progress(TextColumn("answering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("answers", total=len(items) * len(args.models))
         try:
-            results = run_evaluation(items, args.models, client, judge=judge, max_tokens=args.max_tokens,
-                                     temperature=args.temperature, concurrency=args.concurrency,
-                                     on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+            results = run_evaluation(
+                items,
+                args.models,
+                client,
+                judge=judge,
+                max_tokens=args.max_tokens,
+                temperature=args.temperature,
+                concurrency=args.concurrency,
+                on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
         except EndpointUnreachable as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-    settings = {"max_tokens": args.max_tokens, "temperature": args.temperature, "judge_model": args.judge_model,
-                "concurrency": args.concurrency}
+    settings = {
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "judge_model": args.judge_model,
+        "concurrency": args.concurrency,
+    }
     report = build_report(results, args.models, dataset=args.dataset.name, settings=settings)
     json_path, html_path = write_report(report, args.output)
     _print_summary(console, report)
@@ -95,7 +124,11 @@ def _print_summary(console, report: dict) -> None:
     for column in ("model", *(LABELS[m] for m in metrics), "failed"):
         table.add_column(column)
     for model, entry in report["summary"].items():
-        cells = [f"{entry[m]['mean']:.3f} [{entry[m]['ci_low']:.2f}, {entry[m]['ci_high']:.2f}]"
-                 if entry.get(m) and entry[m]["mean"] is not None else "–" for m in metrics]
+        cells = [
+            f"{entry[m]['mean']:.3f} [{entry[m]['ci_low']:.2f}, {entry[m]['ci_high']:.2f}]"
+            if entry.get(m) and entry[m]["mean"] is not None
+            else "–"
+            for m in metrics
+        ]
         table.add_row(model, *cells, str(entry["errors"]))
     console.print(table)

@@ -47,8 +47,9 @@ def _item(record: Any, line: int, index: int) -> EvalItem:
         lowered = {str(k).strip().lower(): v for k, v in record.items()}
         if ("question" in lowered) != ("answer" in lowered) and detect_format(record) is None:
             missing = "answer" if "question" in lowered else "question"
-            raise DataError(f"'{missing}' is missing: an evaluation item is {{\"question\", \"answer\"}}", line=line,
-                            code="invalid_eval_item")
+            raise DataError(
+                f'\'{missing}\' is missing: an evaluation item is {{"question", "answer"}}', line=line, code="invalid_eval_item"
+            )
         if "question" in lowered and "answer" in lowered and not ({"chosen", "rejected"} & set(lowered)):
             question, answer = lowered["question"], lowered["answer"]
             for name, value in (("question", question), ("answer", answer)):
@@ -58,14 +59,18 @@ def _item(record: Any, line: int, index: int) -> EvalItem:
     fmt = detect_format(record)
     if fmt is None or fmt == "text" or fmt in PREFERENCE_FORMATS:
         why = unknown_format_message(record) if fmt is None else f"a {fmt} record has no single reference answer"
-        raise DataError(f"{why}; an evaluation item is {{\"question\", \"answer\"}} or a conversation ending in an "
-                        "assistant turn", line=line, code="invalid_eval_item")
+        raise DataError(
+            f'{why}; an evaluation item is {{"question", "answer"}} or a conversation ending in an assistant turn',
+            line=line,
+            code="invalid_eval_item",
+        )
     example = normalize(record, fmt, line)  # an sft format: an Example
     # The weight is a training mark; the chat API does not take it.
     messages = [{**{k: v for k, v in m.items() if k != "weight"}, "content": m.get("content") or ""} for m in example.messages]
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant" and m["content"].strip()), default=None)
-    users = [m for m in messages[:last or 0] if m["role"] == "user"]
+    users = [m for m in messages[: last or 0] if m["role"] == "user"]
     if last is None or not users:
-        raise DataError("no user turn followed by an assistant answer to use as the reference", line=line,
-                        code="invalid_eval_item")
+        raise DataError(
+            "no user turn followed by an assistant answer to use as the reference", line=line, code="invalid_eval_item"
+        )
     return EvalItem(index, line, tuple(messages[:last]), users[-1]["content"], messages[last]["content"])

@@ -44,9 +44,17 @@ def summarize(results: list[dict[str, Any]], models: list[str], with_judge: bool
 
 def build_report(results: list[dict[str, Any]], models: list[str], *, dataset: str, settings: dict[str, Any]) -> dict[str, Any]:
     with_judge = bool(settings.get("judge_model"))
-    return {"object": "evaluation.report", "created_at": int(time.time()), "dataset": dataset, "models": models,
-            "n_items": len(results), "settings": settings, "confidence_interval": CI_METHOD,
-            "summary": summarize(results, models, with_judge), "items": results}
+    return {
+        "object": "evaluation.report",
+        "created_at": int(time.time()),
+        "dataset": dataset,
+        "models": models,
+        "n_items": len(results),
+        "settings": settings,
+        "confidence_interval": CI_METHOD,
+        "summary": summarize(results, models, with_judge),
+        "items": results,
+    }
 
 
 def write_report(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
@@ -72,17 +80,17 @@ def render_html(report: dict[str, Any]) -> str:
     ci = report["confidence_interval"]
     settings = ", ".join(f"{k}: {v}" for k, v in report["settings"].items() if v is not None)
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Evaluation: {escape(report['dataset'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>Evaluation: {escape(report["dataset"])}</title>
 <style>{_CSS}</style></head><body>
 <h1>Evaluation</h1>
-<p class="meta">Dataset <b>{escape(report['dataset'])}</b> · {report['n_items']} items · {escape(settings)}<br>
-Intervals: {int(ci['level'] * 100)}% {escape(ci['method'])} ({ci['resamples']} resamples of the items).</p>
+<p class="meta">Dataset <b>{escape(report["dataset"])}</b> · {report["n_items"]} items · {escape(settings)}<br>
+Intervals: {int(ci["level"] * 100)}% {escape(ci["method"])} ({ci["resamples"]} resamples of the items).</p>
 {_legend(models)}
 {_chart(models, summary, metrics)}
 <h2>Summary</h2>
 {_summary_table(models, summary, metrics)}
 <h2>Answers</h2>
-{_items_table(models, report['items'])}
+{_items_table(models, report["items"])}
 </body></html>
 """
 
@@ -99,8 +107,10 @@ th{background:#f5f5f5}td.num{text-align:right;white-space:nowrap;font-variant-nu
 
 
 def _legend(models: list[str]) -> str:
-    items = "".join(f'<span><i class="swatch" style="background:{COLORS[i % len(COLORS)]}"></i>{escape(m)}</span>'
-                    for i, m in enumerate(models))
+    items = "".join(
+        f'<span><i class="swatch" style="background:{COLORS[i % len(COLORS)]}"></i>{escape(m)}</span>'
+        for i, m in enumerate(models)
+    )
     return f'<p class="legend">{items}</p>'
 
 
@@ -109,12 +119,16 @@ def _chart(models: list[str], summary: dict[str, Any], metrics: list[str]) -> st
     bar, gap, left, top, height = 22, 28, 44, 12, 220
     group = max(bar * len(models) + gap, 96)  # room for the longest label, "Exact match"
     width = left + group * len(metrics) + 10
-    parts = [f'<svg role="img" aria-label="metrics by model" width="{width}" height="{top + height + 40}" '
-             f'xmlns="http://www.w3.org/2000/svg" font-size="12">']
+    parts = [
+        f'<svg role="img" aria-label="metrics by model" width="{width}" height="{top + height + 40}" '
+        f'xmlns="http://www.w3.org/2000/svg" font-size="12">'
+    ]
     for tick in (0, 0.25, 0.5, 0.75, 1.0):
         y = top + height * (1 - tick)
-        parts.append(f'<line x1="{left}" x2="{width}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>'
-                     f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#666">{tick:g}</text>')
+        parts.append(
+            f'<line x1="{left}" x2="{width}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#666">{tick:g}</text>'
+        )
     for g, metric in enumerate(metrics):
         x0 = left + g * group + (group - bar * len(models)) / 2
         for i, model in enumerate(models):
@@ -123,12 +137,18 @@ def _chart(models: list[str], summary: dict[str, Any], metrics: list[str]) -> st
                 continue
             x, color = x0 + i * bar, COLORS[i % len(COLORS)]
             y = top + height * (1 - stats["mean"])
-            parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar - 4}" height="{top + height - y:.1f}" fill="{color}">'
-                         f'<title>{escape(model)} · {LABELS[metric]}: {_interval(stats)}</title></rect>')
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar - 4}" height="{top + height - y:.1f}" fill="{color}">'
+                f"<title>{escape(model)} · {LABELS[metric]}: {_interval(stats)}</title></rect>"
+            )
             lo, hi = top + height * (1 - stats["ci_low"]), top + height * (1 - stats["ci_high"])
             mid = x + (bar - 4) / 2
-            parts.append(f'<path d="M{mid:.1f} {lo:.1f}V{hi:.1f}M{mid - 4:.1f} {lo:.1f}h8M{mid - 4:.1f} {hi:.1f}h8" stroke="#333"/>')
-        parts.append(f'<text x="{x0 + bar * len(models) / 2:.1f}" y="{top + height + 18}" text-anchor="middle">{LABELS[metric]}</text>')
+            parts.append(
+                f'<path d="M{mid:.1f} {lo:.1f}V{hi:.1f}M{mid - 4:.1f} {lo:.1f}h8M{mid - 4:.1f} {hi:.1f}h8" stroke="#333"/>'
+            )
+        parts.append(
+            f'<text x="{x0 + bar * len(models) / 2:.1f}" y="{top + height + 18}" text-anchor="middle">{LABELS[metric]}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -144,7 +164,9 @@ def _summary_table(models: list[str], summary: dict[str, Any], metrics: list[str
     rows = "".join(
         f"<tr><td>{escape(model)}</td><td class=num>{summary[model]['n']}</td>"
         + "".join(f"<td class=num>{_interval(summary[model].get(m))}</td>" for m in metrics)
-        + f"<td class=num>{summary[model]['errors']}</td></tr>" for model in models)
+        + f"<td class=num>{summary[model]['errors']}</td></tr>"
+        for model in models
+    )
     return f"<table><tr><th>Model</th><th>n</th>{head}<th>Failed requests</th></tr>{rows}</table>"
 
 
@@ -153,24 +175,28 @@ def _items_table(models: list[str], items: list[dict[str, Any]]) -> str:
     rows = []
     for item in items:
         cells = "".join(f"<td>{_answer_cell(item['answers'][m])}</td>" for m in models)
-        rows.append(f"<tr><td class=num>{item['index'] + 1}</td><td class=answer>{escape(item['question'])}</td>"
-                    f"<td class=answer>{escape(item['reference'])}</td>{cells}</tr>")
+        rows.append(
+            f"<tr><td class=num>{item['index'] + 1}</td><td class=answer>{escape(item['question'])}</td>"
+            f"<td class=answer>{escape(item['reference'])}</td>{cells}</tr>"
+        )
     return f"<table><tr><th>#</th><th>Question</th><th>Reference</th>{head}</tr>{''.join(rows)}</table>"
 
 
 def _answer_cell(answer: dict[str, Any]) -> str:
     # Shown trimmed, runs of blank lines folded (small models pad with newlines); report.json keeps the text as it was.
     text = re.sub(r"\n{3,}", "\n\n", answer["text"].strip())
-    parts = [f'<div class=answer>{escape(text)}</div>' if text else '<div class=err>(empty answer)</div>']
+    parts = [f"<div class=answer>{escape(text)}</div>" if text else "<div class=err>(empty answer)</div>"]
     if answer.get("error"):
-        parts.append(f'<div class=err>request failed: {escape(answer["error"])}</div>')
-    scores = (f'ROUGE-1 {answer["rouge1"]:.2f} · ROUGE-2 {answer["rouge2"]:.2f} · ROUGE-L {answer["rougeL"]:.2f} '
-              f'· EM {answer["exact_match"]:.0f}')
+        parts.append(f"<div class=err>request failed: {escape(answer['error'])}</div>")
+    scores = (
+        f"ROUGE-1 {answer['rouge1']:.2f} · ROUGE-2 {answer['rouge2']:.2f} · ROUGE-L {answer['rougeL']:.2f} "
+        f"· EM {answer['exact_match']:.0f}"
+    )
     judge = answer.get("judge")
     if judge:
         css = "yes" if judge["verdict"] == "YES" else "no"
-        scores += f' · judge <span class={css}>{judge["verdict"]}</span>: {escape(judge["reason"])}'
+        scores += f" · judge <span class={css}>{judge['verdict']}</span>: {escape(judge['reason'])}"
     elif answer.get("judge_error"):
-        scores += f' · <span class=err>judge: {escape(answer["judge_error"])}</span>'
+        scores += f" · <span class=err>judge: {escape(answer['judge_error'])}</span>"
     parts.append(f"<div class=scores>{scores}</div>")
     return "".join(parts)

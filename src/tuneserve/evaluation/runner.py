@@ -24,10 +24,18 @@ class EndpointUnreachable(Exception):
     """The endpoint cannot be reached at all (after the client's retries): nothing to score."""
 
 
-def run_evaluation(items: list[EvalItem], models: list[str], client: Any, *, judge: Judge | None = None,
-                   max_tokens: int = 256, temperature: float = 0.0, concurrency: int = 4,
-                   on_progress: Callable[[int, int], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
+def run_evaluation(
+    items: list[EvalItem],
+    models: list[str],
+    client: Any,
+    *,
+    judge: Judge | None = None,
+    max_tokens: int = 256,
+    temperature: float = 0.0,
+    concurrency: int = 4,
+    on_progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[dict[str, Any]]:
     """One result per item: {index, question, reference, answers: {MODEL: answer}}, in item order.
 
     An answer: {text, rouge1, rouge2, rougeL, exact_match, judge: {verdict, reason} | None,
@@ -64,8 +72,15 @@ def run_evaluation(items: list[EvalItem], models: list[str], client: Any, *, jud
         raise EndpointUnreachable(f"cannot reach the endpoint: {unreachable[0]}")
     if stop.is_set():
         raise Cancelled()
-    return [{"index": item.index, "question": item.question, "reference": item.reference,
-             "answers": {model: answers[(item.index, model)] for model in models}} for item in items]
+    return [
+        {
+            "index": item.index,
+            "question": item.question,
+            "reference": item.reference,
+            "answers": {model: answers[(item.index, model)] for model in models},
+        }
+        for item in items
+    ]
 
 
 def _answer(client: Any, judge: Judge | None, item: EvalItem, model: str, max_tokens: int, temperature: float) -> dict[str, Any]:
@@ -73,15 +88,22 @@ def _answer(client: Any, judge: Judge | None, item: EvalItem, model: str, max_to
 
     text, error = "", None
     try:
-        response = client.chat.completions.create(model=model, messages=list(item.messages), max_tokens=max_tokens,
-                                                  temperature=temperature)
+        response = client.chat.completions.create(
+            model=model, messages=list(item.messages), max_tokens=max_tokens, temperature=temperature
+        )
         text = (response.choices[0].message.content or "") if response.choices else ""
     except openai.APIConnectionError:
         raise
     except openai.APIError as exc:
         error = describe_error(exc)
-    answer: dict[str, Any] = {"text": text, **rouge(text, item.reference), "exact_match": exact_match(text, item.reference),
-                              "judge": None, "error": error, "judge_error": None}
+    answer: dict[str, Any] = {
+        "text": text,
+        **rouge(text, item.reference),
+        "exact_match": exact_match(text, item.reference),
+        "judge": None,
+        "error": error,
+        "judge_error": None,
+    }
     if judge is not None and error is None:
         try:
             verdict = judge.verdict(item.question, item.reference, text)

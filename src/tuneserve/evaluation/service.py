@@ -38,8 +38,15 @@ STALE_AFTER_S = 600.0
 
 
 class EvaluationService:
-    def __init__(self, sessions: sessionmaker[Session], files: FileService, catalog: ModelCatalog, reports_dir: Path, *,
-                 check_base_models: bool = True):
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        files: FileService,
+        catalog: ModelCatalog,
+        reports_dir: Path,
+        *,
+        check_base_models: bool = True,
+    ):
         self.sessions = sessions
         self.files = files
         self.catalog = catalog
@@ -60,12 +67,15 @@ class EvaluationService:
         file = self.files.get(project, request.get("dataset_file") or "", param="dataset_file")
         path = self.files.blobs.path(file.id)
         if not path.exists():
-            raise InvalidRequest(f"the content of {file.id} is no longer stored", param="dataset_file", code="file_content_missing")
+            raise InvalidRequest(
+                f"the content of {file.id} is no longer stored", param="dataset_file", code="file_content_missing"
+            )
         try:
             n_items = len(load_eval_items(path, max_items=params["max_items"]))
         except DataError as exc:
-            raise InvalidRequest(f"dataset_file {file.id} is not an evaluation dataset: {exc}", param="dataset_file",
-                                 code=exc.code) from None
+            raise InvalidRequest(
+                f"dataset_file {file.id} is not an evaluation dataset: {exc}", param="dataset_file", code=exc.code
+            ) from None
         judge_model, judge_base_url = request.get("judge_model"), request.get("judge_base_url")
         if judge_base_url:
             if not judge_model:
@@ -74,10 +84,21 @@ class EvaluationService:
                 raise InvalidRequest("judge_base_url must be an http(s) URL", param="judge_base_url", code="invalid_value")
         elif judge_model and (judge_model.startswith("ft:") or self.check_base_models):
             self.catalog.lookup(project, judge_model, param="judge_model")  # judged by this server: it must exist here
-        row = Evaluation(id=new_id("eval"), project=project, status=states.QUEUED, models=models, dataset_file=file.id,
-                         judge_model=judge_model, judge_base_url=judge_base_url, params=params,
-                         user_metadata=request.get("metadata"), fine_tuning_job_id=fine_tuning_job_id, progress_done=0,
-                         progress_total=n_items * len(models), created_at=now())
+        row = Evaluation(
+            id=new_id("eval"),
+            project=project,
+            status=states.QUEUED,
+            models=models,
+            dataset_file=file.id,
+            judge_model=judge_model,
+            judge_base_url=judge_base_url,
+            params=params,
+            user_metadata=request.get("metadata"),
+            fine_tuning_job_id=fine_tuning_job_id,
+            progress_done=0,
+            progress_total=n_items * len(models),
+            created_at=now(),
+        )
         with self.sessions.begin() as session:
             session.add(row)
         return row
@@ -88,14 +109,22 @@ class EvaluationService:
         with self.sessions() as session:
             jobs = session.execute(
                 select(Job.id, Job.project, Job.model, Job.fine_tuned_model, Job.validation_file, Job.spec).where(
-                    Job.status == states.SUCCEEDED, Job.validation_file.is_not(None), Job.fine_tuned_model.is_not(None),
-                    ~exists().where(Evaluation.fine_tuning_job_id == Job.id))).all()
+                    Job.status == states.SUCCEEDED,
+                    Job.validation_file.is_not(None),
+                    Job.fine_tuned_model.is_not(None),
+                    ~exists().where(Evaluation.fine_tuning_job_id == Job.id),
+                )
+            ).all()
         created = []
         for job in jobs:
             if not (job.spec or {}).get("auto_evaluate"):
                 continue
-            request = {"models": [job.model, job.fine_tuned_model], "dataset_file": job.validation_file,
-                       "max_items": AUTO_EVALUATE_MAX_ITEMS, "metadata": {"auto_evaluate": "true"}}
+            request = {
+                "models": [job.model, job.fine_tuned_model],
+                "dataset_file": job.validation_file,
+                "max_items": AUTO_EVALUATE_MAX_ITEMS,
+                "metadata": {"auto_evaluate": "true"},
+            }
             try:
                 created.append(self.create(job.project, request, fine_tuning_job_id=job.id))
             except TuneserveError as exc:  # recorded as failed, so it is not tried again at every poll
@@ -105,10 +134,21 @@ class EvaluationService:
         return created
 
     def _record_failed(self, project: str, request: dict[str, Any], job_id: str, exc: TuneserveError) -> Evaluation:
-        row = Evaluation(id=new_id("eval"), project=project, status=states.FAILED, models=request["models"],
-                         dataset_file=request["dataset_file"], params={**DEFAULTS, "max_items": request["max_items"]},
-                         user_metadata=request["metadata"], fine_tuning_job_id=job_id, progress_done=0, progress_total=0,
-                         error={"message": exc.message, "code": exc.code}, created_at=now(), finished_at=now())
+        row = Evaluation(
+            id=new_id("eval"),
+            project=project,
+            status=states.FAILED,
+            models=request["models"],
+            dataset_file=request["dataset_file"],
+            params={**DEFAULTS, "max_items": request["max_items"]},
+            user_metadata=request["metadata"],
+            fine_tuning_job_id=job_id,
+            progress_done=0,
+            progress_total=0,
+            error={"message": exc.message, "code": exc.code},
+            created_at=now(),
+            finished_at=now(),
+        )
         with self.sessions.begin() as session:
             session.add(row)
         return row
@@ -123,8 +163,9 @@ class EvaluationService:
 
     def list(self, project: str, *, after: str | None = None, limit: int = 20) -> tuple[list[Evaluation], bool]:
         with self.sessions() as session:
-            return page_after(session, select(Evaluation).where(Evaluation.project == project), Evaluation,
-                              after=after, limit=limit)
+            return page_after(
+                session, select(Evaluation).where(Evaluation.project == project), Evaluation, after=after, limit=limit
+            )
 
     def items(self, project: str, evaluation_id: str, *, after: str | None = None, limit: int = 20) -> tuple[list[dict], bool]:
         """Per-item answers and scores, in dataset order; `after` is the last index seen. Empty until it succeeds."""
@@ -138,15 +179,18 @@ class EvaluationService:
             if not after.lstrip("-").isdigit():
                 raise InvalidRequest("after must be the index of an item", param="after", code="invalid_value")
             start = int(after) + 1
-        page = items[max(0, start): max(0, start) + limit]
+        page = items[max(0, start) : max(0, start) + limit]
         return page, max(0, start) + limit < len(items)
 
     def report_html(self, project: str, evaluation_id: str) -> Path:
         row = self.get(project, evaluation_id)
         path = self.report_dir(row.id) / "report.html"
         if not path.exists():
-            raise InvalidRequest(f"Evaluation {evaluation_id} is {row.status}; its report is written when it has run",
-                                 param="evaluation_id", code="report_not_ready")
+            raise InvalidRequest(
+                f"Evaluation {evaluation_id} is {row.status}; its report is written when it has run",
+                param="evaluation_id",
+                code="report_not_ready",
+            )
         return path
 
     # -- change -------------------------------------------------------------------------
@@ -154,12 +198,17 @@ class EvaluationService:
         """Cancel; a running evaluation stops after the answers in flight (within seconds)."""
         row = self.get(project, evaluation_id)
         if row.status in (states.SUCCEEDED, states.FAILED):
-            raise InvalidRequest(f"Evaluation {evaluation_id} has already {row.status}; it cannot be cancelled",
-                                 param="evaluation_id", code="evaluation_not_cancellable")
+            raise InvalidRequest(
+                f"Evaluation {evaluation_id} has already {row.status}; it cannot be cancelled",
+                param="evaluation_id",
+                code="evaluation_not_cancellable",
+            )
         with self.sessions.begin() as session:
-            session.execute(update(Evaluation)
-                            .where(Evaluation.id == row.id, Evaluation.status.in_((states.QUEUED, states.RUNNING)))
-                            .values(status=states.CANCELLED, finished_at=now()))
+            session.execute(
+                update(Evaluation)
+                .where(Evaluation.id == row.id, Evaluation.status.in_((states.QUEUED, states.RUNNING)))
+                .values(status=states.CANCELLED, finished_at=now())
+            )
         return self.get(project, evaluation_id)
 
     # -- the worker's side ----------------------------------------------------------------
@@ -175,9 +224,13 @@ class EvaluationService:
         stale = time.time() - stale_after_s
         with self.sessions.begin() as session:
             return session.execute(
-                update(Evaluation).where(Evaluation.status == states.RUNNING, or_(
-                    Evaluation.worker_id == worker_id, Evaluation.worker_id.is_(None), Evaluation.heartbeat_at < stale))
-                .values(status=states.QUEUED, started_at=None, progress_done=0, worker_id=None, heartbeat_at=None)).rowcount
+                update(Evaluation)
+                .where(
+                    Evaluation.status == states.RUNNING,
+                    or_(Evaluation.worker_id == worker_id, Evaluation.worker_id.is_(None), Evaluation.heartbeat_at < stale),
+                )
+                .values(status=states.QUEUED, started_at=None, progress_done=0, worker_id=None, heartbeat_at=None)
+            ).rowcount
 
     def claim_next(self, worker_id: str) -> Evaluation | None:
         """The oldest queued evaluation, now running here; None when none is queued (or another took it)."""
@@ -186,9 +239,11 @@ class EvaluationService:
         if row is None:
             return None
         with self.sessions.begin() as session:
-            claimed = session.execute(update(Evaluation).where(Evaluation.id == row.id, Evaluation.status == states.QUEUED)
-                                      .values(status=states.RUNNING, started_at=now(), progress_done=0, worker_id=worker_id,
-                                              heartbeat_at=time.time())).rowcount
+            claimed = session.execute(
+                update(Evaluation)
+                .where(Evaluation.id == row.id, Evaluation.status == states.QUEUED)
+                .values(status=states.RUNNING, started_at=now(), progress_done=0, worker_id=worker_id, heartbeat_at=time.time())
+            ).rowcount
         return self.get(row.project, row.id) if claimed else None
 
     def status(self, evaluation_id: str) -> str | None:
@@ -198,8 +253,11 @@ class EvaluationService:
     def set_progress(self, evaluation_id: str, done: int, total: int) -> None:
         """Record progress; it also says the worker is alive."""
         with self.sessions.begin() as session:
-            session.execute(update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == states.RUNNING)
-                            .values(progress_done=done, progress_total=total, heartbeat_at=time.time()))
+            session.execute(
+                update(Evaluation)
+                .where(Evaluation.id == evaluation_id, Evaluation.status == states.RUNNING)
+                .values(progress_done=done, progress_total=total, heartbeat_at=time.time())
+            )
 
     def finish(self, evaluation_id: str, *, summary: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> None:
         """succeeded with a summary, or failed with {message, code}; a cancelled evaluation stays cancelled."""
@@ -207,5 +265,6 @@ class EvaluationService:
         if summary is not None:
             values["summary"] = summary
         with self.sessions.begin() as session:
-            session.execute(update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == states.RUNNING)
-                            .values(**values))
+            session.execute(
+                update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == states.RUNNING).values(**values)
+            )

@@ -78,8 +78,15 @@ def self_base_url(host: str, port: int) -> str:
 
 
 class EvaluationWorker:
-    def __init__(self, service: EvaluationService, tokens: InternalTokens, base_url: str, *, poll_interval_s: float = 1.0,
-                 worker_id: str | None = None):
+    def __init__(
+        self,
+        service: EvaluationService,
+        tokens: InternalTokens,
+        base_url: str,
+        *,
+        poll_interval_s: float = 1.0,
+        worker_id: str | None = None,
+    ):
         self.service = service
         # Stable across restarts of the same server (host and address), so a restart takes back its own runs.
         self.worker_id = worker_id or f"{socket.gethostname()}:{base_url}"
@@ -135,10 +142,17 @@ class EvaluationWorker:
         try:
             client = make_client(self.base_url, token, max_retries=2, timeout_s=600)
             # Progress is also the heartbeat: every answer that completes says this server is alive.
-            results = run_evaluation(items, row.models, client, judge=self._judge(row, client),
-                                     max_tokens=row.params["max_tokens"], temperature=row.params["temperature"],
-                                     concurrency=row.params["concurrency"], on_progress=self._progress(row.id),
-                                     should_stop=lambda: self._stop.is_set() or self.service.status(row.id) != states.RUNNING)
+            results = run_evaluation(
+                items,
+                row.models,
+                client,
+                judge=self._judge(row, client),
+                max_tokens=row.params["max_tokens"],
+                temperature=row.params["temperature"],
+                concurrency=row.params["concurrency"],
+                on_progress=self._progress(row.id),
+                should_stop=lambda: self._stop.is_set() or self.service.status(row.id) != states.RUNNING,
+            )
         except Cancelled:
             return  # cancelled by the API (it stays so), or the server is stopping (queued again at the next start)
         except EndpointUnreachable as exc:

@@ -72,8 +72,13 @@ class _Row:
     @property
     def simple_greedy(self) -> bool:
         p = self.req.params
-        return (p.temperature <= 0 and not p.logprobs and self.json_state is None
-                and p.presence_penalty == 0 and p.frequency_penalty == 0)
+        return (
+            p.temperature <= 0
+            and not p.logprobs
+            and self.json_state is None
+            and p.presence_penalty == 0
+            and p.frequency_penalty == 0
+        )
 
 
 @dataclass(eq=False)
@@ -241,8 +246,7 @@ class Batcher:
             request = self._waiting[0]
             if request.cancel.is_set():
                 self._waiting.popleft()
-                request.out.put(Generation("", "length", len(request.prompt_ids), 0,
-                                           () if request.params.logprobs else None))
+                request.out.put(Generation("", "length", len(request.prompt_ids), 0, () if request.params.logprobs else None))
                 continue
             base = batch.base if batch is not None else (take[0].base if take else request.base)
             if request.base is not base:
@@ -272,8 +276,8 @@ class Batcher:
         mask = torch.zeros((len(rows), length), dtype=torch.long)
         for i, row in enumerate(rows):
             prompt = row.req.prompt_ids
-            ids[i, length - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-            mask[i, length - len(prompt):] = 1
+            ids[i, length - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[i, length - len(prompt) :] = 1
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
@@ -290,8 +294,9 @@ class Batcher:
 
         name = BASE_ROW
         if request.adapter_path is not None:
-            adapter = self._adapters.get(request.base, request.adapter_path, self.in_use() | also_in_use,
-                                         tokenizer=request.adapter_tokenizer)
+            adapter = self._adapters.get(
+                request.base, request.adapter_path, self.in_use() | also_in_use, tokenizer=request.adapter_tokenizer
+            )
             name = adapter.name
         params = request.params
         seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**63)
@@ -347,8 +352,14 @@ class Batcher:
                 if params.presence_penalty or params.frequency_penalty:
                     row_logits = row_logits.clone()
                     apply_penalties(row_logits, row.generated, params)
-                token, row.json_state, entry = choose(row_logits, params, row.generator, row.json_state, row.req.vocab,
-                                                      tokens_left=row.req.max_new - len(row.generated))
+                token, row.json_state, entry = choose(
+                    row_logits,
+                    params,
+                    row.generator,
+                    row.json_state,
+                    row.req.vocab,
+                    tokens_left=row.req.max_new - len(row.generated),
+                )
             if self._advance(row, token, entry):
                 keep.append(i)
                 tokens.append(token)
@@ -450,8 +461,9 @@ def _forward(base: LoadedBase, ids, mask, positions, cache, adapters: list[str])
     """One forward pass over a batch; the last position's logits, float32 (B, V)."""
     from peft import PeftModel
 
-    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                  use_cache=True, logits_to_keep=1)
+    kwargs = dict(
+        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1
+    )
     if isinstance(base.model, PeftModel):
         kwargs["adapter_names"] = adapters
     return base.model(**kwargs).logits[:, -1, :].float()

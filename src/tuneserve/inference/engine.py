@@ -25,7 +25,13 @@ from tuneserve.inference.sampling import Delta, Generation, SamplingParams, Toke
 from tuneserve.models import resolve_model as _default_resolve
 
 __all__ = [
-    "ContextLengthExceeded", "Delta", "Engine", "EngineClosed", "Generation", "SamplingParams", "TokenLogprob",
+    "ContextLengthExceeded",
+    "Delta",
+    "Engine",
+    "EngineClosed",
+    "Generation",
+    "SamplingParams",
+    "TokenLogprob",
     "TopLogprob",
 ]
 
@@ -41,8 +47,14 @@ class ContextLengthExceeded(InvalidRequest, ValueError):
 
 
 class Engine:
-    def __init__(self, resolve_model=_default_resolve, max_adapters: int = 8,
-                 adapter_budget_bytes: int = 512 * 2**20, max_batch_size: int = 16, batch_window_s: float = 0.005):
+    def __init__(
+        self,
+        resolve_model=_default_resolve,
+        max_adapters: int = 8,
+        adapter_budget_bytes: int = 512 * 2**20,
+        max_batch_size: int = 16,
+        batch_window_s: float = 0.005,
+    ):
         self._resolve = resolve_model
         self._adapters = AdapterCache(max_adapters, adapter_budget_bytes)
         self._batcher = Batcher(self._adapters, max_batch_size=max_batch_size, window_s=batch_window_s)
@@ -55,8 +67,15 @@ class Engine:
 
     # ---- the contract the routes call -------------------------------------------------------
 
-    def chat(self, base_model: str, adapter_dir: Path | None, messages: list[dict], params: SamplingParams,
-             *, tools: list[dict] | None = None) -> Generation:
+    def chat(
+        self,
+        base_model: str,
+        adapter_dir: Path | None,
+        messages: list[dict],
+        params: SamplingParams,
+        *,
+        tools: list[dict] | None = None,
+    ) -> Generation:
         return _last(self.stream_chat(base_model, adapter_dir, messages, params, tools=tools))
 
     def complete(self, base_model: str, adapter_dir: Path | None, prompt: str, params: SamplingParams) -> Generation:
@@ -73,8 +92,7 @@ class Engine:
         with self._lock:
             # Base models by the references callers used; adapters by their resolved directories.
             bases = sorted(ref for ref, path in self._paths.items() if path in self._bases)
-        return {"base_models": bases, "adapters": self._adapters.paths(),
-                "adapter_bytes": self._adapters.total_bytes()}
+        return {"base_models": bases, "adapters": self._adapters.paths(), "adapter_bytes": self._adapters.total_bytes()}
 
     def unload_adapter(self, adapter_dir) -> None:
         """Stop serving an adapter: unloaded now, or when the rows that use it finish."""
@@ -116,9 +134,17 @@ class Engine:
         eos = set(base.eos_ids)
         if tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
-        return Request(base=base, adapter_path=path, adapter_tokenizer=adapter_tokenizer, tokenizer=tokenizer,
-                       vocab=self._vocab(tokenizer), prompt_ids=prompt_ids, max_new=max_new, params=params,
-                       eos_ids=frozenset(eos))
+        return Request(
+            base=base,
+            adapter_path=path,
+            adapter_tokenizer=adapter_tokenizer,
+            tokenizer=tokenizer,
+            vocab=self._vocab(tokenizer),
+            prompt_ids=prompt_ids,
+            max_new=max_new,
+            params=params,
+            eos_ids=frozenset(eos),
+        )
 
     def _base(self, base_model: str) -> LoadedBase:
         with self._lock:
@@ -208,8 +234,9 @@ def _load_base(path: Path) -> LoadedBase:
     if not context:
         limit = tokenizer.model_max_length
         context = limit if limit and limit < 10**7 else _FALLBACK_CONTEXT  # "no limit" is 1e30 there
-    return LoadedBase(path=path, model=model, tokenizer=tokenizer, context_length=int(context),
-                      eos_ids=tuple(_eos_ids(tokenizer, model)))
+    return LoadedBase(
+        path=path, model=model, tokenizer=tokenizer, context_length=int(context), eos_ids=tuple(_eos_ids(tokenizer, model))
+    )
 
 
 def _chat_ids(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:

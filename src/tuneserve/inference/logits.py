@@ -203,4 +203,3 @@ def _logprob_entry(scaled: torch.Tensor, token: int, top: int, vocab: Vocab) -> 
         pieces = [(vocab.piece(i), v) for v, i in zip(values.tolist(), ids.tolist())]
         alternatives = tuple(TopLogprob(token=t, logprob=v, bytes=b) for (t, b), v in pieces)
     return TokenLogprob(token=text, logprob=float(logprobs[token]), bytes=data, top_logprobs=alternatives)
-

@@ -26,6 +26,7 @@ from tuneserve.errors import TuneserveError
 try:  # the lead moves this class into errors.py; until then it lives here
     from tuneserve.errors import UpstreamUnavailable  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - depends on errors.py
+
     class UpstreamUnavailable(TuneserveError):
         """The upstream inference server cannot be reached (connection refused, reset, timed out)."""
 
@@ -55,8 +56,13 @@ class UpstreamError(TuneserveError):
         if error is None:
             text = body.decode("utf-8", "replace").strip()[:500] or response.reason_phrase
             return cls(response.status_code, f"upstream answered {response.status_code}: {text}", code="upstream_error")
-        return cls(response.status_code, str(error.get("message") or response.reason_phrase), type=error.get("type"),
-                   param=error.get("param"), code=error.get("code"))
+        return cls(
+            response.status_code,
+            str(error.get("message") or response.reason_phrase),
+            type=error.get("type"),
+            param=error.get("param"),
+            code=error.get("code"),
+        )
 
 
 def _unavailable(base_url: str, exc: Exception) -> UpstreamUnavailable:
@@ -77,9 +83,16 @@ class Upstream:
     scheduler and sync callers, an async client (made on first use, in the server's loop) for routes.
     """
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 600, *,
-                 admin_timeout: float = 120, transport: httpx.BaseTransport | None = None,
-                 async_transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = 600,
+        *,
+        admin_timeout: float = 120,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+    ):
         root = base_url.rstrip("/")
         self.base_url = root[: -len("/v1")] if root.endswith("/v1") else root
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -161,9 +174,13 @@ class Upstream:
     # -- async inference (for routes: no thread held while the upstream generates) ----------
     def _async(self) -> httpx.AsyncClient:
         if self._aclient is None:
-            self._aclient = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=self.timeout,
-                                              transport=self._async_transport,
-                                              limits=httpx.Limits(max_connections=None, max_keepalive_connections=32))
+            self._aclient = httpx.AsyncClient(
+                base_url=self.base_url,
+                headers=self.headers,
+                timeout=self.timeout,
+                transport=self._async_transport,
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
+            )
         return self._aclient
 
     async def aforward(self, path: str, body: dict) -> httpx.Response:

@@ -37,11 +37,18 @@ class ModelCatalog:
 
     def fine_tuned(self, project: str) -> list[Job]:
         with self.sessions() as session:
-            return list(session.scalars(
-                select(Job).where(Job.project == project, Job.status == states.SUCCEEDED, Job.fine_tuned_model.is_not(None),
-                                  Job.model_deleted_at.is_(None))
-                .order_by(Job.seq)
-            ))
+            return list(
+                session.scalars(
+                    select(Job)
+                    .where(
+                        Job.project == project,
+                        Job.status == states.SUCCEEDED,
+                        Job.fine_tuned_model.is_not(None),
+                        Job.model_deleted_at.is_(None),
+                    )
+                    .order_by(Job.seq)
+                )
+            )
 
     def lookup(self, project: str, name: str, param: str = "model") -> tuple[str, Path | None]:
         """(base reference, adapter dir) for a model name, as serving loads it; NotFound (model_not_found) otherwise."""
@@ -64,9 +71,15 @@ class ModelCatalog:
             job = session.scalar(select(Job).where(Job.id == job_id, Job.project == project))
             row = None
             if job is not None and checkpoint:
-                row = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step_number == checkpoint[1]))
-        if job is None or job.model_deleted_at is not None or (checkpoint and row is None) \
-                or (not checkpoint and job.fine_tuned_model != name):
+                row = session.scalar(
+                    select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step_number == checkpoint[1])
+                )
+        if (
+            job is None
+            or job.model_deleted_at is not None
+            or (checkpoint and row is None)
+            or (not checkpoint and job.fine_tuned_model != name)
+        ):
             raise NotFound(f"The model {name!r} does not exist", param=param, code="model_not_found")
         artifact = Path(row.path) if row is not None else self.jobs_dir / job.id / "final"
         return job.spec["model"], artifact

@@ -53,11 +53,17 @@ def claim_queued(session: Session, worker_id: str, *, start: bool) -> tuple[str,
     postgres = session.get_bind().dialect.name == "postgresql"
     # PostgreSQL: lock one row and skip rows that others hold. SQLite: FOR UPDATE is not rendered; try
     # a few candidates, the conditional UPDATE decides.
-    candidates = (select(Job.id).where(Job.status == states.QUEUED, Job.worker_id.is_(None))
-                  .order_by(Job.seq).limit(1 if postgres else 5).with_for_update(skip_locked=True))
+    candidates = (
+        select(Job.id)
+        .where(Job.status == states.QUEUED, Job.worker_id.is_(None))
+        .order_by(Job.seq)
+        .limit(1 if postgres else 5)
+        .with_for_update(skip_locked=True)
+    )
     for job_id in list(session.scalars(candidates)):
-        values = dict(worker_id=worker_id, heartbeat_at=db_clock(session), attempts=Job.attempts + 1,
-                      runner_pid=None, runner_ref=None)
+        values = dict(
+            worker_id=worker_id, heartbeat_at=db_clock(session), attempts=Job.attempts + 1, runner_pid=None, runner_ref=None
+        )
         if start:
             values.update(status=states.RUNNING, started_at=now())
         claimed = session.execute(
@@ -70,16 +76,18 @@ def claim_queued(session: Session, worker_id: str, *, start: bool) -> tuple[str,
 
 def claim_validation(session: Session, job_id: str, worker_id: str) -> bool:
     """Hold a job in validating_files, so that only one worker tokenizes its files."""
-    return bool(session.execute(
-        update(Job).where(Job.id == job_id, Job.status == states.VALIDATING, Job.worker_id.is_(None))
-        .values(worker_id=worker_id, heartbeat_at=db_clock(session))
-    ).rowcount)
+    return bool(
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == states.VALIDATING, Job.worker_id.is_(None))
+            .values(worker_id=worker_id, heartbeat_at=db_clock(session))
+        ).rowcount
+    )
 
 
 def heartbeat(session: Session, worker_id: str) -> set[str]:
     """Touch every job this worker holds; return their ids (a job missing from the answer was taken away)."""
-    session.execute(update(Job).where(Job.worker_id == worker_id, Job.status.in_(HELD))
-                    .values(heartbeat_at=db_clock(session)))
+    session.execute(update(Job).where(Job.worker_id == worker_id, Job.status.in_(HELD)).values(heartbeat_at=db_clock(session)))
     return set(session.scalars(select(Job.id).where(Job.worker_id == worker_id, Job.status.in_(HELD))))
 
 
@@ -87,13 +95,21 @@ def stale(session: Session, worker_id: str, timeout_s: float) -> list[Job]:
     """Jobs held by another worker whose heartbeat is older than `timeout_s`, or that no worker holds
     although they are running (left by a version without leases)."""
     cutoff = db_clock(session) - timeout_s
-    return list(session.scalars(select(Job).where(
-        or_(
-            Job.status.in_(HELD) & Job.worker_id.is_not(None) & (Job.worker_id != worker_id)
-            & (Job.heartbeat_at.is_(None) | (Job.heartbeat_at < cutoff)),
-            (Job.status == states.RUNNING) & Job.worker_id.is_(None),
+    return list(
+        session.scalars(
+            select(Job)
+            .where(
+                or_(
+                    Job.status.in_(HELD)
+                    & Job.worker_id.is_not(None)
+                    & (Job.worker_id != worker_id)
+                    & (Job.heartbeat_at.is_(None) | (Job.heartbeat_at < cutoff)),
+                    (Job.status == states.RUNNING) & Job.worker_id.is_(None),
+                )
+            )
+            .order_by(Job.seq)
         )
-    ).order_by(Job.seq)))
+    )
 
 
 def lock_if_still_held(session: Session, job_id: str, holder: str | None) -> Job | None:

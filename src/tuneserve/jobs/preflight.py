@@ -55,8 +55,15 @@ def _refuse(message: str, param: str) -> None:
     raise InvalidRequest(f"vLLM would reject this adapter: {message}", param=param, code=CODE)
 
 
-def check_adapter_for_vllm(lora: Any, *, model_type: str | None, max_lora_rank: int, use_dora: bool = False,
-                           modules_to_save: list | None = None, param_prefix: str = "lora.") -> None:
+def check_adapter_for_vllm(
+    lora: Any,
+    *,
+    model_type: str | None,
+    max_lora_rank: int,
+    use_dora: bool = False,
+    modules_to_save: list | None = None,
+    param_prefix: str = "lora.",
+) -> None:
     """Raise InvalidRequest (code adapter_rejected_by_upstream) if vLLM would refuse this LoRA shape.
 
     `lora` is a LoraSpec or a dict with `r` and `target_modules` ("all-linear", a list, or a PEFT regex
@@ -65,13 +72,19 @@ def check_adapter_for_vllm(lora: Any, *, model_type: str | None, max_lora_rank: 
     get = lora.get if isinstance(lora, Mapping) else lambda key, default=None: getattr(lora, key, default)
     r = get("r", 16)
     if r is not None and int(r) > max_lora_rank:
-        _refuse(f"LoRA rank {r} is greater than the server's max_lora_rank {max_lora_rank} "
-                f"(lower lora.r, or start vLLM with --max-lora-rank {_next_vllm_rank(int(r))})", f"{param_prefix}r")
+        _refuse(
+            f"LoRA rank {r} is greater than the server's max_lora_rank {max_lora_rank} "
+            f"(lower lora.r, or start vLLM with --max-lora-rank {_next_vllm_rank(int(r))})",
+            f"{param_prefix}r",
+        )
     if use_dora:
         _refuse("DoRA (use_dora) is not supported by vLLM; train a plain LoRA", f"{param_prefix}use_dora")
     if modules_to_save:
-        _refuse(f"modules_to_save ({', '.join(map(str, modules_to_save))}) is not supported by vLLM: "
-                "it serves LoRA deltas only, not fully trained modules", f"{param_prefix}modules_to_save")
+        _refuse(
+            f"modules_to_save ({', '.join(map(str, modules_to_save))}) is not supported by vLLM: "
+            "it serves LoRA deltas only, not fully trained modules",
+            f"{param_prefix}modules_to_save",
+        )
     _check_targets(get("target_modules", "all-linear"), model_type, f"{param_prefix}target_modules")
 
 
@@ -82,8 +95,11 @@ def _check_targets(targets: Any, model_type: str | None, param: str) -> None:
         try:
             pattern = re.compile(targets)
         except re.error as exc:
-            raise InvalidRequest(f"target_modules {targets!r} is not a valid regular expression: {exc}", param=param,
-                                 code="invalid_hyperparameters") from None
+            raise InvalidRequest(
+                f"target_modules {targets!r} is not a valid regular expression: {exc}",
+                param=param,
+                code="invalid_hyperparameters",
+            ) from None
         for name in _REFUSED:
             if pattern.search(f"model.{name}"):
                 _refuse(f"target_modules {targets!r} matches {name}, which vLLM cannot apply LoRA to", param)
@@ -94,8 +110,11 @@ def _check_targets(targets: Any, model_type: str | None, param: str) -> None:
     leaves = {name: name.rsplit(".", 1)[-1] for name in names}
     refused = [n for n, leaf in leaves.items() if leaf in _REFUSED]
     if refused:
-        _refuse(f"target_modules {refused} cannot carry a LoRA in vLLM (embeddings and the LM head are not "
-                "LoRA-able there; leave them out or use all-linear)", param)
+        _refuse(
+            f"target_modules {refused} cannot carry a LoRA in vLLM (embeddings and the LM head are not "
+            "LoRA-able there; leave them out or use all-linear)",
+            param,
+        )
     vision = [n for n in names if _VISION.search(n)]
     if vision:
         _refuse(f"target_modules {vision} are vision-tower modules, which vLLM cannot load in an adapter", param)
@@ -103,8 +122,11 @@ def _check_targets(targets: Any, model_type: str | None, param: str) -> None:
     if allowed is not None:
         unknown = sorted({n for n, leaf in leaves.items() if leaf not in allowed})
         if unknown:
-            _refuse(f"target_modules {unknown} are not LoRA-able in vLLM for {model_type} models "
-                    f"(expected some of {sorted(allowed)}, or all-linear)", param)
+            _refuse(
+                f"target_modules {unknown} are not LoRA-able in vLLM for {model_type} models "
+                f"(expected some of {sorted(allowed)}, or all-linear)",
+                param,
+            )
 
 
 def _next_vllm_rank(r: int) -> int:
@@ -147,8 +169,9 @@ def read_adapter_config(adapter_dir: str | os.PathLike, param: str = "lora_path"
     try:
         config = json.loads(path.read_text())
     except OSError:
-        raise InvalidRequest(f"No adapter_config.json in {adapter_dir}: not a PEFT adapter directory",
-                             param=param, code="adapter_not_found") from None
+        raise InvalidRequest(
+            f"No adapter_config.json in {adapter_dir}: not a PEFT adapter directory", param=param, code="adapter_not_found"
+        ) from None
     except ValueError as exc:
         raise InvalidRequest(f"{path} is not valid JSON: {exc}", param=param, code="invalid_adapter") from None
     if not isinstance(config, dict):
@@ -163,12 +186,19 @@ def check_adapter_dir_for_vllm(adapter_dir: str | os.PathLike, max_lora_rank: in
     if str(config.get("peft_type", "LORA")).upper() != "LORA":
         _refuse(f"vLLM serves LoRA adapters only, not {config.get('peft_type')}", "peft_type")
     if not any((Path(adapter_dir) / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
-        raise InvalidRequest(f"No adapter weights (adapter_model.safetensors) in {adapter_dir}", param="lora_path",
-                             code="adapter_not_found")
+        raise InvalidRequest(
+            f"No adapter weights (adapter_model.safetensors) in {adapter_dir}", param="lora_path", code="adapter_not_found"
+        )
     if model_type is None and config.get("base_model_name_or_path"):
         model_type = model_type_of(str(config["base_model_name_or_path"]))
-    check_adapter_for_vllm(config, model_type=model_type, max_lora_rank=max_lora_rank, use_dora=bool(config.get("use_dora")),
-                           modules_to_save=config.get("modules_to_save"), param_prefix="")
+    check_adapter_for_vllm(
+        config,
+        model_type=model_type,
+        max_lora_rank=max_lora_rank,
+        use_dora=bool(config.get("use_dora")),
+        modules_to_save=config.get("modules_to_save"),
+        param_prefix="",
+    )
 
 
 def check_spec_for_vllm(spec: Any, max_lora_rank: int) -> None:
@@ -176,10 +206,19 @@ def check_spec_for_vllm(spec: Any, max_lora_rank: int) -> None:
     continues from an adapter (spec.init_adapter) keeps that adapter's shape, so that one is checked."""
     if spec.init_adapter:
         config = read_adapter_config(spec.init_adapter, param="model")
-        check_adapter_for_vllm(config, model_type=model_type_of(spec.model), max_lora_rank=max_lora_rank,
-                               use_dora=bool(config.get("use_dora")), modules_to_save=config.get("modules_to_save"))
+        check_adapter_for_vllm(
+            config,
+            model_type=model_type_of(spec.model),
+            max_lora_rank=max_lora_rank,
+            use_dora=bool(config.get("use_dora")),
+            modules_to_save=config.get("modules_to_save"),
+        )
         return
     lora = spec.lora  # use_dora / modules_to_save are read too, for when LoraSpec grows them
-    check_adapter_for_vllm(lora, model_type=model_type_of(spec.model), max_lora_rank=max_lora_rank,
-                           use_dora=bool(getattr(lora, "use_dora", False)),
-                           modules_to_save=getattr(lora, "modules_to_save", None))
+    check_adapter_for_vllm(
+        lora,
+        model_type=model_type_of(spec.model),
+        max_lora_rank=max_lora_rank,
+        use_dora=bool(getattr(lora, "use_dora", False)),
+        modules_to_save=getattr(lora, "modules_to_save", None),
+    )

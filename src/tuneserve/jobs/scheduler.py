@@ -30,13 +30,30 @@ from tuneserve.training.events import read_events
 
 log = logging.getLogger("tuneserve.scheduler")
 
-METRIC_KEYS = ("step", "total_steps", "train_loss", "train_mean_token_accuracy", "valid_loss",
-               "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy")
+METRIC_KEYS = (
+    "step",
+    "total_steps",
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+)
 # How long a paused training process may take to finish its step and write the pause checkpoint.
 PAUSE_GRACE_S = 120.0
 # OpenAI's result-file columns first, then tuneserve's.
-RESULT_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
-                  "learning_rate", "tokens_per_second", "full_valid_loss", "full_valid_mean_token_accuracy")
+RESULT_COLUMNS = (
+    "step",
+    "train_loss",
+    "train_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "learning_rate",
+    "tokens_per_second",
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+)
 
 
 class Scheduler:
@@ -47,10 +64,21 @@ class Scheduler:
     Ray call never makes it look dead), and takes back the jobs of workers that vanished.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], files: FileService, jobs_dir: Path, *,
-                 max_concurrent: int = 1, poll_interval_s: float = 0.5, runner=None, upstream=None,
-                 worker_id: str | None = None, heartbeat_interval_s: float = 5.0, heartbeat_timeout_s: float = 30.0,
-                 role: str = "Server"):
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        files: FileService,
+        jobs_dir: Path,
+        *,
+        max_concurrent: int = 1,
+        poll_interval_s: float = 0.5,
+        runner=None,
+        upstream=None,
+        worker_id: str | None = None,
+        heartbeat_interval_s: float = 5.0,
+        heartbeat_timeout_s: float = 30.0,
+        role: str = "Server",
+    ):
         self.sessions = sessions
         self.upstream = upstream  # inference.upstream.Upstream: each new fine-tuned adapter is registered there
         self.files = files
@@ -101,8 +129,11 @@ class Scheduler:
         for job_id, handle in list(self.running.items()):
             try:
                 if self.runner.detachable:
-                    self._let_go(job_id, f"{self.role} {self.worker_id} stopped; its {self.runner.describe(handle)} goes on, "
-                                         "and the next server or worker watches it")
+                    self._let_go(
+                        job_id,
+                        f"{self.role} {self.worker_id} stopped; its {self.runner.describe(handle)} goes on, "
+                        "and the next server or worker watches it",
+                    )
                 else:
                     self.runner.stop(handle)
                     self._requeue(job_id, f"{self.role} stopped; the job is queued again and resumes from its last checkpoint")
@@ -111,8 +142,11 @@ class Scheduler:
         self.running.clear()
         try:
             with self.sessions.begin() as session:  # files half-validated: another worker checks them
-                session.execute(update(Job).where(Job.worker_id == self.worker_id, Job.status == states.VALIDATING)
-                                .values(worker_id=None, heartbeat_at=None))
+                session.execute(
+                    update(Job)
+                    .where(Job.worker_id == self.worker_id, Job.status == states.VALIDATING)
+                    .values(worker_id=None, heartbeat_at=None)
+                )
         except Exception:
             log.exception("releasing validations failed")
 
@@ -120,8 +154,11 @@ class Scheduler:
         """At start: jobs held by a worker of this host whose process has ended (this server before its
         restart) are taken back now; those of other hosts only once their heartbeat is stale."""
         with self.sessions() as session:
-            held = list(session.scalars(select(Job).where(
-                Job.status.in_(leases.HELD), Job.worker_id.is_not(None) | (Job.status == states.RUNNING))))
+            held = list(
+                session.scalars(
+                    select(Job).where(Job.status.in_(leases.HELD), Job.worker_id.is_not(None) | (Job.status == states.RUNNING))
+                )
+            )
         for job in held:
             if job.worker_id is None or leases.is_gone_from_this_host(job.worker_id):
                 self._take_back(job, f"{self.role} restarted")
@@ -136,8 +173,9 @@ class Scheduler:
     def _let_go(self, job_id: str, message: str) -> None:
         """Leave the hold with a heartbeat in the distant past: any worker takes it over at its next look."""
         with self.sessions.begin() as session:
-            if session.execute(update(Job).where(Job.id == job_id, Job.worker_id == self.worker_id)
-                               .values(heartbeat_at=0.0)).rowcount:
+            if session.execute(
+                update(Job).where(Job.id == job_id, Job.worker_id == self.worker_id).values(heartbeat_at=0.0)
+            ).rowcount:
                 add_event(session, job_id, message)
 
     # -- leases -------------------------------------------------------------------------
@@ -158,8 +196,11 @@ class Scheduler:
         if time.monotonic() - self._last_heartbeat_ok <= self.heartbeat_timeout_s:
             return
         for job_id, handle in list(self.running.items()):
-            log.error("no heartbeat for %.0f s: stopping %s, which other workers will run again",
-                      time.monotonic() - self._last_heartbeat_ok, job_id)
+            log.error(
+                "no heartbeat for %.0f s: stopping %s, which other workers will run again",
+                time.monotonic() - self._last_heartbeat_ok,
+                job_id,
+            )
             self.runner.stop(handle)
             self.running.pop(job_id, None)
 
@@ -185,8 +226,13 @@ class Scheduler:
                 return
             leases.transfer(session, row, self.worker_id)
             if handle is not None:
-                add_event(session, job.id, f"{why}; {self.role.lower()} {self.worker_id} watches its "
-                                           f"{self.runner.describe(handle)} now (the run goes on)", level="warn")
+                add_event(
+                    session,
+                    job.id,
+                    f"{why}; {self.role.lower()} {self.worker_id} watches its "
+                    f"{self.runner.describe(handle)} now (the run goes on)",
+                    level="warn",
+                )
         if handle is not None:
             self.running[job.id] = handle
             return
@@ -223,8 +269,9 @@ class Scheduler:
         to tokenize, and the scheduler must keep watching running jobs meanwhile. One worker
         holds each validation, so the files are tokenized once."""
         with self.sessions() as session:
-            waiting = list(session.scalars(select(Job.id).where(Job.status == states.VALIDATING, Job.worker_id.is_(None))
-                                           .order_by(Job.seq)))
+            waiting = list(
+                session.scalars(select(Job.id).where(Job.status == states.VALIDATING, Job.worker_id.is_(None)).order_by(Job.seq))
+            )
         for job_id in waiting:
             if job_id in self._validating:
                 continue
@@ -243,18 +290,23 @@ class Scheduler:
                 message, data, error = validate_job_files(spec)
             except Exception as exc:  # an unreadable file fails the job; it never retries forever
                 log.exception("validating %s failed", job_id)
-                message, data, error = "", None, {"code": "invalid_training_file", "param": "training_file",
-                                                  "message": f"{type(exc).__name__}: {exc}"}
+                message, data, error = (
+                    "",
+                    None,
+                    {"code": "invalid_training_file", "param": "training_file", "message": f"{type(exc).__name__}: {exc}"},
+                )
             with self.sessions.begin() as session:
                 if error is None:
-                    moved = session.execute(update(Job).where(held).values(
-                        status=states.QUEUED, worker_id=None, heartbeat_at=None)).rowcount
+                    moved = session.execute(
+                        update(Job).where(held).values(status=states.QUEUED, worker_id=None, heartbeat_at=None)
+                    ).rowcount
                     if moved:
                         add_event(session, job_id, message, data=data)
                         add_event(session, job_id, "Fine-tuning job queued")
                 else:
-                    moved = session.execute(update(Job).where(held).values(
-                        status=states.FAILED, finished_at=now(), error=error, heartbeat_at=None)).rowcount
+                    moved = session.execute(
+                        update(Job).where(held).values(status=states.FAILED, finished_at=now(), error=error, heartbeat_at=None)
+                    ).rowcount
                     if moved:
                         add_event(session, job_id, f"Validation failed: {error['message']}", level="error")
         except Exception:
@@ -273,10 +325,12 @@ class Scheduler:
         with self.sessions.begin() as session:
             claimed = leases.claim_queued(session, self.worker_id, start=not self.runner.starts_pending)
             if claimed:
-                what = ("submitting it to the Ray cluster" if self.runner.starts_pending
-                        else "starting the training process")
-                add_event(session, claimed[0], f"Job claimed by {self.role.lower()} {self.worker_id} "
-                                               f"({self.runner.name} runner); {what}")
+                what = "submitting it to the Ray cluster" if self.runner.starts_pending else "starting the training process"
+                add_event(
+                    session,
+                    claimed[0],
+                    f"Job claimed by {self.role.lower()} {self.worker_id} ({self.runner.name} runner); {what}",
+                )
         return claimed
 
     def _launch(self, job_id: str, attempt: int) -> None:
@@ -321,8 +375,11 @@ class Scheduler:
             self.running.pop(job_id, None)
             if paused:  # a resumed job must be free for any worker to claim
                 with self.sessions.begin() as session:
-                    session.execute(update(Job).where(Job.id == job_id, Job.worker_id == self.worker_id)
-                                    .values(worker_id=None, heartbeat_at=None, runner_pid=None, runner_ref=None))
+                    session.execute(
+                        update(Job)
+                        .where(Job.id == job_id, Job.worker_id == self.worker_id)
+                        .values(worker_id=None, heartbeat_at=None, runner_pid=None, runner_ref=None)
+                    )
             return
         if status == states.QUEUED:  # held while the runner waits for resources (a Ray job PENDING)
             if state.phase == "pending":
@@ -333,8 +390,12 @@ class Scheduler:
         self._ingest(job_id, handle.job_dir)  # lines written just before exit
         self.running.pop(job_id, None)
         if state.phase == "stopped":
-            self._finish_cancelled(job_id, "The run was stopped outside tuneserve"
-                                   + (f" ({state.detail})" if state.detail else "") + "; the job is cancelled")
+            self._finish_cancelled(
+                job_id,
+                "The run was stopped outside tuneserve"
+                + (f" ({state.detail})" if state.detail else "")
+                + "; the job is cancelled",
+            )
             return
         result = _last_result(handle.job_dir)
         if state.returncode == 0 and result is not None:
@@ -344,9 +405,11 @@ class Scheduler:
 
     def _mark_started(self, job_id: str, handle) -> None:
         with self.sessions.begin() as session:
-            moved = session.execute(update(Job).where(Job.id == job_id, Job.status == states.QUEUED,
-                                                      Job.worker_id == self.worker_id)
-                                    .values(status=states.RUNNING, started_at=now())).rowcount
+            moved = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == states.QUEUED, Job.worker_id == self.worker_id)
+                .values(status=states.RUNNING, started_at=now())
+            ).rowcount
             if moved:
                 add_event(session, job_id, f"The run started: {self.runner.describe(handle)}")
 
@@ -368,8 +431,13 @@ class Scheduler:
         kind = event.get("type")
         if kind == "message":
             level = {"warning": "warn"}.get(event.get("level", "info"), event.get("level", "info"))
-            add_event(session, job.id, str(event.get("message", "")), level=level if level in ("info", "warn", "error") else "info",
-                      created_at=created)
+            add_event(
+                session,
+                job.id,
+                str(event.get("message", "")),
+                level=level if level in ("info", "warn", "error") else "info",
+                created_at=created,
+            )
         elif kind == "metrics":
             # Every number the recipe reports (SFT: loss, accuracy, lr, tokens/s; DPO: rewards, margins).
             data = {k: v for k, v in event.items() if k not in ("type", "time") and isinstance(v, (int, float))}
@@ -380,10 +448,17 @@ class Scheduler:
             exists = session.scalar(select(Checkpoint.id).where(Checkpoint.job_id == job.id, Checkpoint.step_number == step))
             if exists is None:
                 name = checkpoint_name_for(job, step)
-                session.add(Checkpoint(id=new_id("ftckpt"), job_id=job.id, created_at=created, step_number=step,
-                                       metrics={k: v for k, v in (event.get("metrics") or {}).items() if k in METRIC_KEYS},
-                                       path=str((self.jobs_dir / job.id / event["path"]).resolve()),
-                                       fine_tuned_model_checkpoint=name))
+                session.add(
+                    Checkpoint(
+                        id=new_id("ftckpt"),
+                        job_id=job.id,
+                        created_at=created,
+                        step_number=step,
+                        metrics={k: v for k, v in (event.get("metrics") or {}).items() if k in METRIC_KEYS},
+                        path=str((self.jobs_dir / job.id / event["path"]).resolve()),
+                        fine_tuned_model_checkpoint=name,
+                    )
+                )
                 add_event(session, job.id, f"Checkpoint created at step {step}", created_at=created)
 
     def _estimate(self, job: Job, event: dict) -> None:
@@ -399,18 +474,29 @@ class Scheduler:
     def _finish_succeeded(self, job_id: str, result: dict) -> None:
         with self.sessions() as session:
             job = session.scalar(select(Job).where(Job.id == job_id))
-            metrics = list(session.scalars(
-                select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "metrics").order_by(JobEvent.seq)
-            ))
+            metrics = list(
+                session.scalars(
+                    select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "metrics").order_by(JobEvent.seq)
+                )
+            )
         results = self.files.create_bytes(job.project, f"{job_id}-results.csv", "fine-tune-results", _results_csv(metrics))
         name = model_name_for(job)
         # Register with the upstream before the job says succeeded, so the model answers as soon as it is listed.
         upstream_warning = self._register_upstream(name, (self.jobs_dir / job_id / "final").resolve())
         with self.sessions.begin() as session:
             done = session.execute(
-                update(Job).where(Job.id == job_id, Job.status == states.RUNNING, Job.worker_id == self.worker_id).values(
-                    status=states.SUCCEEDED, fine_tuned_model=name, trained_tokens=int(result.get("trained_tokens") or 0),
-                    result_files=[results.id], finished_at=now(), estimated_finish=None, runner_pid=None, heartbeat_at=None)
+                update(Job)
+                .where(Job.id == job_id, Job.status == states.RUNNING, Job.worker_id == self.worker_id)
+                .values(
+                    status=states.SUCCEEDED,
+                    fine_tuned_model=name,
+                    trained_tokens=int(result.get("trained_tokens") or 0),
+                    result_files=[results.id],
+                    finished_at=now(),
+                    estimated_finish=None,
+                    runner_pid=None,
+                    heartbeat_at=None,
+                )
             ).rowcount
             if done:
                 if upstream_warning:
@@ -444,10 +530,16 @@ class Scheduler:
     def _finish_failed(self, job_id: str, reason: str) -> None:
         with self.sessions.begin() as session:
             done = session.execute(
-                update(Job).where(Job.id == job_id, Job.status.in_((states.RUNNING, states.QUEUED)),
-                                  Job.worker_id == self.worker_id).values(
-                    status=states.FAILED, finished_at=now(), estimated_finish=None, runner_pid=None, heartbeat_at=None,
-                    error={"code": "training_failed", "message": reason, "param": None})
+                update(Job)
+                .where(Job.id == job_id, Job.status.in_((states.RUNNING, states.QUEUED)), Job.worker_id == self.worker_id)
+                .values(
+                    status=states.FAILED,
+                    finished_at=now(),
+                    estimated_finish=None,
+                    runner_pid=None,
+                    heartbeat_at=None,
+                    error={"code": "training_failed", "message": reason, "param": None},
+                )
             ).rowcount
             if done:
                 add_event(session, job_id, f"Fine-tuning job failed: {reason}", level="error")
@@ -456,9 +548,9 @@ class Scheduler:
         """The runner says someone else stopped the run (`ray job stop`): OpenAI's word for that is cancelled."""
         with self.sessions.begin() as session:
             done = session.execute(
-                update(Job).where(Job.id == job_id, Job.status.in_((states.RUNNING, states.QUEUED)),
-                                  Job.worker_id == self.worker_id).values(
-                    status=states.CANCELLED, finished_at=now(), estimated_finish=None, heartbeat_at=None)
+                update(Job)
+                .where(Job.id == job_id, Job.status.in_((states.RUNNING, states.QUEUED)), Job.worker_id == self.worker_id)
+                .values(status=states.CANCELLED, finished_at=now(), estimated_finish=None, heartbeat_at=None)
             ).rowcount
             if done:
                 add_event(session, job_id, message, level="warn")
@@ -470,8 +562,9 @@ def validate_job_files(spec: dict) -> tuple[str, dict | None, dict | None]:
 
     hp = spec["hyperparameters"]
     try:
-        report = validate_file(spec["training_file"], model=spec["model"], max_seq_length=spec["max_seq_length"],
-                               n_epochs=hp["n_epochs"])
+        report = validate_file(
+            spec["training_file"], model=spec["model"], max_seq_length=spec["max_seq_length"], n_epochs=hp["n_epochs"]
+        )
     except Exception as exc:  # no tokenizer report (e.g. the model cannot load here): the structural check still counts
         log.warning("token report unavailable: %s", exc)
         report = validate_file(spec["training_file"])
@@ -484,8 +577,10 @@ def validate_job_files(spec: dict) -> tuple[str, dict | None, dict | None]:
     tokens = getattr(report, "tokens", None)
     message = f"Files validated: {report.n_examples} training examples ({report.format})"
     if tokens:
-        message += (f"; {tokens['total_tokens']} tokens, about {tokens['estimated_training_tokens']} to train on over "
-                    f"{tokens['n_epochs']} epochs")
+        message += (
+            f"; {tokens['total_tokens']} tokens, about {tokens['estimated_training_tokens']} to train on over "
+            f"{tokens['n_epochs']} epochs"
+        )
         if tokens.get("estimated_time_s"):
             message += f" (about {tokens['estimated_time_s'] / 60:.1f} min at the measured pace)"
     return message, tokens, None
@@ -507,11 +602,19 @@ def _results_csv(metrics: list[dict | None]) -> bytes:
     for data in metrics:
         if not data:
             continue
-        writer.writerow([data.get("step"), data.get("train_loss"), data.get("train_mean_token_accuracy"),
-                         data.get("valid_loss", data.get("full_valid_loss")),
-                         data.get("valid_mean_token_accuracy", data.get("full_valid_mean_token_accuracy")),
-                         data.get("learning_rate"), data.get("tokens_per_second"), data.get("full_valid_loss"),
-                         data.get("full_valid_mean_token_accuracy")])
+        writer.writerow(
+            [
+                data.get("step"),
+                data.get("train_loss"),
+                data.get("train_mean_token_accuracy"),
+                data.get("valid_loss", data.get("full_valid_loss")),
+                data.get("valid_mean_token_accuracy", data.get("full_valid_mean_token_accuracy")),
+                data.get("learning_rate"),
+                data.get("tokens_per_second"),
+                data.get("full_valid_loss"),
+                data.get("full_valid_mean_token_accuracy"),
+            ]
+        )
     return out.getvalue().encode()
 
 

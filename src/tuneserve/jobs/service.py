@@ -25,15 +25,38 @@ from tuneserve.store.tables import Checkpoint, Job, JobEvent
 from tuneserve.training.spec import OPTIMIZATION_KEYS, LoraSpec, Optimization, TrainingSpec, resolve_hyperparameters
 
 
-def add_event(session: Session, job_id: str, message: str, *, level: str = "info", type: str = "message",
-              data: dict | None = None, created_at: int | None = None) -> None:
-    session.add(JobEvent(id=new_id("ftevent"), job_id=job_id, created_at=created_at or now(), level=level,
-                         message=message, type=type, data=data))
+def add_event(
+    session: Session,
+    job_id: str,
+    message: str,
+    *,
+    level: str = "info",
+    type: str = "message",
+    data: dict | None = None,
+    created_at: int | None = None,
+) -> None:
+    session.add(
+        JobEvent(
+            id=new_id("ftevent"),
+            job_id=job_id,
+            created_at=created_at or now(),
+            level=level,
+            message=message,
+            type=type,
+            data=data,
+        )
+    )
 
 
 class JobService:
-    def __init__(self, sessions: sessionmaker[Session], files: FileService, catalog: ModelCatalog, jobs_dir: Path,
-                 preflight: Callable[[TrainingSpec], None] | None = None):
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        files: FileService,
+        catalog: ModelCatalog,
+        jobs_dir: Path,
+        preflight: Callable[[TrainingSpec], None] | None = None,
+    ):
         self.sessions = sessions
         self.files = files
         self.catalog = catalog
@@ -57,23 +80,38 @@ class JobService:
         training_type = request.get("training_type") or "lora"
         check_training_type(training_type, request.get("lora"))
         training = self.files.find(project, request["training_file"], "training_file")
-        validation = self.files.find(project, request["validation_file"], "validation_file") if request.get("validation_file") else None
+        validation = (
+            self.files.find(project, request["validation_file"], "validation_file") if request.get("validation_file") else None
+        )
         for param, file in (("training_file", training), ("validation_file", validation)):
             if file is not None and file.purpose != "fine-tune":
                 raise InvalidRequest(f"{file.id} has purpose {file.purpose!r}; upload it with purpose 'fine-tune'", param=param)
             if file is not None and method_type == "supervised" and file.kind == "preference":
-                raise InvalidRequest(f"{file.id} holds preference pairs (chosen/rejected): they train with method 'dpo'; "
-                                     "'supervised' trains on conversations, prompt/completion or text",
-                                     param=param, code="unsupported_data_for_method")
+                raise InvalidRequest(
+                    f"{file.id} holds preference pairs (chosen/rejected): they train with method 'dpo'; "
+                    "'supervised' trains on conversations, prompt/completion or text",
+                    param=param,
+                    code="unsupported_data_for_method",
+                )
             if file is not None and method_type == "dpo" and file.kind not in (None, "preference"):
-                raise InvalidRequest(f"{file.id} holds {file.kind} examples, but method 'dpo' trains on preference pairs "
-                                     "(a prompt with a chosen and a rejected answer)", param=param, code="unsupported_data_for_method")
+                raise InvalidRequest(
+                    f"{file.id} holds {file.kind} examples, but method 'dpo' trains on preference pairs "
+                    "(a prompt with a chosen and a rejected answer)",
+                    param=param,
+                    code="unsupported_data_for_method",
+                )
         if (training.n_examples or 0) < MIN_EXAMPLES:
-            raise InvalidRequest(f"Training file has {training.n_examples} example(s), but must have at least {MIN_EXAMPLES} "
-                                 "examples (as OpenAI requires)", param="training_file", code="too_few_examples")
+            raise InvalidRequest(
+                f"Training file has {training.n_examples} example(s), but must have at least {MIN_EXAMPLES} "
+                "examples (as OpenAI requires)",
+                param="training_file",
+                code="too_few_examples",
+            )
         if request.get("auto_evaluate") and validation is None:
-            raise InvalidRequest("auto_evaluate compares the result with its base on the validation file: give a validation_file",
-                                 param="auto_evaluate")
+            raise InvalidRequest(
+                "auto_evaluate compares the result with its base on the validation file: give a validation_file",
+                param="auto_evaluate",
+            )
         wandb = _wandb_settings(request.get("integrations"))
 
         job_id = new_id("ftjob")
@@ -81,7 +119,9 @@ class JobService:
             if request.get("learning_rate") is not None:
                 hp_request["learning_rate"] = request["learning_rate"]
             hyperparameters = resolve_hyperparameters(hp_request, training.n_examples or 0, training_type, method_type)
-            seed = int(request["seed"]) if request.get("seed") is not None else int.from_bytes(job_id.encode()[-4:], "big") % (2**31)
+            seed = (
+                int(request["seed"]) if request.get("seed") is not None else int.from_bytes(job_id.encode()[-4:], "big") % (2**31)
+            )
             optional = {key: request[key] for key in _SPEC_OPTIONS if request.get(key) is not None}
             if optional.get("train_on_inputs") == "auto":
                 optional.pop("train_on_inputs")
@@ -108,24 +148,42 @@ class JobService:
             raise InvalidRequest(f"invalid job parameters: {exc}", code="invalid_hyperparameters") from None
         if self.preflight is not None:
             self.preflight(spec)  # InvalidRequest (400, adapter_rejected_by_upstream) before anything is saved
-        hp_public = {"n_epochs": hyperparameters.n_epochs, "batch_size": hyperparameters.batch_size,
-                     "learning_rate_multiplier": hyperparameters.learning_rate_multiplier}
+        hp_public = {
+            "n_epochs": hyperparameters.n_epochs,
+            "batch_size": hyperparameters.batch_size,
+            "learning_rate_multiplier": hyperparameters.learning_rate_multiplier,
+        }
         if method_type == "dpo":
             hp_public["beta"] = hyperparameters.beta
         job = Job(
-            id=job_id, project=project, model=request["model"], training_file=training.id,
-            validation_file=validation.id if validation else None, status=states.VALIDATING,
-            hyperparameters=hp_public, method={"type": method_type, method_type: {"hyperparameters": hp_public}},
-            spec=spec.model_dump(mode="json"), suffix=request.get("suffix"), seed=seed,
-            user_metadata=request.get("metadata"), result_files=[], created_at=now(),
-            idempotency_key=idempotency_key, attempts=0, events_offset=0, last_step=0,
+            id=job_id,
+            project=project,
+            model=request["model"],
+            training_file=training.id,
+            validation_file=validation.id if validation else None,
+            status=states.VALIDATING,
+            hyperparameters=hp_public,
+            method={"type": method_type, method_type: {"hyperparameters": hp_public}},
+            spec=spec.model_dump(mode="json"),
+            suffix=request.get("suffix"),
+            seed=seed,
+            user_metadata=request.get("metadata"),
+            result_files=[],
+            created_at=now(),
+            idempotency_key=idempotency_key,
+            attempts=0,
+            events_offset=0,
+            last_step=0,
         )
         spec.write(self.job_dir(job_id))
         with self.sessions.begin() as session:
             session.add(job)
             # The scheduler checks the files with the model's tokenizer, then queues the job.
-            add_event(session, job_id, f"Validating training file: {training.id}"
-                      + (f" and validation file: {validation.id}" if validation else ""))
+            add_event(
+                session,
+                job_id,
+                f"Validating training file: {training.id}" + (f" and validation file: {validation.id}" if validation else ""),
+            )
         return job
 
     def _resolve_model(self, project: str, model: str) -> tuple[str, str | None]:
@@ -143,8 +201,9 @@ class JobService:
             raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="job_not_found")
         return job
 
-    def list(self, project: str, *, after: str | None = None, limit: int = 20,
-             metadata: dict[str, str] | None = None) -> tuple[list[Job], bool]:
+    def list(
+        self, project: str, *, after: str | None = None, limit: int = 20, metadata: dict[str, str] | None = None
+    ) -> tuple[list[Job], bool]:
         query = select(Job).where(Job.project == project)
         with self.sessions() as session:
             if not metadata:
@@ -159,10 +218,14 @@ class JobService:
         with self.sessions() as session:
             return page_after(session, select(JobEvent).where(JobEvent.job_id == job_id), JobEvent, after=after, limit=limit)
 
-    def checkpoints(self, project: str, job_id: str, *, after: str | None = None, limit: int = 10) -> tuple[list[Checkpoint], bool]:
+    def checkpoints(
+        self, project: str, job_id: str, *, after: str | None = None, limit: int = 10
+    ) -> tuple[list[Checkpoint], bool]:
         self.get(project, job_id)
         with self.sessions() as session:
-            return page_after(session, select(Checkpoint).where(Checkpoint.job_id == job_id), Checkpoint, after=after, limit=limit)
+            return page_after(
+                session, select(Checkpoint).where(Checkpoint.job_id == job_id), Checkpoint, after=after, limit=limit
+            )
 
     # -- change -------------------------------------------------------------------------
     def cancel(self, project: str, job_id: str) -> Job:
@@ -173,24 +236,38 @@ class JobService:
             if job.status == states.CANCELLED:
                 return job
             if job.status not in states.CANCELLABLE:
-                raise InvalidRequest(f"Job {job_id} has already {job.status}; it cannot be cancelled", param="fine_tuning_job_id",
-                                     code="job_not_cancellable")
+                raise InvalidRequest(
+                    f"Job {job_id} has already {job.status}; it cannot be cancelled",
+                    param="fine_tuning_job_id",
+                    code="job_not_cancellable",
+                )
             job.status = states.CANCELLED
             job.finished_at = now()
             job.estimated_finish = None
             add_event(session, job_id, "Fine-tuning job cancelled")
         return self.get(project, job_id)
 
-
     def pause(self, project: str, job_id: str) -> Job:
         """Pause a queued or running job. A running one writes a checkpoint at its next step and stops."""
-        return self._move(project, job_id, states.PAUSABLE, states.PAUSED, "Fine-tuning job paused"
-                          " (a running job checkpoints at its next step, then stops)", "job_not_pausable")
+        return self._move(
+            project,
+            job_id,
+            states.PAUSABLE,
+            states.PAUSED,
+            "Fine-tuning job paused (a running job checkpoints at its next step, then stops)",
+            "job_not_pausable",
+        )
 
     def resume(self, project: str, job_id: str) -> Job:
         """Queue a paused job again; it continues from its last checkpoint."""
-        return self._move(project, job_id, {states.PAUSED}, states.QUEUED, "Fine-tuning job resumed; it continues from its last "
-                          "checkpoint", "job_not_resumable")
+        return self._move(
+            project,
+            job_id,
+            {states.PAUSED},
+            states.QUEUED,
+            "Fine-tuning job resumed; it continues from its last checkpoint",
+            "job_not_resumable",
+        )
 
     def _move(self, project: str, job_id: str, allowed: set[str] | frozenset[str], target: str, message: str, code: str) -> Job:
         self.get(project, job_id)
@@ -199,8 +276,11 @@ class JobService:
             if job.status == target:
                 return job
             if job.status not in allowed:
-                raise InvalidRequest(f"Job {job_id} is {job.status}; only a job that is {' or '.join(sorted(allowed))} can become {target}",
-                               param="fine_tuning_job_id", code=code)
+                raise InvalidRequest(
+                    f"Job {job_id} is {job.status}; only a job that is {' or '.join(sorted(allowed))} can become {target}",
+                    param="fine_tuning_job_id",
+                    code=code,
+                )
             job.status = target
             job.estimated_finish = None
             add_event(session, job_id, message)
@@ -214,18 +294,31 @@ MIN_EXAMPLES = 10
 _SPEC_PARAMS = {"Hyperparameters": "hyperparameters.", "LoraSpec": "lora.", "TrainingSpec": "", "Optimization": ""}
 
 # Top-level request fields that go into the TrainingSpec as they are (Together's names).
-_SPEC_OPTIONS = ("max_seq_length", "train_on_inputs", "n_checkpoints", "n_evals", "num_workers", "resources_per_worker",
-                 "auto_evaluate")
+_SPEC_OPTIONS = (
+    "max_seq_length",
+    "train_on_inputs",
+    "n_checkpoints",
+    "n_evals",
+    "num_workers",
+    "resources_per_worker",
+    "auto_evaluate",
+)
 
 
 def check_training_type(training_type: str, lora: Any = None) -> None:
     """QLoRA (torchao's NF4, on CPU and CUDA) trains every LoRA shape but DoRA: refuse that up front."""
     if training_type not in ("lora", "qlora", "ia3", "full"):
-        raise InvalidRequest(f"training_type {training_type!r} is not one of lora, qlora, ia3, full", param="training_type",
-                             code="unsupported_training_type")
+        raise InvalidRequest(
+            f"training_type {training_type!r} is not one of lora, qlora, ia3, full",
+            param="training_type",
+            code="unsupported_training_type",
+        )
     if training_type == "qlora" and isinstance(lora, dict) and lora.get("use_dora"):
-        raise InvalidRequest("training_type 'qlora' does not train DoRA (use_dora) on its NF4 base; train DoRA with 'lora'",
-                             param="lora.use_dora", code="unsupported_training_type")
+        raise InvalidRequest(
+            "training_type 'qlora' does not train DoRA (use_dora) on its NF4 base; train DoRA with 'lora'",
+            param="lora.use_dora",
+            code="unsupported_training_type",
+        )
 
 
 def _wandb_settings(integrations: list[dict] | None) -> dict | None:
@@ -236,16 +329,24 @@ def _wandb_settings(integrations: list[dict] | None) -> dict | None:
     for i, integration in enumerate(integrations or []):
         kind = integration.get("type") if isinstance(integration, dict) else None
         if kind != "wandb":
-            raise InvalidRequest(f"integrations[{i}].type {kind!r} is not supported; only 'wandb' is", param=f"integrations.{i}.type")
+            raise InvalidRequest(
+                f"integrations[{i}].type {kind!r} is not supported; only 'wandb' is", param=f"integrations.{i}.type"
+            )
         settings = integration.get("wandb") or {}
         if not isinstance(settings, dict) or not settings.get("project"):
             raise InvalidRequest("integrations: a wandb integration needs wandb.project", param=f"integrations.{i}.wandb.project")
         if importlib.util.find_spec("wandb") is None:
-            raise InvalidRequest("integrations: W&B logging needs the wandb package on the server: pip install 'tuneserve[wandb]'",
-                                 param=f"integrations.{i}", code="integration_unavailable")
+            raise InvalidRequest(
+                "integrations: W&B logging needs the wandb package on the server: pip install 'tuneserve[wandb]'",
+                param=f"integrations.{i}",
+                code="integration_unavailable",
+            )
         if not os.environ.get("WANDB_API_KEY"):
-            raise InvalidRequest("integrations: W&B logging needs WANDB_API_KEY in the server's environment (keys are never "
-                                 "taken from requests)", param=f"integrations.{i}", code="integration_unavailable")
+            raise InvalidRequest(
+                "integrations: W&B logging needs WANDB_API_KEY in the server's environment (keys are never taken from requests)",
+                param=f"integrations.{i}",
+                code="integration_unavailable",
+            )
         return {k: settings[k] for k in ("project", "name", "entity", "tags") if settings.get(k) is not None}
     return None
 
@@ -264,7 +365,10 @@ def _method_and_hyperparameters(request: dict[str, Any]) -> tuple[str, dict[str,
     method = request.get("method") or {}
     method_type = method.get("type") or "supervised"
     if method_type not in ("supervised", "dpo"):
-        raise InvalidRequest(f"method.type {method_type!r} is not supported; use 'supervised' or 'dpo'", param="method.type",
-                             code="unsupported_method")
+        raise InvalidRequest(
+            f"method.type {method_type!r} is not supported; use 'supervised' or 'dpo'",
+            param="method.type",
+            code="unsupported_method",
+        )
     hp.update({k: v for k, v in ((method.get(method_type) or {}).get("hyperparameters") or {}).items() if v is not None})
     return method_type, hp

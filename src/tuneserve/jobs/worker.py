@@ -52,10 +52,17 @@ def run_worker(settings: Settings) -> int:
     migrate(engine)
     sessions = make_sessionmaker(engine)
     files = FileService(sessions, BlobStore(settings.data_dir / "files"), settings.max_upload_bytes, check=validate_file)
-    scheduler = Scheduler(sessions, files, jobs_dir, max_concurrent=settings.max_concurrent_jobs,
-                          poll_interval_s=settings.poll_interval_s, runner=runner, role="Worker",
-                          heartbeat_interval_s=settings.heartbeat_every_s,
-                          heartbeat_timeout_s=settings.heartbeat_timeout_s)
+    scheduler = Scheduler(
+        sessions,
+        files,
+        jobs_dir,
+        max_concurrent=settings.max_concurrent_jobs,
+        poll_interval_s=settings.poll_interval_s,
+        runner=runner,
+        role="Worker",
+        heartbeat_interval_s=settings.heartbeat_every_s,
+        heartbeat_timeout_s=settings.heartbeat_timeout_s,
+    )
 
     def request_stop(signum, _frame) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)
@@ -63,8 +70,12 @@ def run_worker(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    print(f"tuneserve worker {scheduler.worker_id}: {runner.name} runner, up to {settings.max_concurrent_jobs} job(s) "
-          f"at a time; data: {settings.data_dir.resolve()}", file=sys.stderr, flush=True)
+    print(
+        f"tuneserve worker {scheduler.worker_id}: {runner.name} runner, up to {settings.max_concurrent_jobs} job(s) "
+        f"at a time; data: {settings.data_dir.resolve()}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         scheduler.recover()
         # In the main thread: the training processes die with the thread that started them (PDEATHSIG).

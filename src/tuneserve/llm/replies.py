@@ -31,9 +31,9 @@ REASON_KEYS = ("reason", "explanation", "rationale", "justification", "why")
 REASON_LIMIT = 500  # a judge's reason (or the reply standing in for it) is clipped to this many characters
 
 # Problem codes (counted in QAParse.problems and in the synthesis summary).
-UNPARSEABLE = "unparseable_reply"      # no JSON (nor labeled Q/A text) in the reply at all
+UNPARSEABLE = "unparseable_reply"  # no JSON (nor labeled Q/A text) in the reply at all
 MISSING_QUESTION = "missing_question"  # a candidate without a usable question
-MISSING_ANSWER = "missing_answer"      # a candidate without a usable answer
+MISSING_ANSWER = "missing_answer"  # a candidate without a usable answer
 
 _FENCE = re.compile(r"```[a-zA-Z0-9_-]*[ \t]*\n?(.*?)(?:```|\Z)", re.S)
 _TRAILING_COMMA = re.compile(r",\s*([\]}])")
@@ -41,7 +41,8 @@ _TRAILING_COMMA = re.compile(r",\s*([\]}])")
 _MISSING_COMMA = re.compile(r'("|\d|true|false|null)(\s*\n\s*)(")')
 _LABELED = re.compile(
     r"(?:^|\n)[ \t]*(?:[-*]\s*)?(?:\d+[.)]\s*)?(?:\*\*)?\s*(?P<label>question|q|answer|a|context)\s*\d*\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?",
-    re.I)
+    re.I,
+)
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def _python_literal(text: str, start: int) -> tuple[Any, int] | None:
     end = text.find(close, start)
     while end >= 0:
         try:
-            value = ast.literal_eval(text[start:end + 1])
+            value = ast.literal_eval(text[start : end + 1])
         except (ValueError, SyntaxError, MemoryError, RecursionError):
             end = text.find(close, end + 1)
             continue
@@ -192,7 +193,7 @@ def _labeled_candidates(text: str) -> list[dict[str, Any]]:
     current: dict[str, Any] = {}
     for i, mark in enumerate(marks):
         label = {"q": "question", "a": "answer"}.get(mark["label"].lower(), mark["label"].lower())
-        value = text[mark.end(): marks[i + 1].start() if i + 1 < len(marks) else len(text)].strip()
+        value = text[mark.end() : marks[i + 1].start() if i + 1 < len(marks) else len(text)].strip()
         if label == "question" and current:
             candidates.append(current)
             current = {}
@@ -226,5 +227,5 @@ def _yes_no(value: str) -> str | None:
 
 
 def _reason_after(text: str, pos: int) -> str:
-    reason = text[pos:].lstrip(" \t\n*\"'.,:;-").rstrip(" \t\n*\"")
+    reason = text[pos:].lstrip(" \t\n*\"'.,:;-").rstrip(' \t\n*"')
     return clip(reason.strip(), REASON_LIMIT) or clip(text.strip(), REASON_LIMIT)

@@ -46,16 +46,25 @@ class FileService:
         except BlobTooLarge:
             raise PayloadTooLarge(f"the file is larger than the limit of {self.max_upload_bytes} bytes", param="file") from None
         row = File(
-            id=file_id, project=project, filename=filename or "upload", purpose=purpose, bytes=size,
-            created_at=now(), status="processed", deleted=False,
+            id=file_id,
+            project=project,
+            filename=filename or "upload",
+            purpose=purpose,
+            bytes=size,
+            created_at=now(),
+            status="processed",
+            deleted=False,
         )
         if purpose == "fine-tune":
             report = self.check(self.blobs.path(file_id), name=filename)
             if not report.ok:
                 self.blobs.delete(file_id)
                 first = report.errors[0] if report.errors else None
-                raise InvalidRequest(f"Invalid training file {filename!r}: {report.summary()}", param="file",
-                                     code=first.code if first else "invalid_training_file")
+                raise InvalidRequest(
+                    f"Invalid training file {filename!r}: {report.summary()}",
+                    param="file",
+                    code=first.code if first else "invalid_training_file",
+                )
             row.format, row.n_examples = report.format, report.n_examples
             row.kind = getattr(report, "kind", "sft")
             row.status_details = report.summary()
@@ -69,8 +78,9 @@ class FileService:
 
         return self.create(project, filename, purpose, io.BytesIO(data))
 
-    def list(self, project: str, *, purpose: str | None = None, limit: int = 10000, after: str | None = None,
-             order: str = "desc") -> tuple[list[File], bool]:
+    def list(
+        self, project: str, *, purpose: str | None = None, limit: int = 10000, after: str | None = None, order: str = "desc"
+    ) -> tuple[list[File], bool]:
         query = select(File).where(File.project == project, File.deleted.is_(False))
         if purpose:
             query = query.where(File.purpose == purpose)

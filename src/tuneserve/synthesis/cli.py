@@ -14,15 +14,21 @@ from pathlib import Path
 
 def add_synthesize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("documents", nargs="+", type=Path, help="PDF, Markdown or text files, or directories of them")
-    parser.add_argument("--base-url", required=True, help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8015/v1 "
-                                                          "(key from $TUNESERVE_API_KEY or $OPENAI_API_KEY)")
+    parser.add_argument(
+        "--base-url",
+        required=True,
+        help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8015/v1 (key from $TUNESERVE_API_KEY or $OPENAI_API_KEY)",
+    )
     parser.add_argument("--model", required=True, help="the model that writes the Q&A pairs")
     parser.add_argument("--output", required=True, type=Path, help="the training file to write (chat-format JSONL)")
     parser.add_argument("--questions-per-chunk", type=int, default=3)
     parser.add_argument("--curate", action="store_true", help="keep only pairs a judge answers YES to")
     parser.add_argument("--judge-model", default=None, help="the judge for --curate (default: --model)")
-    parser.add_argument("--judge-base-url", default=None, help="the judge's endpoint (default: --base-url; key from "
-                                                               "$TUNESERVE_JUDGE_API_KEY, else the same key)")
+    parser.add_argument(
+        "--judge-base-url",
+        default=None,
+        help="the judge's endpoint (default: --base-url; key from $TUNESERVE_JUDGE_API_KEY, else the same key)",
+    )
     parser.add_argument("--eval-split", type=float, default=0.0, help="hold out this share as OUTPUT.valid.jsonl")
     parser.add_argument("--seed", type=int, default=0, help="for the held-out split")
     parser.add_argument("--rpm", type=int, default=None, help="at most this many requests per minute")
@@ -31,10 +37,18 @@ def add_synthesize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="prompt templates (YAML); see docs/synthetic-data.md")
     parser.add_argument("--max-tokens", type=int, default=None, help="per generation request (default: 200 per question)")
     parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--chunk-tokens", type=int, default=None, help="at most this many document tokens per chunk "
-                                                                      "(default: what the context window leaves)")
-    parser.add_argument("--context-window", type=int, default=None,
-                        help="the model's context window, where its tokenizer is not available here (default 4096)")
+    parser.add_argument(
+        "--chunk-tokens",
+        type=int,
+        default=None,
+        help="at most this many document tokens per chunk (default: what the context window leaves)",
+    )
+    parser.add_argument(
+        "--context-window",
+        type=int,
+        default=None,
+        help="the model's context window, where its tokenizer is not available here (default 4096)",
+    )
     parser.add_argument("--max-chunks", type=int, default=None, help="use only the first N chunks (to try prompts out)")
     parser.add_argument("--retries", type=int, default=5, help="retries per request, with exponential backoff")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
@@ -55,17 +69,33 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     try:
         config = load_prompt_config(args.config)
         client = make_client(args.base_url, api_key(), max_retries=args.retries, timeout_s=args.timeout)
-        judge = make_client(args.judge_base_url, api_key(judge=True), max_retries=args.retries,
-                            timeout_s=args.timeout) if args.judge_base_url else None
+        judge = (
+            make_client(args.judge_base_url, api_key(judge=True), max_retries=args.retries, timeout_s=args.timeout)
+            if args.judge_base_url
+            else None
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     counter = token_counter(args.model, args.context_window)
     options = SynthOptions(
-        documents=args.documents, model=args.model, output=args.output, questions_per_chunk=args.questions_per_chunk,
-        curate=args.curate, judge_model=args.judge_model, eval_split=args.eval_split, seed=args.seed,
-        max_tokens=args.max_tokens, temperature=args.temperature, chunk_tokens=args.chunk_tokens,
-        max_chunks=args.max_chunks, concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm, config=config)
+        documents=args.documents,
+        model=args.model,
+        output=args.output,
+        questions_per_chunk=args.questions_per_chunk,
+        curate=args.curate,
+        judge_model=args.judge_model,
+        eval_split=args.eval_split,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        chunk_tokens=args.chunk_tokens,
+        max_chunks=args.max_chunks,
+        concurrency=args.concurrency,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        config=config,
+    )
     console.print(f"token counts: {counter.method}; context window {counter.context_window}")
     try:
         with _progress(console) as on_progress:
@@ -100,8 +130,9 @@ class _progress:
     def __init__(self, console):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=console)
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        )
         self.tasks: dict[str, int] = {}
 
     def __enter__(self):
@@ -110,8 +141,9 @@ class _progress:
 
     def update(self, stage: str, done: int, total: int) -> None:
         if stage not in self.tasks:
-            self.tasks[stage] = self.bar.add_task({"generate": "generating Q&A", "curate": "curating"}.get(stage, stage),
-                                                  total=total)
+            self.tasks[stage] = self.bar.add_task(
+                {"generate": "generating Q&A", "curate": "curating"}.get(stage, stage), total=total
+            )
         self.bar.update(self.tasks[stage], completed=done, total=total)
 
     def __exit__(self, *exc):

@@ -57,8 +57,10 @@ def find_documents(paths: list[Path]) -> list[Path]:
             found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in SUFFIXES)
         elif path.is_file():
             if path.suffix.lower() not in SUFFIXES:
-                raise DocumentError(f"{path}: unsupported document type {path.suffix or '(none)'!r}; "
-                                    f"use PDF, Markdown or text ({', '.join(SUFFIXES)})")
+                raise DocumentError(
+                    f"{path}: unsupported document type {path.suffix or '(none)'!r}; "
+                    f"use PDF, Markdown or text ({', '.join(SUFFIXES)})"
+                )
             found.append(path)
         else:
             raise DocumentError(f"{path}: no such file or directory")
@@ -97,8 +99,11 @@ def _read_pdf(path: Path) -> str:
 
 
 def approximate_counter(context_window: int | None = None) -> TokenCounter:
-    return TokenCounter(lambda text: math.ceil(len(text) / CHARS_PER_TOKEN), context_window or DEFAULT_CONTEXT_WINDOW,
-                        f"approximation ({CHARS_PER_TOKEN} characters per token)")
+    return TokenCounter(
+        lambda text: math.ceil(len(text) / CHARS_PER_TOKEN),
+        context_window or DEFAULT_CONTEXT_WINDOW,
+        f"approximation ({CHARS_PER_TOKEN} characters per token)",
+    )
 
 
 def token_counter(model: str, context_window: int | None = None) -> TokenCounter:
@@ -107,8 +112,9 @@ def token_counter(model: str, context_window: int | None = None) -> TokenCounter
     if tokenizer is None:
         return approximate_counter(context_window)
     window = context_window or _context_window(tokenizer) or DEFAULT_CONTEXT_WINDOW
-    return TokenCounter(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]), window,
-                        f"tokenizer ({_base_of(model)})")
+    return TokenCounter(
+        lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]), window, f"tokenizer ({_base_of(model)})"
+    )
 
 
 def _base_of(model: str) -> str:
@@ -190,4 +196,4 @@ def _split_words(text: str, max_tokens: int, count: Callable[[str], int]) -> lis
 
 def _split_chars(text: str, max_tokens: int, count: Callable[[str], int]) -> list[str]:
     step = max(1, len(text) * max_tokens // max(1, count(text)))
-    return [text[i:i + step] for i in range(0, len(text), step)]
+    return [text[i : i + step] for i in range(0, len(text), step)]

@@ -16,8 +16,14 @@ WINDOW_S = 60.0
 
 
 class RateLimiter:
-    def __init__(self, rpm: int | None = None, tpm: int | None = None, *,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         if (rpm is not None and rpm < 1) or (tpm is not None and tpm < 1):
             raise ValueError("rpm and tpm must be at least 1")
         self.rpm, self.tpm = rpm, tpm

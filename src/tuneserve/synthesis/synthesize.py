@@ -95,8 +95,10 @@ def load_prompt_config(path: Path | None = None) -> PromptConfig:
         try:
             getattr(config, name).format(**example)
         except KeyError as exc:
-            raise ValueError(f"{name} uses an unknown placeholder {{{exc.args[0]}}}; it may use "
-                             f"{', '.join('{' + k + '}' for k in example)} (write literal braces as {{{{ and }}}})") from None
+            raise ValueError(
+                f"{name} uses an unknown placeholder {{{exc.args[0]}}}; it may use "
+                f"{', '.join('{' + k + '}' for k in example)} (write literal braces as {{{{ and }}}})"
+            ) from None
         except (ValueError, IndexError) as exc:
             raise ValueError(f"{name}: {exc} (write literal braces as {{{{ and }}}})") from None
     return config
@@ -137,8 +139,14 @@ def state_dir(output: Path) -> Path:
     return _sibling(output, ".synth")
 
 
-def synthesize(options: SynthOptions, client: Any, counter: TokenCounter, *, judge_client: Any = None,
-               on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+def synthesize(
+    options: SynthOptions,
+    client: Any,
+    counter: TokenCounter,
+    *,
+    judge_client: Any = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
     """Run the pipeline; return (and write) the summary. Raises SynthesisError when the endpoint
     refuses or cannot be reached, DocumentError for an unreadable document."""
     progress = on_progress or (lambda stage, done, total: None)
@@ -158,12 +166,14 @@ def synthesize(options: SynthOptions, client: Any, counter: TokenCounter, *, jud
         if key in state.generated:
             return state.generated[key]
         limiter.acquire(counter.count(system) + counter.count(user) + max_tokens)
-        reply = _complete(client, model=options.model, messages=_messages(system, user), max_tokens=max_tokens,
-                          temperature=options.temperature)
+        reply = _complete(
+            client, model=options.model, messages=_messages(system, user), max_tokens=max_tokens, temperature=options.temperature
+        )
         if reply is None:
             return None
-        return state.add("generated", {"key": key, "source": chunk.source, "chunk": chunk.index, "text": chunk.text,
-                                        "reply": reply})
+        return state.add(
+            "generated", {"key": key, "source": chunk.source, "chunk": chunk.index, "text": chunk.text, "reply": reply}
+        )
 
     generated = _run_all(chunks, request, options.concurrency, lambda done: progress("generate", done, len(chunks)))
     rejected: Counter[str] = Counter()
@@ -184,19 +194,35 @@ def synthesize(options: SynthOptions, client: Any, counter: TokenCounter, *, jud
 
         def judge(item: tuple[QAPair, dict[str, Any]]) -> dict[str, Any] | None:
             pair = item[0]
-            user = config.curation_user_template.format(question=pair.question, answer=pair.answer,
-                                                        context=pair.context or item[1]["text"])
+            user = config.curation_user_template.format(
+                question=pair.question, answer=pair.answer, context=pair.context or item[1]["text"]
+            )
             key = _key(judge_model, curation_system, user)
             if key in state.curation:
                 return state.curation[key]
             limiter.acquire(counter.count(curation_system) + counter.count(user) + JUDGE_MAX_TOKENS)
-            reply = _complete(judge_client or client, model=judge_model, messages=_messages(curation_system, user),
-                              max_tokens=JUDGE_MAX_TOKENS, temperature=0.0)
+            reply = _complete(
+                judge_client or client,
+                model=judge_model,
+                messages=_messages(curation_system, user),
+                max_tokens=JUDGE_MAX_TOKENS,
+                temperature=0.0,
+            )
             if reply is None:
                 return None
             verdict, reason = parse_verdict(reply)
-            return state.add("curation", {"key": key, "question": pair.question, "answer": pair.answer,
-                                          "verdict": verdict, "reason": reason, "judge_model": judge_model, "reply": reply})
+            return state.add(
+                "curation",
+                {
+                    "key": key,
+                    "question": pair.question,
+                    "answer": pair.answer,
+                    "verdict": verdict,
+                    "reason": reason,
+                    "judge_model": judge_model,
+                    "reply": reply,
+                },
+            )
 
         verdicts = _run_all(candidates, judge, options.concurrency, lambda done: progress("curate", done, len(candidates)))
         kept = []
@@ -211,17 +237,27 @@ def synthesize(options: SynthOptions, client: Any, counter: TokenCounter, *, jud
     examples = _examples([pair for pair, _ in kept], config.system_prompt, rejected)
     train, held_out = _split(examples, options.eval_split, options.seed)
     summary = {
-        "documents": len(documents), "chunks": len(chunks), "chunk_tokens": budget, "token_count": counter.method,
-        "replies": len(replies), "failed_requests": len(chunks) - len(replies), "generated": generated_count,
-        "parsed": len(parsed), "curated": options.curate, "kept": len(examples), "train": len(train),
-        "eval": len(held_out), "rejected": dict(sorted(rejected.items())), "output": None, "eval_output": None,
+        "documents": len(documents),
+        "chunks": len(chunks),
+        "chunk_tokens": budget,
+        "token_count": counter.method,
+        "replies": len(replies),
+        "failed_requests": len(chunks) - len(replies),
+        "generated": generated_count,
+        "parsed": len(parsed),
+        "curated": options.curate,
+        "kept": len(examples),
+        "train": len(train),
+        "eval": len(held_out),
+        "rejected": dict(sorted(rejected.items())),
+        "output": None,
+        "eval_output": None,
     }
     summary.update(_write_outputs(options.output, train, held_out))
     summary["usable"] = bool(examples)
     summary["message"] = _message(summary, options.model)
     write_text_atomically(summary_path(options.output), json.dumps(summary, indent=2) + "\n")
     return summary
-
 
 
 # --- steps --------------------------------------------------------------------------------------
@@ -258,7 +294,9 @@ def _examples(pairs: list[QAPair], system_prompt: str | None, rejected: Counter)
     examples = []
     for line, pair in enumerate(pairs, start=1):
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-            {"role": "user", "content": pair.question}, {"role": "assistant", "content": pair.answer}]
+            {"role": "user", "content": pair.question},
+            {"role": "assistant", "content": pair.answer},
+        ]
         record = {"messages": messages}
         try:
             normalize(record, "chat", line)
@@ -302,9 +340,11 @@ def _message(summary: dict[str, Any], model: str) -> str:
     if not summary["chunks"]:
         return f"nothing usable: the {summary['documents']} document(s) hold no text. No training file was written."
     reasons = ", ".join(f"{k}: {v}" for k, v in summary["rejected"].items()) or "no replies"
-    return (f"nothing usable: {model} gave {summary['replies']} replies for {summary['chunks']} chunks and no Q&A pair "
-            f"survived ({reasons}). No training file was written. Try a larger model, fewer --questions-per-chunk, "
-            "or simpler prompts (--config).")
+    return (
+        f"nothing usable: {model} gave {summary['replies']} replies for {summary['chunks']} chunks and no Q&A pair "
+        f"survived ({reasons}). No training file was written. Try a larger model, fewer --questions-per-chunk, "
+        "or simpler prompts (--config)."
+    )
 
 
 # --- requests -----------------------------------------------------------------------------------
@@ -321,8 +361,7 @@ def _complete(client: Any, **request: Any) -> str | None:
 
     try:
         response = client.chat.completions.create(**request)
-    except (openai.APIConnectionError, openai.AuthenticationError, openai.PermissionDeniedError,
-            openai.NotFoundError) as exc:
+    except (openai.APIConnectionError, openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
         raise SynthesisError(_describe(exc)) from exc
     except openai.APIError:
         return None

@@ -53,7 +53,9 @@ class Batch:
         return inputs
 
 
-def epoch_plan(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, *, group_by_length: bool = True) -> list[list[int]]:
+def epoch_plan(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, *, group_by_length: bool = True
+) -> list[list[int]]:
     """The example indices of each step of `epoch`; depends only on (lengths, batch_size, seed, epoch).
 
     Shuffle, sort each window of GROUP_WINDOW_BATCHES batches by length, cut into batches, then
@@ -63,8 +65,9 @@ def epoch_plan(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, *
     order = torch.randperm(len(lengths), generator=generator).tolist()
     if group_by_length:
         window = batch_size * GROUP_WINDOW_BATCHES
-        order = [i for start in range(0, len(order), window)
-                 for i in sorted(order[start : start + window], key=lambda i: -lengths[i])]
+        order = [
+            i for start in range(0, len(order), window) for i in sorted(order[start : start + window], key=lambda i: -lengths[i])
+        ]
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     if group_by_length:
         batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]

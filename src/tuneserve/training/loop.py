@@ -102,9 +102,20 @@ class _Trunk(torch.nn.Module):
         return self._apply_head(head, **inputs)
 
 
-def train_loop(spec: TrainingSpec, job_dir: Path, events: EventWriter, loaded: model_io.Loaded, tokenizer: Any, task: Task,
-               train_items: Sequence[Any], valid_items: Sequence[Any], *, model_path: Path, console: Console | None = None,
-               stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+def train_loop(
+    spec: TrainingSpec,
+    job_dir: Path,
+    events: EventWriter,
+    loaded: model_io.Loaded,
+    tokenizer: Any,
+    task: Task,
+    train_items: Sequence[Any],
+    valid_items: Sequence[Any],
+    *,
+    model_path: Path,
+    console: Console | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
+) -> dict[str, Any]:
     """Train to the end (or until a stop is requested) and return the result (or `{"type": "stopped"}`)."""
     hp, opt = spec.hyperparameters, spec.optimization
     main = distributed.is_main()
@@ -127,16 +138,22 @@ def train_loop(spec: TrainingSpec, job_dir: Path, events: EventWriter, loaded: m
     trainable = loaded.trainable()  # after wrapping: FSDP has replaced the parameters by their shards
     decay = [p for p in trainable if p.ndim >= 2]  # no weight decay on biases and norms
     rest = [p for p in trainable if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opt.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                                  lr=hp.learning_rate, fused=loaded.device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(opt.lr_scheduler_type, warmup_steps, total_steps, opt.min_lr_ratio))
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": opt.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=hp.learning_rate,
+        fused=loaded.device.type == "cuda",
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(opt.lr_scheduler_type, warmup_steps, total_steps, opt.min_lr_ratio)
+    )
     if main:
         processes = f"{distributed.world_size()} process(es)" + (f" ({kind.upper()})" if kind != parallel.SINGLE else "")
         events.message(
             f"Training on {len(train_items)} examples ({len(valid_items)} validation): {hp.n_epochs} epochs x {steps_per_epoch} "
             f"steps of batch {hp.batch_size} = {total_steps} steps, warm-up {warmup_steps}, {opt.lr_scheduler_type} schedule, "
             f"peak learning rate {hp.learning_rate:g}, {model_io.BATCHING_NAMES[loaded.batching]}"
-            f", {processes}, device {loaded.device.type}")
+            f", {processes}, device {loaded.device.type}"
+        )
 
     state = LoopState(total_steps=total_steps)
     if saved is not None:
@@ -156,10 +173,14 @@ def train_loop(spec: TrainingSpec, job_dir: Path, events: EventWriter, loaded: m
                     step_start = time.perf_counter()
                     step_items = [train_items[i] for i in indices]
                     learning_rate = scheduler.get_last_lr()[0]  # the rate this step uses
-                    alone = loaded.batching == "rows" or (loaded.batching == "mixed" and max(lengths[i] for i in indices) > ROWS_MIN_TOKENS)
+                    alone = loaded.batching == "rows" or (
+                        loaded.batching == "mixed" and max(lengths[i] for i in indices) > ROWS_MIN_TOKENS
+                    )
                     split = len(step_items) if alone else opt.gradient_accumulation_steps
                     units = task.units(step_items)
-                    loss_sum, metric_sums, n_tokens = _step(forward, kind, task, step_items, units, trainable, optimizer, opt, split)
+                    loss_sum, metric_sums, n_tokens = _step(
+                        forward, kind, task, step_items, units, trainable, optimizer, opt, split
+                    )
                     scheduler.step()
                     state.global_step += 1
                     state.step_in_epoch += 1
@@ -176,14 +197,24 @@ def train_loop(spec: TrainingSpec, job_dir: Path, events: EventWriter, loaded: m
                     run_tokens, run_step_time = run_tokens + step_tokens, run_step_time + step_time
                     advance(step_loss)
                     if main and state.global_step % spec.logging_steps == 0:
-                        metrics = {"step": state.global_step, "total_steps": total_steps, "epoch": state.epoch, "train_loss": step_loss,
-                                   **step_metrics, "learning_rate": learning_rate, "tokens_per_second": step_tokens / max(step_time, 1e-9)}
+                        metrics = {
+                            "step": state.global_step,
+                            "total_steps": total_steps,
+                            "epoch": state.epoch,
+                            "train_loss": step_loss,
+                            **step_metrics,
+                            "learning_rate": learning_rate,
+                            "tokens_per_second": step_tokens / max(step_time, 1e-9),
+                        }
                         events.emit("metrics", **metrics)
                         trackers.log(metrics, state.global_step)
 
                     end_of_epoch = state.step_in_epoch == len(plan)
-                    checkpoint_metrics = {"step": state.global_step, "train_loss": state.epoch_loss_sum / max(state.epoch_units, 1),
-                                          **{task.metric_names()[k]: v / max(state.epoch_units, 1) for k, v in state.epoch_metric_sums.items()}}
+                    checkpoint_metrics = {
+                        "step": state.global_step,
+                        "train_loss": state.epoch_loss_sum / max(state.epoch_units, 1),
+                        **{task.metric_names()[k]: v / max(state.epoch_units, 1) for k, v in state.epoch_metric_sums.items()},
+                    }
                     if state.global_step in eval_steps:
                         valid = task.evaluate(evaluator, valid_items[:PERIODIC_VALID_EXAMPLES], "valid")
                         if main:
@@ -200,8 +231,13 @@ def train_loop(spec: TrainingSpec, job_dir: Path, events: EventWriter, loaded: m
                         loop_start = time.perf_counter()
                         path = save_checkpoint(job_dir, loaded, tokenizer, state, forward, optimizer, scheduler, kind)
                         if main:
-                            events.emit("checkpoint", step=state.global_step, epoch=state.epoch - (1 if end_of_epoch else 0),
-                                        path=path.relative_to(job_dir).as_posix(), metrics=checkpoint_metrics)
+                            events.emit(
+                                "checkpoint",
+                                step=state.global_step,
+                                epoch=state.epoch - (1 if end_of_epoch else 0),
+                                path=path.relative_to(job_dir).as_posix(),
+                                metrics=checkpoint_metrics,
+                            )
                         distributed.barrier()
                     if stop:
                         stopped = True
@@ -214,8 +250,10 @@ def train_loop(spec: TrainingSpec, job_dir: Path, events: EventWriter, loaded: m
 
     if stopped:
         if main:
-            events.message(f"Stopped on request at step {state.global_step} of {total_steps}; checkpoint step-{state.global_step} "
-                           "holds everything needed to resume")
+            events.message(
+                f"Stopped on request at step {state.global_step} of {total_steps}; checkpoint step-{state.global_step} "
+                "holds everything needed to resume"
+            )
         return {"type": "stopped", "step": state.global_step}
 
     # The whole validation set once at the end, then the final artifact.
@@ -230,14 +268,29 @@ def train_loop(spec: TrainingSpec, job_dir: Path, events: EventWriter, loaded: m
         events.message(f"Saved the final {'adapter' if loaded.is_adapter else 'model'} to {final_dir}")
         if run_tokens and run_step_time > 0:
             _record_throughput(spec.model, loaded.device, run_tokens / run_step_time / distributed.world_size(), events)
-        result = events.emit("result", trained_tokens=state.trained_tokens, train_runtime_s=state.train_runtime_s,
-                             train_loss=state.last_epoch_loss, model_path=str(model_path), adapter_path=str(final_dir))
+        result = events.emit(
+            "result",
+            trained_tokens=state.trained_tokens,
+            train_runtime_s=state.train_runtime_s,
+            train_loss=state.last_epoch_loss,
+            model_path=str(model_path),
+            adapter_path=str(final_dir),
+        )
     distributed.barrier()
     return result
 
 
-def _step(forward: torch.nn.Module, kind: str, task: Task, items: Sequence[Any], units: int, trainable: list[torch.nn.Parameter],
-          optimizer: torch.optim.Optimizer, opt, split: int) -> tuple[float, dict[str, float], int]:
+def _step(
+    forward: torch.nn.Module,
+    kind: str,
+    task: Task,
+    items: Sequence[Any],
+    units: int,
+    trainable: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    opt,
+    split: int,
+) -> tuple[float, dict[str, float], int]:
     """One optimizer step over this process's share of `items` (`units` in all ranks' share), in
     `split` micro-batches; returns its summed loss and metrics. Every rank runs as many micro-batches as the busiest one (DDP and
     FSDP communicate inside forward and backward, so all must take part); padding ones count zero."""
@@ -308,8 +361,16 @@ def latest_checkpoint(job_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def save_checkpoint(job_dir: Path, loaded: model_io.Loaded, tokenizer: Any, state: LoopState, module: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, scheduler: Any, kind: str = parallel.SINGLE) -> Path:
+def save_checkpoint(
+    job_dir: Path,
+    loaded: model_io.Loaded,
+    tokenizer: Any,
+    state: LoopState,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    kind: str = parallel.SINGLE,
+) -> Path:
     """Write checkpoints/step-N: the artifact as served, plus trainer_state.pt to resume from.
     Every rank calls it (FSDP gathers the whole weights and optimizer state); rank 0 writes."""
     target = job_dir / "checkpoints" / f"step-{state.global_step}"
@@ -321,8 +382,10 @@ def save_checkpoint(job_dir: Path, loaded: model_io.Loaded, tokenizer: Any, stat
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save({"state": asdict(state), "optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng},
-                   tmp / STATE_FILE)
+        torch.save(
+            {"state": asdict(state), "optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng},
+            tmp / STATE_FILE,
+        )
 
     if distributed.is_main():
         write_dir_atomically(target, write)
@@ -335,8 +398,10 @@ def _load_checkpoint(checkpoint: Path, loaded: model_io.Loaded, total_steps: int
 
     saved = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)  # our own file
     if saved["state"]["total_steps"] != total_steps:
-        raise ValueError(f"{checkpoint} was written by a run of {saved['state']['total_steps']} steps, this one has "
-                         f"{total_steps}: not the same job")
+        raise ValueError(
+            f"{checkpoint} was written by a run of {saved['state']['total_steps']} steps, this one has "
+            f"{total_steps}: not the same job"
+        )
     weights = load_file(model_io.weights_file(checkpoint), device=str(loaded.device))
     if loaded.is_adapter:
         from peft import set_peft_model_state_dict
@@ -349,7 +414,9 @@ def _load_checkpoint(checkpoint: Path, loaded: model_io.Loaded, total_steps: int
     return saved
 
 
-def _restore(saved: dict[str, Any], module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, kind: str) -> LoopState:
+def _restore(
+    saved: dict[str, Any], module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, kind: str
+) -> LoopState:
     """Optimizer, schedule and RNG as the checkpoint left them; returns where training stands."""
     parallel.load_optimizer_state(module, optimizer, saved["optimizer"], kind)
     scheduler.load_state_dict(saved["scheduler"])
@@ -376,8 +443,14 @@ def _progress_bar(console: Console | None, total_steps: int, done: int) -> Itera
     if console is None:
         yield lambda loss: None
         return
-    columns = (TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("step"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("train", total=total_steps, completed=done, loss="-")
         yield lambda loss: bar.update(task, advance=1, loss=f"{loss:.4f}")

@@ -74,7 +74,9 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None
 
 
-def token_cross_entropy(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def token_cross_entropy(
+    hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed cross-entropy over trained tokens, the number predicted right, and how many there were.
 
     `hidden` is the decoder's last hidden state [B, L, d]; position t predicts token t+1.
@@ -94,8 +96,9 @@ def _chunk_logprobs(h: torch.Tensor, weight: torch.Tensor, t: torch.Tensor) -> t
     return logits.gather(1, t[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
 
 
-def sequence_logprobs(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor, sequence_ids: torch.Tensor,
-                      n_sequences: int) -> torch.Tensor:
+def sequence_logprobs(
+    hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor, sequence_ids: torch.Tensor, n_sequences: int
+) -> torch.Tensor:
     """Sum of log p(trained token) per sequence: [n_sequences]. `sequence_ids` [B, L] says which
     sequence each position belongs to (packed rows hold several)."""
     keep, targets = trained_positions(labels)
@@ -104,13 +107,16 @@ def sequence_logprobs(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: to
     parts = []
     for start in range(0, picked.shape[0], CHUNK_TOKENS):
         args = (picked[start : start + CHUNK_TOKENS], lm_head.weight, targets[start : start + CHUNK_TOKENS])
-        parts.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled() else _chunk_logprobs(*args))
+        parts.append(
+            checkpoint(_chunk_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled() else _chunk_logprobs(*args)
+        )
     token_logprobs = torch.cat(parts) if parts else picked.new_zeros(0, dtype=torch.float32)
     return torch.zeros(n_sequences, dtype=torch.float32, device=hidden.device).index_add(0, owners, token_logprobs)
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-             beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def dpo_loss(
+    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The DPO (sigmoid) loss per pair, and the implicit rewards: beta * (policy - reference) log-ratio."""
     chosen_reward = beta * (policy_chosen - ref_chosen)
     rejected_reward = beta * (policy_rejected - ref_rejected)

@@ -62,7 +62,9 @@ class Loaded:
 
     def hidden_states(self, **inputs: torch.Tensor) -> torch.Tensor:
         """The decoder's last hidden states (no cache: a cache would also turn off packed-row masking)."""
-        autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else contextlib.nullcontext()
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else contextlib.nullcontext()
+        )
         with autocast:
             return self.decoder()(**inputs, use_cache=False).last_hidden_state
 
@@ -163,15 +165,20 @@ def load(spec: TrainingSpec, model_dir: Path, events: EventWriter) -> Loaded:
     precision = f"{dtype}" + (f" weights, {autocast_dtype} compute" if autocast_dtype else "")
     if quantized:
         precision = f"NF4 weights in {len(quantized)} linear layers, {precision}"
-    events.message(f"Loaded {spec.model} from {source} for {spec.training_type} ({precision}, {device.type}"
-                   f", {BATCHING_NAMES[batching]}{f' ({packed_attention()})' if batching == 'packed' else ''}): "
-                   f"{n_trainable:,} of {n_total:,} parameters trainable")
+    events.message(
+        f"Loaded {spec.model} from {source} for {spec.training_type} ({precision}, {device.type}"
+        f", {BATCHING_NAMES[batching]}{f' ({packed_attention()})' if batching == 'packed' else ''}): "
+        f"{n_trainable:,} of {n_total:,} parameters trainable"
+    )
     return Loaded(model, causal_lm, device, dtype, batching, autocast_dtype)
 
 
-BATCHING_NAMES = {"packed": "padding-free packed rows", "rows": "one example per forward pass",
-                  "mixed": "long examples one per forward pass, short ones in length-grouped batches",
-                  "grouped": "length-grouped batches"}
+BATCHING_NAMES = {
+    "packed": "padding-free packed rows",
+    "rows": "one example per forward pass",
+    "mixed": "long examples one per forward pass, short ones in length-grouped batches",
+    "grouped": "length-grouped batches",
+}
 
 
 # Below this size a model's step is dominated by per-call overhead, so one forward per example
@@ -202,8 +209,15 @@ def _adapter_config(spec: TrainingSpec) -> LoraConfig | IA3Config:
         # PEFT knows each architecture's IA3 targets (keys, values and the feed-forward output).
         return IA3Config(task_type="CAUSAL_LM")
     lora = spec.lora
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-                      use_rslora=lora.use_rslora, use_dora=lora.use_dora, task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        use_rslora=lora.use_rslora,
+        use_dora=lora.use_dora,
+        task_type="CAUSAL_LM",
+    )
 
 
 # PEFT's DoRA reads the base weight (its norm) through a dequantize() that torchao's NF4Tensor lacks.

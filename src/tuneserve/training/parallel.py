@@ -41,8 +41,13 @@ def strategy(training_type: str) -> str:
     return DDP if distributed.active() else SINGLE
 
 
-def wrap(module: torch.nn.Module, layers: torch.nn.ModuleList, device: torch.device, kind: str,
-         compute_dtype: torch.dtype | None = None) -> torch.nn.Module:
+def wrap(
+    module: torch.nn.Module,
+    layers: torch.nn.ModuleList,
+    device: torch.device,
+    kind: str,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.nn.Module:
     """The module the loop calls. FSDP replaces the parameters by shards in place: build the
     optimizer from the parameters after this call, never before. `compute_dtype` (bf16 compute on
     fp32 weights) becomes FSDP's mixed-precision policy."""
@@ -53,7 +58,11 @@ def wrap(module: torch.nn.Module, layers: torch.nn.ModuleList, device: torch.dev
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = init_device_mesh(device.type, (distributed.world_size(),))
-        policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) if compute_dtype else MixedPrecisionPolicy()
+        policy = (
+            MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+            if compute_dtype
+            else MixedPrecisionPolicy()
+        )
         for layer in layers:
             fully_shard(layer, mesh=mesh, mp_policy=policy)
         fully_shard(module, mesh=mesh, mp_policy=policy)

@@ -17,6 +17,7 @@ import math
 
 import torch
 from torch import nn
+
 # torchao 0.18's path (earlier releases: torchao.dtypes.nf4tensor). Installed, torchao is imported by
 # transformers anyway (its quantizers), so importing it here costs nothing more.
 from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import NF4Tensor, linear_nf4, to_nf4
@@ -37,8 +38,13 @@ class FrozenNF4Linear(nn.Linear):
             self.bias = nn.Parameter(bias.detach(), requires_grad=False)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, device: torch.device | str | None = None, block_size: int = BLOCK_SIZE,
-                    scaler_block_size: int = SCALER_BLOCK_SIZE) -> "FrozenNF4Linear":
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        device: torch.device | str | None = None,
+        block_size: int = BLOCK_SIZE,
+        scaler_block_size: int = SCALER_BLOCK_SIZE,
+    ) -> "FrozenNF4Linear":
         """`linear`'s weight quantized on `device` (default: where it is), in its own dtype (the compute dtype)."""
         weight = linear.weight.detach().to(device).contiguous()
         # Whole scaler blocks: 256 where it divides the number of blocks, else its largest power-of-two
@@ -56,16 +62,25 @@ class FrozenNF4Linear(nn.Linear):
         return super().extra_repr() + f", nf4 block={self.weight.block_size} scaler_block={self.weight.scaler_block_size}"
 
 
-def quantize_nf4(model: nn.Module, device: torch.device | str | None = None, block_size: int = BLOCK_SIZE,
-                 scaler_block_size: int = SCALER_BLOCK_SIZE) -> list[str]:
+def quantize_nf4(
+    model: nn.Module,
+    device: torch.device | str | None = None,
+    block_size: int = BLOCK_SIZE,
+    scaler_block_size: int = SCALER_BLOCK_SIZE,
+) -> list[str]:
     """Swap, in place, every `nn.Linear` of `model` but its output embeddings (the LM head) for a
     FrozenNF4Linear quantized on `device`, one layer at a time, dropping each full-precision weight
     as it goes (so `device` never holds more than one of them). Returns the swapped modules' names;
     a layer whose size is not a multiple of `block_size` stays as it is."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    names = [name for name, module in model.named_modules()
-             if isinstance(module, nn.Linear) and not isinstance(module, FrozenNF4Linear) and module is not head
-             and module.weight.numel() % block_size == 0]
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and not isinstance(module, FrozenNF4Linear)
+        and module is not head
+        and module.weight.numel() % block_size == 0
+    ]
     for name in names:  # names, not modules: a module kept in a list would keep its full weight alive
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)

@@ -44,18 +44,21 @@ def main(argv: list[str] | None = None) -> int:
         spec = TrainingSpec.read(job_dir)
         resources = {k: float(v) for k, v in spec.resources_per_worker.items()}
         use_gpu = resources.get("GPU", 0) > 0
-        print(f"tuneserve: training {job_dir.name} on {spec.num_workers} Ray Train worker(s), "
-              f"{resources or 'default resources'} each, backend {'nccl' if use_gpu else 'gloo'}", flush=True)
+        print(
+            f"tuneserve: training {job_dir.name} on {spec.num_workers} Ray Train worker(s), "
+            f"{resources or 'default resources'} each, backend {'nccl' if use_gpu else 'gloo'}",
+            flush=True,
+        )
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"job_dir": str(job_dir)},
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-            scaling_config=ScalingConfig(num_workers=spec.num_workers, use_gpu=use_gpu,
-                                         resources_per_worker=resources or None),
+            scaling_config=ScalingConfig(num_workers=spec.num_workers, use_gpu=use_gpu, resources_per_worker=resources or None),
             # Ray Train's own run state goes beside the job's files, on the storage every node shares;
             # a failed worker fails the attempt (tuneserve re-queues jobs itself, from checkpoints).
-            run_config=RunConfig(name=job_dir.name, storage_path=str((job_dir / "ray").resolve()),
-                                 failure_config=FailureConfig(max_failures=0)),
+            run_config=RunConfig(
+                name=job_dir.name, storage_path=str((job_dir / "ray").resolve()), failure_config=FailureConfig(max_failures=0)
+            ),
         )
         trainer.fit()
     except Exception as exc:

@@ -16,8 +16,9 @@ from tuneserve.training.events import EventWriter, NullEventWriter
 from tuneserve.training.spec import TrainingSpec
 
 
-def train(spec: TrainingSpec, job_dir: Path, *, progress: bool = False,
-          stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+def train(
+    spec: TrainingSpec, job_dir: Path, *, progress: bool = False, stop_requested: Callable[[], bool] = lambda: False
+) -> dict[str, Any]:
     """Run the whole job in `job_dir` and return the result event (also written to events.jsonl).
 
     `progress=True` draws a progress bar and echoes messages on stderr, for a person at a
@@ -30,8 +31,11 @@ def train(spec: TrainingSpec, job_dir: Path, *, progress: bool = False,
     distributed.setup()
     job_dir = Path(job_dir)
     console = Console(stderr=True) if progress and distributed.is_main() else None
-    events = (EventWriter(job_dir / "events.jsonl", echo=_echo_messages(console) if console else None)
-              if distributed.is_main() else NullEventWriter())
+    events = (
+        EventWriter(job_dir / "events.jsonl", echo=_echo_messages(console) if console else None)
+        if distributed.is_main()
+        else NullEventWriter()
+    )
     try:
         events.message("Fine-tuning job started")
         # Print the resolved spec (every "auto" already made concrete), so a run explains itself.

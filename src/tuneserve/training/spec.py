@@ -20,8 +20,14 @@ from tuneserve.data.auto import auto_batch_size, auto_n_epochs  # noqa: F401 (re
 # vectors a higher one still (T-Few used 3e-3); full fine-tuning a low one; DPO moves a tuned
 # policy a little, so it starts lower than supervised training.
 BASE_LEARNING_RATE = {
-    ("supervised", "lora"): 1e-3, ("supervised", "qlora"): 1e-3, ("supervised", "ia3"): 3e-3, ("supervised", "full"): 2e-5,
-    ("dpo", "lora"): 1e-4, ("dpo", "qlora"): 1e-4, ("dpo", "ia3"): 3e-4, ("dpo", "full"): 1e-6,
+    ("supervised", "lora"): 1e-3,
+    ("supervised", "qlora"): 1e-3,
+    ("supervised", "ia3"): 3e-3,
+    ("supervised", "full"): 2e-5,
+    ("dpo", "lora"): 1e-4,
+    ("dpo", "qlora"): 1e-4,
+    ("dpo", "ia3"): 3e-4,
+    ("dpo", "full"): 1e-6,
 }
 
 # The limits of every hyperparameter, here once: the API's request schema (api/schemas.py) uses them too.
@@ -56,7 +62,9 @@ class Hyperparameters(Frozen):
     batch_size: int = Field(ge=1, le=MAX_BATCH_SIZE, description="Examples per optimizer step.")
     learning_rate_multiplier: float = Field(gt=0, le=MAX_LR_MULTIPLIER)
     learning_rate: float = Field(gt=0, description="Absolute peak rate: base rate x multiplier, or as given.")
-    beta: float | None = Field(None, gt=0, le=MAX_DPO_BETA, description="DPO only: how far the policy may move from the reference.")
+    beta: float | None = Field(
+        None, gt=0, le=MAX_DPO_BETA, description="DPO only: how far the policy may move from the reference."
+    )
 
 
 class Optimization(Frozen):
@@ -71,10 +79,13 @@ class Optimization(Frozen):
     gradient_checkpointing: bool = False
     torch_compile: bool = False
     precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="auto: bf16 matmuls where the hardware has them (CUDA; CPUs with AVX512-BF16/AMX), else fp32.")
+        "auto", description="auto: bf16 matmuls where the hardware has them (CUDA; CPUs with AVX512-BF16/AMX), else fp32."
+    )
     packing: Literal["auto", "padding_free", "per_example", "length_grouped"] = Field(
-        "auto", description="How steps avoid padding: padding_free packs rows (flash-attention varlen where installed, else SDPA with a block-diagonal mask); per_example "
-                            "runs each example alone (CPU); length_grouped pads examples of similar length; auto picks.")
+        "auto",
+        description="How steps avoid padding: padding_free packs rows (flash-attention varlen where installed, else SDPA with a block-diagonal mask); per_example "
+        "runs each example alone (CPU); length_grouped pads examples of similar length; auto picks.",
+    )
 
 
 class TrainingSpec(Frozen):
@@ -91,11 +102,15 @@ class TrainingSpec(Frozen):
     seed: int = Field(42, ge=0, le=2**31 - 1)
     max_seq_length: int = Field(1024, ge=16, le=131072)
     train_on_inputs: bool = Field(False, description="Also train on prompt tokens (user/system turns), not only answers.")
-    n_checkpoints: int | None = Field(None, ge=1, le=1000, description="Checkpoints over the run, evenly spaced (default: one per epoch).")
+    n_checkpoints: int | None = Field(
+        None, ge=1, le=1000, description="Checkpoints over the run, evenly spaced (default: one per epoch)."
+    )
     n_evals: int | None = Field(None, ge=0, le=1000, description="Validation passes during the run (default: one per epoch).")
     init_adapter: str | None = Field(None, description="Adapter (or full model) directory to start from (continued fine-tuning).")
     logging_steps: int = Field(1, ge=1)
-    wandb: dict[str, Any] | None = Field(None, description="W&B run settings (project, name, entity, tags); the key comes from WANDB_API_KEY.")
+    wandb: dict[str, Any] | None = Field(
+        None, description="W&B run settings (project, name, entity, tags); the key comes from WANDB_API_KEY."
+    )
     num_workers: int = Field(1, ge=1, le=1024, description="Data-parallel workers (OPEA's name).")
     resources_per_worker: dict[str, float] = Field(default_factory=dict, description="e.g. {'CPU': 2, 'GPU': 1} (OPEA's name).")
     auto_evaluate: bool = Field(False, description="Evaluate the result against its base on the validation file when done.")
@@ -116,8 +131,9 @@ class TrainingSpec(Frozen):
 OPTIMIZATION_KEYS = tuple(Optimization.model_fields)
 
 
-def resolve_hyperparameters(requested: dict[str, Any] | None, n_examples: int, training_type: str = "lora",
-                            method: str = "supervised") -> Hyperparameters:
+def resolve_hyperparameters(
+    requested: dict[str, Any] | None, n_examples: int, training_type: str = "lora", method: str = "supervised"
+) -> Hyperparameters:
     """Turn a request's hyperparameters (numbers or "auto", any key missing) into concrete ones.
 
     Range errors raise pydantic.ValidationError; callers map them to a 400 naming the field.
@@ -165,6 +181,7 @@ def load_spec_file(path: Path, count_examples) -> TrainingSpec:
     for key in OPTIMIZATION_KEYS:  # Together-style options may sit at the top level of a spec file
         if key in raw:
             raw.setdefault("optimization", {})[key] = raw.pop(key)
-    raw["hyperparameters"] = resolve_hyperparameters(hp, count_examples(raw["training_file"]), raw.get("training_type", "lora"),
-                                                     raw.get("method", "supervised"))
+    raw["hyperparameters"] = resolve_hyperparameters(
+        hp, count_examples(raw["training_file"]), raw.get("training_type", "lora"), raw.get("method", "supervised")
+    )
     return TrainingSpec.model_validate(raw)

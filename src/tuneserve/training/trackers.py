@@ -30,8 +30,14 @@ class Trackers:
                 import wandb
 
                 settings = dict(spec.wandb)
-                self.wandb_run = wandb.init(project=settings.get("project"), name=settings.get("name"), entity=settings.get("entity"),
-                                            tags=settings.get("tags"), config=spec.model_dump(mode="json"), dir=str(job_dir))
+                self.wandb_run = wandb.init(
+                    project=settings.get("project"),
+                    name=settings.get("name"),
+                    entity=settings.get("entity"),
+                    tags=settings.get("tags"),
+                    config=spec.model_dump(mode="json"),
+                    dir=str(job_dir),
+                )
                 events.message(f"Logging to W&B: {self.wandb_run.url}")
             except Exception as exc:
                 events.message(f"W&B logging is off: {type(exc).__name__}: {exc}", level="warn")
@@ -40,8 +46,9 @@ class Trackers:
         numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in ("step", "total_steps")}
         if self.tensorboard is not None:
             for name, value in numbers.items():
-                self.tensorboard.add_scalar(name.replace("_", "/", 1) if name.startswith(("train_", "valid_", "full_valid_")) else name,
-                                            value, step)
+                self.tensorboard.add_scalar(
+                    name.replace("_", "/", 1) if name.startswith(("train_", "valid_", "full_valid_")) else name, value, step
+                )
             self.tensorboard.flush()
         if self.wandb_run is not None:
             self.wandb_run.log(numbers, step=step)

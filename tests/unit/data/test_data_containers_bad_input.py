@@ -30,6 +30,7 @@ def codes(report):
 
 # -- Parquet ------------------------------------------------------------------------------------
 
+
 def write_parquet(path, rows):
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
@@ -38,8 +39,14 @@ def write_parquet(path, rows):
 def test_parquet_chat_with_nested_messages(tmp_path):
     rows = chats(10)
     rows[3]["messages"][1]["weight"] = 1  # the other messages get weight null in the struct column
-    rows[4]["messages"].insert(1, {"role": "assistant", "content": "", "tool_calls": [
-        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]})
+    rows[4]["messages"].insert(
+        1,
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+        },
+    )
     rows[4]["messages"].insert(2, {"role": "tool", "content": "ok", "tool_call_id": "c"})
     path = write_parquet(tmp_path / "chat.parquet", rows)
     report = validate_file(path)
@@ -101,6 +108,7 @@ def test_parquet_mixed_formats_name_the_row(tmp_path):
 
 # -- JSON array vs JSONL ------------------------------------------------------------------------
 
+
 def test_a_pretty_printed_array_in_a_jsonl_file_is_read_with_a_warning(write_json):
     report = validate_file(write_json(chats(10), name="train.jsonl"))
     assert report.ok and (report.container, report.n_examples) == ("json", 10)
@@ -116,7 +124,11 @@ def test_jsonl_in_a_json_file_is_read_with_a_warning(write_jsonl):
 
 
 def test_matching_or_unknown_extensions_warn_nothing(write_jsonl, write_json):
-    for path in (write_jsonl(chats(10), name="a.jsonl"), write_json(chats(10), name="b.json"), write_jsonl(chats(10), name="c.txt")):
+    for path in (
+        write_jsonl(chats(10), name="a.jsonl"),
+        write_json(chats(10), name="b.json"),
+        write_jsonl(chats(10), name="c.txt"),
+    ):
         assert codes(validate_file(path)) == {}
 
 
@@ -129,6 +141,7 @@ def test_one_pretty_printed_object_gets_a_targeted_error(write_bytes, name):
 
 
 # -- the bad inputs ---------------------------------------------------------------------
+
 
 def test_empty_whitespace_only_beyond_the_sniff(write_bytes):
     assert only_error(validate_file(write_bytes(b" \n" * 10_000))).code == "empty_file"
@@ -154,7 +167,9 @@ def test_non_utf8_names_the_line_and_byte(write_bytes):
     assert "not valid UTF-8" in error.message and "0xef" in error.message
 
 
-@pytest.mark.parametrize("name, dump", [("bom.jsonl", lambda rs: "".join(json.dumps(r) + "\n" for r in rs)), ("bom.json", json.dumps)])
+@pytest.mark.parametrize(
+    "name, dump", [("bom.jsonl", lambda rs: "".join(json.dumps(r) + "\n" for r in rs)), ("bom.json", json.dumps)]
+)
 def test_utf8_bom_is_accepted_with_a_warning(write_bytes, name, dump):
     report = validate_file(write_bytes(b"\xef\xbb\xbf" + dump(chats(10)).encode(), name=name))
     assert report.ok and report.n_examples == 10
@@ -196,15 +211,30 @@ def test_mixed_sft_and_preference_in_a_json_array(write_json):
     assert "chosen_rejected" in error.message and "prompt_completion" in error.message
 
 
-@pytest.mark.parametrize("record, code, path", [
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 5}]}, "invalid_content", "messages[1].content"),
-    ({"messages": {"role": "user"}}, "invalid_messages", "messages must be a list"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r", "weight": 2}]}, "invalid_weight", "messages[1].weight"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}], "tools": "get_weather"}, "invalid_tools", "tools is a string but not valid JSON"),
-    ({"prompt": "p", "completion": 3}, "invalid_content", "completion must be a string"),
-    ({"instruction": "i", "output": "o", "history": [["q", 1]]}, "invalid_content", "history[0]"),
-    ({"conversations": [{"from": "human", "value": None}]}, "invalid_content", "conversations[0].value is null"),
-])
+@pytest.mark.parametrize(
+    "record, code, path",
+    [
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 5}]},
+            "invalid_content",
+            "messages[1].content",
+        ),
+        ({"messages": {"role": "user"}}, "invalid_messages", "messages must be a list"),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r", "weight": 2}]},
+            "invalid_weight",
+            "messages[1].weight",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}], "tools": "get_weather"},
+            "invalid_tools",
+            "tools is a string but not valid JSON",
+        ),
+        ({"prompt": "p", "completion": 3}, "invalid_content", "completion must be a string"),
+        ({"instruction": "i", "output": "o", "history": [["q", 1]]}, "invalid_content", "history[0]"),
+        ({"conversations": [{"from": "human", "value": None}]}, "invalid_content", "conversations[0].value is null"),
+    ],
+)
 def test_wrong_value_types_in_a_file(write_jsonl, record, code, path):
     fmt_first = {"messages": CHAT["messages"]} if "messages" in record else None
     records = [fmt_first, record] if fmt_first else [record]
@@ -214,9 +244,18 @@ def test_wrong_value_types_in_a_file(write_jsonl, record, code, path):
 
 
 def test_consecutive_user_turns_are_an_error_and_a_late_system_a_warning(write_jsonl):
-    double = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "r"}]}
-    late = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "r"}, {"role": "system", "content": "s"},
-                         {"role": "user", "content": "b"}, {"role": "assistant", "content": "r2"}]}
+    double = {
+        "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "r"}]
+    }
+    late = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "r"},
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "b"},
+            {"role": "assistant", "content": "r2"},
+        ]
+    }
     report = validate_file(write_jsonl([*chats(10), double, late]))
     error = only_error(report)
     assert (error.code, error.line) == ("consecutive_roles", 11)

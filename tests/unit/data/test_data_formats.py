@@ -21,29 +21,34 @@ def a(text, **extra):
 
 # -- detection ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("record, expected", [
-    ({"messages": [u("q"), a("r")]}, "chat"),
-    ({"prompt": "p", "completion": "c"}, "prompt_completion"),
-    ({"instruction": "i", "output": "o"}, "alpaca"),
-    ({"instruction": "i", "input": "x", "output": "o", "system": "s", "history": []}, "alpaca"),
-    ({"prompt": "p"}, None),
-    ({"instruction": "i"}, None),
-    ({"conversations": [], "chosen": {}, "rejected": {}}, "sharegpt_dpo"),
-    ({"conversations": []}, "sharegpt"),
-    ({"text": "t"}, "text"),
-    ({"input": {"messages": []}, "preferred_output": [], "non_preferred_output": []}, "openai_dpo"),
-    ({"input": {"messages": []}, "preferred_completion": [], "non_preferred_completion": []}, "openai_dpo"),
-    ({"prompt": "p", "chosen": "c", "rejected": "r"}, "chosen_rejected"),
-    ({"question": "q", "chosen": "c", "rejected": "r", "system": "s"}, "opea_dpo"),
-    ({"question": "q", "answer": "a"}, None),
-    (["not", "a", "dict"], None),
-    ("text", None),
-])
+
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        ({"messages": [u("q"), a("r")]}, "chat"),
+        ({"prompt": "p", "completion": "c"}, "prompt_completion"),
+        ({"instruction": "i", "output": "o"}, "alpaca"),
+        ({"instruction": "i", "input": "x", "output": "o", "system": "s", "history": []}, "alpaca"),
+        ({"prompt": "p"}, None),
+        ({"instruction": "i"}, None),
+        ({"conversations": [], "chosen": {}, "rejected": {}}, "sharegpt_dpo"),
+        ({"conversations": []}, "sharegpt"),
+        ({"text": "t"}, "text"),
+        ({"input": {"messages": []}, "preferred_output": [], "non_preferred_output": []}, "openai_dpo"),
+        ({"input": {"messages": []}, "preferred_completion": [], "non_preferred_completion": []}, "openai_dpo"),
+        ({"prompt": "p", "chosen": "c", "rejected": "r"}, "chosen_rejected"),
+        ({"question": "q", "chosen": "c", "rejected": "r", "system": "s"}, "opea_dpo"),
+        ({"question": "q", "answer": "a"}, None),
+        (["not", "a", "dict"], None),
+        ("text", None),
+    ],
+)
 def test_detect_format(record, expected):
     assert detect_format(record) == expected
 
 
 # -- chat ---------------------------------------------------------------------------------
+
 
 def test_chat_jsonl_normalized_with_weights(write_jsonl):
     records = [
@@ -86,6 +91,7 @@ def test_utf8_bom_on_jsonl_is_accepted(write_bytes):
 
 # -- prompt / completion ------------------------------------------------------------------
 
+
 def test_prompt_completion_becomes_user_and_assistant(write_jsonl):
     path = write_jsonl([{"prompt": "Capital of France?", "completion": " Paris."}, {"prompt": "1+1", "completion": "2"}])
     examples = load_examples(path)
@@ -101,8 +107,12 @@ def test_prompt_completion_becomes_user_and_assistant(write_jsonl):
 ALPACA = [
     {"instruction": "Translate to French.", "input": "cat", "output": "chat"},
     {"instruction": "Say hi.", "input": "", "output": "Hi!"},
-    {"instruction": "And now?", "output": "Bye.", "system": "You are terse.",
-     "history": [["First question", "First answer"], ["Second", "Second answer"]]},
+    {
+        "instruction": "And now?",
+        "output": "Bye.",
+        "system": "You are terse.",
+        "history": [["First question", "First answer"], ["Second", "Second answer"]],
+    },
 ]
 
 
@@ -115,9 +125,12 @@ def _check_alpaca(examples: list[Example]):
     # system first, then each history pair as user/assistant turns, then the record's own turn
     assert three.messages == (
         {"role": "system", "content": "You are terse."},
-        u("First question"), a("First answer"),
-        u("Second"), a("Second answer"),
-        u("And now?"), a("Bye."),
+        u("First question"),
+        a("First answer"),
+        u("Second"),
+        a("Second answer"),
+        u("And now?"),
+        a("Bye."),
     )
     assert len(three.trained_messages()) == 3
 
@@ -139,14 +152,17 @@ def test_alpaca_json_array_with_utf8_bom(write_bytes):
     _check_alpaca(load_examples(path))
 
 
-@pytest.mark.parametrize("bad, code", [
-    ({"instruction": "i", "output": "o", "history": [["only one"]]}, "invalid_content"),
-    ({"instruction": "i", "output": "o", "history": "q/a"}, "invalid_content"),
-    ({"instruction": "i", "output": "o", "input": 3}, "invalid_content"),
-    ({"instruction": "i", "output": "o", "system": ["s"]}, "invalid_content"),
-    ({"instruction": "i", "output": None}, "invalid_content"),
-    ({"instruction": "i", "output": "   "}, "empty_assistant_message"),
-])
+@pytest.mark.parametrize(
+    "bad, code",
+    [
+        ({"instruction": "i", "output": "o", "history": [["only one"]]}, "invalid_content"),
+        ({"instruction": "i", "output": "o", "history": "q/a"}, "invalid_content"),
+        ({"instruction": "i", "output": "o", "input": 3}, "invalid_content"),
+        ({"instruction": "i", "output": "o", "system": ["s"]}, "invalid_content"),
+        ({"instruction": "i", "output": None}, "invalid_content"),
+        ({"instruction": "i", "output": "   "}, "empty_assistant_message"),
+    ],
+)
 def test_alpaca_bad_records(bad, code):
     with pytest.raises(DataError) as info:
         normalize(bad, "alpaca", 7)
@@ -156,6 +172,7 @@ def test_alpaca_bad_records(bad, code):
 
 
 # -- real sample data ----------------------------------------------------------------------
+
 
 def test_real_alpaca_en_demo(sample_file):
     path = sample_file("alpaca_en_demo.json")
@@ -192,8 +209,11 @@ def test_real_dpo_file_is_sharegpt_preference_pairs(sample_file):
 
 # -- errors from the readers ---------------------------------------------------------------
 
+
 def test_json_array_item_numbers_name_the_bad_item(write_json):
-    items = [{"instruction": "i", "output": "o"}] * 3 + [{"instruction": "i", "output": 42}] + [{"instruction": "i", "output": "o"}]
+    items = (
+        [{"instruction": "i", "output": "o"}] * 3 + [{"instruction": "i", "output": 42}] + [{"instruction": "i", "output": "o"}]
+    )
     with pytest.raises(DataError) as info:
         load_examples(write_json(items))
     assert (info.value.line, info.value.code) == (4, "invalid_content")

@@ -31,14 +31,33 @@ def test_valid_file_report(write_jsonl):
     assert (report.duplicates, report.empty_assistant_turns, report.tokens) == (0, 0, None)
     assert report.summary() == "12 examples in chat format"
     assert report.as_dict() == {
-        "ok": True, "format": "chat", "kind": "sft", "container": "jsonl", "n_examples": 12,
-        "errors": [], "error_counts": {}, "warnings": [], "warning_counts": {},
-        "duplicates": 0, "empty_assistant_turns": 0, "tokens": None,
+        "ok": True,
+        "format": "chat",
+        "kind": "sft",
+        "container": "jsonl",
+        "n_examples": 12,
+        "errors": [],
+        "error_counts": {},
+        "warnings": [],
+        "warning_counts": {},
+        "duplicates": 0,
+        "empty_assistant_turns": 0,
+        "tokens": None,
     }
 
 
 def test_fewer_than_10_examples_is_a_warning_not_an_error(write_jsonl):
-    report = validate_file(write_jsonl([GOOD_CHAT, {**GOOD_CHAT, "messages": [*GOOD_CHAT["messages"], {"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}]))
+    report = validate_file(
+        write_jsonl(
+            [
+                GOOD_CHAT,
+                {
+                    **GOOD_CHAT,
+                    "messages": [*GOOD_CHAT["messages"], {"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+                },
+            ]
+        )
+    )
     assert report.ok and report.n_examples == 2
     assert dict(report.warning_counts) == {"fewer_than_10_examples": 1}
     (warning,) = report.warnings
@@ -111,10 +130,13 @@ def test_all_assistant_turns_weighted_out_is_missing_assistant(write_jsonl):
     assert error.code == "missing_assistant_message"
 
 
-@pytest.mark.parametrize("message", [
-    {"role": "user", "content": "q", "weight": 1},
-    {"role": "system", "content": "s", "weight": 0},
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "user", "content": "q", "weight": 1},
+        {"role": "system", "content": "s", "weight": 0},
+    ],
+)
 def test_weight_on_a_non_assistant_message(write_jsonl, message):
     bad = {"messages": [message, {"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}]}
     error = only_error(validate_file(write_jsonl([GOOD_CHAT, GOOD_CHAT, bad])))
@@ -161,12 +183,15 @@ def test_a_file_where_no_record_matches_a_format(write_jsonl):
     assert "answer, question" in report.errors[0].message
 
 
-@pytest.mark.parametrize("name, fmt, kind, n", [
-    ("alpaca_en_demo.json", "alpaca", "sft", 999),
-    ("identity.json", "alpaca", "sft", 91),
-    ("dpo_en_demo.json", "sharegpt_dpo", "preference", 300),
-    ("glaive_toolcall_en_demo.json", "sharegpt", "sft", 300),
-])
+@pytest.mark.parametrize(
+    "name, fmt, kind, n",
+    [
+        ("alpaca_en_demo.json", "alpaca", "sft", 999),
+        ("identity.json", "alpaca", "sft", 91),
+        ("dpo_en_demo.json", "sharegpt_dpo", "preference", 300),
+        ("glaive_toolcall_en_demo.json", "sharegpt", "sft", 300),
+    ],
+)
 def test_real_sample_files_validate(sample_file, name, fmt, kind, n):
     path = sample_file(name)
     report = validate_file(path)
@@ -214,6 +239,7 @@ def test_a_file_of_only_blank_json_array_has_no_examples(write_json):
 
 # -- duplicates, empty turns, warnings ------------------------------------------------------------
 
+
 def chat(q, r="r"):
     return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": r}]}
 
@@ -230,10 +256,24 @@ def test_duplicates_are_counted_after_normalization(write_jsonl):
 
 
 def test_empty_assistant_turns_are_counted(write_jsonl):
-    some_empty = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": " "},
-                               {"role": "user", "content": "b"}, {"role": "assistant", "content": "fine"}]}
-    call_only = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": None,
-                                                                  "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}
+    some_empty = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": " "},
+            {"role": "user", "content": "b"},
+            {"role": "assistant", "content": "fine"},
+        ]
+    }
+    call_only = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+            },
+        ]
+    }
     report = validate_file(write_jsonl([chat(f"q{k}") for k in range(10)] + [some_empty, call_only]))
     assert report.ok
     assert report.empty_assistant_turns == 1  # a turn that only calls a tool is not empty
@@ -259,6 +299,7 @@ def test_warnings_do_not_block_but_errors_do(write_jsonl):
 
 
 # -- token statistics: the wiring (tokens.py tests the numbers) ----------------------------------
+
 
 def test_tokens_come_from_a_second_pass_over_the_valid_records(write_jsonl, monkeypatch):
     import tuneserve.data.tokens as tokens

@@ -47,7 +47,9 @@ def n_text(tok, text: str) -> int:
 RECORDS = [
     chat("What is 2+2?", "4"),
     chat("Name three colours.", "Red, green and blue.", line=2),
-    chat("Write a haiku about the sea.", "Waves fold into foam,\nsalt wind carries gull voices,\nthe tide keeps its time.", line=3),
+    chat(
+        "Write a haiku about the sea.", "Waves fold into foam,\nsalt wind carries gull voices,\nthe tide keeps its time.", line=3
+    ),
     chat("你好", "您好，我是 {{name}}，很高兴认识您。", line=4),
     Example(
         messages=(
@@ -90,7 +92,9 @@ def test_trained_tokens_follow_the_training_mask(tok):
 
 
 def test_truncation_with_a_small_max_seq_length(tok):
-    long_prompt = chat("word " * 80, "Short answer.")  # its answer starts past 48 tokens (the default system prompt is ~30): dropped
+    long_prompt = chat(
+        "word " * 80, "Short answer."
+    )  # its answer starts past 48 tokens (the default system prompt is ~30): dropped
     long_answer = chat("Hi", "and " * 60, line=2)  # cut, but keeps trained tokens
     fits = chat("Hi", "Hello.", line=3)
     records = [long_prompt, long_answer, fits]
@@ -129,7 +133,13 @@ def test_preference_records_report_the_chosen_side_and_the_rejected_lengths(tok)
     n_chosen, n_rejected = n_chat(tok, (*prompt, chosen)), n_chat(tok, (*prompt, rejected))
     assert report["total_tokens"] == n_chosen
     assert report["trained_tokens"] == n_text(tok, chosen["content"]) + 1
-    assert report["rejected"] == {"examples": 1, "total_tokens": n_rejected, "mean": float(n_rejected), "max": n_rejected, "over_max_length": 0}
+    assert report["rejected"] == {
+        "examples": 1,
+        "total_tokens": n_rejected,
+        "mean": float(n_rejected),
+        "max": n_rejected,
+        "over_max_length": 0,
+    }
     assert report["estimated_training_tokens"] == n_chosen + n_rejected  # DPO runs both sides
 
 
@@ -207,14 +217,27 @@ def test_fallback_without_offsets_counts_the_same(monkeypatch, tok):
 
 def test_tool_calls_count_as_training_renders_them(tok):
     """SmolLM2's template cannot write tool_calls: training inlines them into the content, and so do we."""
-    tools = ({"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
-                                                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},)
+    tools = (
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather of a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        },
+    )
     record = Example(
         messages=(
             {"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function",
-                                                                  "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
-            {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp_c\": 21}"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": 21}'},
             {"role": "assistant", "content": "It is 21 °C in Paris."},
         ),
         line=1,

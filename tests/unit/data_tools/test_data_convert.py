@@ -22,15 +22,21 @@ def conversations(path) -> list[list[dict]]:
 
 
 def single_turn(n: int) -> list[dict]:
-    return [{"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]}
-            for i in range(n)]
+    return [
+        {"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]}
+        for i in range(n)
+    ]
 
 
-MULTI = {"messages": [
-    {"role": "system", "content": "Be brief."},
-    {"role": "user", "content": "One?"}, {"role": "assistant", "content": "1."},
-    {"role": "user", "content": "Two?"}, {"role": "assistant", "content": "2."},
-]}
+MULTI = {
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "One?"},
+        {"role": "assistant", "content": "1."},
+        {"role": "user", "content": "Two?"},
+        {"role": "assistant", "content": "2."},
+    ]
+}
 
 
 def test_chat_to_alpaca_and_back_keeps_every_conversation(write_jsonl, tmp_path):
@@ -59,12 +65,17 @@ def test_prompt_completion_to_chat_and_back_is_identical(write_jsonl, tmp_path):
 
 
 def test_alpaca_to_prompt_completion_and_back(write_jsonl, tmp_path):
-    src = write_jsonl([{"instruction": "Add", "input": "1+1", "output": "2"}, {"instruction": "Hi", "output": "Hello"}], "a.jsonl")
+    src = write_jsonl(
+        [{"instruction": "Add", "input": "1+1", "output": "2"}, {"instruction": "Hi", "output": "Hello"}], "a.jsonl"
+    )
     pc, back = tmp_path / "pc.jsonl", tmp_path / "back.jsonl"
     convert_file(src, pc, to="prompt-completion")
     assert read_jsonl(pc) == [{"prompt": "Add\n\n1+1", "completion": "2"}, {"prompt": "Hi", "completion": "Hello"}]
     convert_file(pc, back, to="alpaca")
-    assert read_jsonl(back) == [{"instruction": "Add\n\n1+1", "input": "", "output": "2"}, {"instruction": "Hi", "input": "", "output": "Hello"}]
+    assert read_jsonl(back) == [
+        {"instruction": "Add\n\n1+1", "input": "", "output": "2"},
+        {"instruction": "Hi", "input": "", "output": "Hello"},
+    ]
     assert conversations(src) == conversations(pc) == conversations(back)
 
 
@@ -72,7 +83,14 @@ def test_alpaca_demo_to_oci_prompt_completion_in_one_call(alpaca_demo, tmp_path)
     """The seed's finance-alpaca -> OCI conversion: an alpaca JSON array in, prompt/completion JSONL out."""
     out = tmp_path / "oci.jsonl"
     summary = convert_file(alpaca_demo, out, to="prompt-completion")
-    assert summary == {"written": 999, "validation_written": 0, "skipped": 0, "skipped_lines": [], "out": str(out), "valid_out": None}
+    assert summary == {
+        "written": 999,
+        "validation_written": 0,
+        "skipped": 0,
+        "skipped_lines": [],
+        "out": str(out),
+        "valid_out": None,
+    }
     source = json.loads(alpaca_demo.read_text(encoding="utf-8"))
     lines = out.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 999
@@ -113,16 +131,31 @@ def test_system_is_added_or_replaced(write_jsonl, tmp_path):
 
 
 def test_an_existing_system_message_is_prepended_to_the_prompt(write_jsonl, tmp_path):
-    src = write_jsonl([{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
-                                     {"role": "assistant", "content": "A"}]}])
+    src = write_jsonl(
+        [
+            {
+                "messages": [
+                    {"role": "system", "content": "S"},
+                    {"role": "user", "content": "U"},
+                    {"role": "assistant", "content": "A"},
+                ]
+            }
+        ]
+    )
     out = tmp_path / "pc.jsonl"
     convert_file(src, out, to="prompt-completion")
     assert read_jsonl(out) == [{"prompt": "S\n\nU", "completion": "A"}]
 
 
 def test_chat_to_chat_keeps_weights(write_jsonl, tmp_path):
-    record = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "weight": 0},
-                           {"role": "user", "content": "c"}, {"role": "assistant", "content": "d", "weight": 1}]}
+    record = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b", "weight": 0},
+            {"role": "user", "content": "c"},
+            {"role": "assistant", "content": "d", "weight": 1},
+        ]
+    }
     out = tmp_path / "out.jsonl"
     convert_file(write_jsonl([record]), out, to="chat")
     assert read_jsonl(out) == [record]
@@ -185,8 +218,6 @@ def test_unconvertible_records_can_be_skipped_and_counted(write_jsonl, tmp_path)
         convert_file(write_jsonl([MULTI], "multi.jsonl"), out, to="prompt-completion", skip_unconvertible=True)
 
 
-
-
 def test_bad_input_raises_the_readers_error(write_jsonl, tmp_path):
     src = tmp_path / "bad.jsonl"
     src.write_text(json.dumps(single_turn(1)[0]) + "\n{not json\n")
@@ -210,24 +241,38 @@ def test_bad_arguments(write_jsonl, tmp_path):
 
 # Records formats.py may yield for other input formats (tools, preference pairs, raw text): fed in directly.
 TOOLS = ({"type": "function", "function": {"name": "get_rate", "parameters": {"type": "object", "properties": {}}}},)
-TOOL_CHAT = Example(messages=(
-    {"role": "user", "content": "Rate?"},
-    {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_rate", "arguments": "{}"}}]},
-    {"role": "tool", "content": "5%", "tool_call_id": "c1"},
-    {"role": "assistant", "content": "It is 5%."},
-), line=1, tools=TOOLS)
-PAIR = PreferenceExample(prompt=({"role": "user", "content": "Hi?"},), chosen={"role": "assistant", "content": "Hello!"},
-                         rejected={"role": "assistant", "content": "Go away."}, line=1)
+TOOL_CHAT = Example(
+    messages=(
+        {"role": "user", "content": "Rate?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_rate", "arguments": "{}"}}],
+        },
+        {"role": "tool", "content": "5%", "tool_call_id": "c1"},
+        {"role": "assistant", "content": "It is 5%."},
+    ),
+    line=1,
+    tools=TOOLS,
+)
+PAIR = PreferenceExample(
+    prompt=({"role": "user", "content": "Hi?"},),
+    chosen={"role": "assistant", "content": "Hello!"},
+    rejected={"role": "assistant", "content": "Go away."},
+    line=1,
+)
 
 
 @pytest.fixture
 def records(monkeypatch, tmp_path):
     """records([...]) -> a source path whose reading yields exactly those records."""
+
     def _feed(items):
         monkeypatch.setattr(convert_module, "iter_examples", lambda _path: iter(items))
         src = tmp_path / "src.jsonl"
         src.write_text("{}\n")
         return src
+
     return _feed
 
 
@@ -245,11 +290,13 @@ def test_preference_pairs_become_openai_preference_records_and_nothing_else(reco
     src = records([PAIR])
     summary = convert_file(src, tmp_path / "dpo.jsonl", to="chat", system="Be kind.")
     assert summary["written"] == 1
-    assert read_jsonl(tmp_path / "dpo.jsonl") == [{
-        "input": {"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi?"}]},
-        "preferred_output": [{"role": "assistant", "content": "Hello!"}],
-        "non_preferred_output": [{"role": "assistant", "content": "Go away."}],
-    }]
+    assert read_jsonl(tmp_path / "dpo.jsonl") == [
+        {
+            "input": {"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi?"}]},
+            "preferred_output": [{"role": "assistant", "content": "Hello!"}],
+            "non_preferred_output": [{"role": "assistant", "content": "Go away."}],
+        }
+    ]
     for target in ("alpaca", "prompt-completion"):
         with pytest.raises(DataError, match="preference pair"):
             convert_file(src, tmp_path / "x.jsonl", to=target)
@@ -262,14 +309,34 @@ def test_raw_text_converts_to_nothing(records, tmp_path, target):
     assert info.value.line == 4 and not (tmp_path / "x.jsonl").exists()
 
 
-@pytest.mark.parametrize("messages,why", [
-    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "weight": 0},
-      {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}], "weight 0"),
-    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}], "message 2 is user"),
-    ([{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "b"},
-      {"role": "assistant", "content": "c"}], "message 2 is assistant"),
-    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}], "pairs"),
-])
+@pytest.mark.parametrize(
+    "messages,why",
+    [
+        (
+            [
+                {"role": "user", "content": "a"},
+                {"role": "assistant", "content": "b", "weight": 0},
+                {"role": "user", "content": "c"},
+                {"role": "assistant", "content": "d"},
+            ],
+            "weight 0",
+        ),
+        (
+            [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}],
+            "message 2 is user",
+        ),
+        (
+            [
+                {"role": "system", "content": "s"},
+                {"role": "assistant", "content": "a"},
+                {"role": "user", "content": "b"},
+                {"role": "assistant", "content": "c"},
+            ],
+            "message 2 is assistant",
+        ),
+        ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}], "pairs"),
+    ],
+)
 def test_conversations_alpaca_cannot_hold_are_refused(records, tmp_path, messages, why):
     """Checked on the records themselves: the reader may already refuse some of these shapes."""
     ok = Example(messages=({"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}), line=1)

@@ -25,8 +25,11 @@ def full_text(preview) -> str:
 
 
 def test_segments_are_the_rendered_text_with_only_answers_trained(write_jsonl, tokenizer):
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
-                {"role": "assistant", "content": "Hello!"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello!"},
+    ]
     path = write_jsonl([{"messages": messages}])
     [preview] = preview_examples(path, TINY_RANDOM)
     assert full_text(preview) == tokenizer.apply_chat_template(messages, tokenize=False)
@@ -35,15 +38,22 @@ def test_segments_are_the_rendered_text_with_only_answers_trained(write_jsonl, t
     assert [s["trained"] for s in preview["segments"]] == [False, True, False]  # no two neighbours alike
     formatted = format_example(tokenizer, messages, 1024)  # what training computes
     assert (preview["line"], preview["n_tokens"], preview["n_trained"], preview["truncated"]) == (
-        1, len(formatted.input_ids), formatted.n_trained, False)
+        1,
+        len(formatted.input_ids),
+        formatted.n_trained,
+        False,
+    )
     assert preview["n_trained"] == len(tokenizer("Hello!<|im_end|>", add_special_tokens=False)["input_ids"])
 
 
 def test_weight_zero_turns_are_context(write_jsonl, tokenizer):
     messages = [
-        {"role": "user", "content": "One"}, {"role": "assistant", "content": "First answer", "weight": 0},
-        {"role": "user", "content": "Two"}, {"role": "assistant", "content": "Second answer", "weight": 1},
-        {"role": "user", "content": "Three"}, {"role": "assistant", "content": "Third answer"},
+        {"role": "user", "content": "One"},
+        {"role": "assistant", "content": "First answer", "weight": 0},
+        {"role": "user", "content": "Two"},
+        {"role": "assistant", "content": "Second answer", "weight": 1},
+        {"role": "user", "content": "Three"},
+        {"role": "assistant", "content": "Third answer"},
     ]
     [preview] = preview_examples(write_jsonl([{"messages": messages}]), TINY_RANDOM)
     assert trained(preview) == ["Second answer<|im_end|>", "Third answer<|im_end|>"]
@@ -90,8 +100,12 @@ def test_raw_text_is_all_trained_and_a_preference_shows_the_chosen_answer(tokeni
     assert text["segments"] == [{"text": "<|im_start|>user\nHi<|im_end|>", "trained": True}]
     assert text["n_trained"] == text["n_tokens"] and text["line"] == 7
 
-    pair = PreferenceExample(prompt=({"role": "user", "content": "Hi?"},), chosen={"role": "assistant", "content": "Hello!"},
-                             rejected={"role": "assistant", "content": "Go away."}, line=2)
+    pair = PreferenceExample(
+        prompt=({"role": "user", "content": "Hi?"},),
+        chosen={"role": "assistant", "content": "Hello!"},
+        rejected={"role": "assistant", "content": "Go away."},
+        line=2,
+    )
     preview = preview_record(tokenizer, pair, 1024)
     assert trained(preview) == ["Hello!<|im_end|>"] and "Go away" not in full_text(preview)
 

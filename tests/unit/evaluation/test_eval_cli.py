@@ -28,14 +28,26 @@ def test_bad_arguments(capsys, dataset, tmp_path):
 
 
 def test_a_bad_dataset_line_is_named(capsys, dataset, tmp_path):
-    code, err = run(capsys, "--base-url", "http://127.0.0.1:1/v1", "--model", "a", "--dataset", str(dataset),
-                    "--output", str(tmp_path / "r"))
+    code, err = run(
+        capsys, "--base-url", "http://127.0.0.1:1/v1", "--model", "a", "--dataset", str(dataset), "--output", str(tmp_path / "r")
+    )
     assert code == 1 and "line 2: 'answer' is missing" in err
     assert not (tmp_path / "r").exists()
 
 
 def test_an_unreachable_endpoint(capsys, write_jsonl, tmp_path):
     ok = write_jsonl([{"question": "q", "answer": "a"}], name="ok.jsonl")
-    code, err = run(capsys, "--base-url", f"http://127.0.0.1:{free_port()}", "--model", "a", "--dataset", str(ok),
-                    "--output", str(tmp_path / "r"), "--retries", "0")
+    code, err = run(
+        capsys,
+        "--base-url",
+        f"http://127.0.0.1:{free_port()}",
+        "--model",
+        "a",
+        "--dataset",
+        str(ok),
+        "--output",
+        str(tmp_path / "r"),
+        "--retries",
+        "0",
+    )
     assert code == 1 and "cannot reach the endpoint" in err and "Traceback" not in err

@@ -9,7 +9,11 @@ from tuneserve.evaluation.metrics import aggregate, exact_match, normalize_answe
 
 
 def test_rouge_of_identical_and_disjoint_answers():
-    assert rouge("Paris is the capital of France.", "Paris is the capital of France.") == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
+    assert rouge("Paris is the capital of France.", "Paris is the capital of France.") == {
+        "rouge1": 1.0,
+        "rouge2": 1.0,
+        "rougeL": 1.0,
+    }
     assert rouge("Blue whales are large.", "Paris is the capital of France.") == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
     assert rouge("", "Paris.") == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
 
@@ -28,13 +32,16 @@ def test_rouge_by_hand():
     assert rouge("The cats are sitting", "the cat sits")["rouge1"] == pytest.approx(2 * (3 / 4) * 1 / (3 / 4 + 1))
 
 
-@pytest.mark.parametrize("prediction, reference, expected", [
-    ("Paris", "paris", 1.0),
-    ("The Eiffel Tower.", "eiffel   tower", 1.0),  # articles, punctuation, case and spaces do not count
-    ("An apple!", "apple", 1.0),
-    ("Paris, France", "Paris", 0.0),
-    ("", "", 1.0),
-])
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        ("Paris", "paris", 1.0),
+        ("The Eiffel Tower.", "eiffel   tower", 1.0),  # articles, punctuation, case and spaces do not count
+        ("An apple!", "apple", 1.0),
+        ("Paris, France", "Paris", 0.0),
+        ("", "", 1.0),
+    ],
+)
 def test_exact_match_normalizes_like_squad(prediction, reference, expected):
     assert exact_match(prediction, reference) == expected
 

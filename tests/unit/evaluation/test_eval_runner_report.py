@@ -16,11 +16,16 @@ from tuneserve.evaluation.judge import Judge
 from tuneserve.evaluation.report import build_report, failed_models, render_html, summarize, write_report
 from tuneserve.evaluation.runner import Cancelled, EndpointUnreachable, run_evaluation
 
-ITEMS = [EvalItem(i, i + 1, ({"role": "user", "content": q},), q, a) for i, (q, a) in enumerate([
-    ("Capital of Marnak?", "The capital of Marnak is Velspire."),
-    ("Capital of Zorbia?", "The capital of Zorbia is Quillton."),
-    ("Capital of Tessaly?", "The capital of Tessaly is Orvane."),
-])]
+ITEMS = [
+    EvalItem(i, i + 1, ({"role": "user", "content": q},), q, a)
+    for i, (q, a) in enumerate(
+        [
+            ("Capital of Marnak?", "The capital of Marnak is Velspire."),
+            ("Capital of Zorbia?", "The capital of Zorbia is Quillton."),
+            ("Capital of Tessaly?", "The capital of Tessaly is Orvane."),
+        ]
+    )
+]
 CAPITALS = {"Marnak": "Velspire", "Zorbia": "Quillton", "Tessaly": "Orvane"}
 
 
@@ -34,8 +39,15 @@ def answer(request) -> str:
 def test_every_model_answers_every_item_and_is_scored():
     client = ScriptedClient(answer)
     progress: list[tuple[int, int]] = []
-    results = run_evaluation(ITEMS, ["base", "tuned"], client, max_tokens=32, temperature=0.0, concurrency=3,
-                             on_progress=lambda done, total: progress.append((done, total)))
+    results = run_evaluation(
+        ITEMS,
+        ["base", "tuned"],
+        client,
+        max_tokens=32,
+        temperature=0.0,
+        concurrency=3,
+        on_progress=lambda done, total: progress.append((done, total)),
+    )
     assert len(client.calls) == 6 and {c["max_tokens"] for c in client.calls} == {32}
     assert [r["index"] for r in results] == [0, 1, 2] and results[1]["reference"] == ITEMS[1].reference
     tuned, base = results[0]["answers"]["tuned"], results[0]["answers"]["base"]
@@ -112,8 +124,9 @@ def test_report_json_and_a_self_contained_html(tmp_path):
     client = ScriptedClient(lambda request: "An answer with <img src=x onerror=alert(1)> & more")
     judge = Judge(ScriptedClient(lambda request: "YES. It is <fine>."), "j")
     results = run_evaluation(items, ["base", "ft:tiny:default:x:abc"], client, judge=judge)
-    report = build_report(results, ["base", "ft:tiny:default:x:abc"], dataset="eval.jsonl",
-                          settings={"max_tokens": 16, "judge_model": "j"})
+    report = build_report(
+        results, ["base", "ft:tiny:default:x:abc"], dataset="eval.jsonl", settings={"max_tokens": 16, "judge_model": "j"}
+    )
     json_path, html_path = write_report(report, tmp_path / "out")
 
     data = json.loads(json_path.read_text())

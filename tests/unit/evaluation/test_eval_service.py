@@ -35,14 +35,36 @@ def dataset(files):
 
 
 def add_job(sessions, files, *, status="succeeded", auto=True, validation=True, project="proj") -> Job:
-    train = files.create_bytes(project, "t.jsonl", "fine-tune", b"".join(
-        json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}).encode() + b"\n"
-        for i in range(10)))
+    train = files.create_bytes(
+        project,
+        "t.jsonl",
+        "fine-tune",
+        b"".join(
+            json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}).encode()
+            + b"\n"
+            for i in range(10)
+        ),
+    )
     job_id = new_id("ftjob")
-    job = Job(id=job_id, project=project, model=TINY, training_file=train.id, validation_file=train.id if validation else None,
-              status=status, hyperparameters={}, method={}, spec={"model": TINY, "auto_evaluate": auto}, suffix="s", seed=1,
-              fine_tuned_model=f"ft:{TINY}:{project}:s:{job_id[6:]}" if status == "succeeded" else None,
-              result_files=[], created_at=now(), attempts=0, events_offset=0, last_step=0)
+    job = Job(
+        id=job_id,
+        project=project,
+        model=TINY,
+        training_file=train.id,
+        validation_file=train.id if validation else None,
+        status=status,
+        hyperparameters={},
+        method={},
+        spec={"model": TINY, "auto_evaluate": auto},
+        suffix="s",
+        seed=1,
+        fine_tuned_model=f"ft:{TINY}:{project}:s:{job_id[6:]}" if status == "succeeded" else None,
+        result_files=[],
+        created_at=now(),
+        attempts=0,
+        events_offset=0,
+        last_step=0,
+    )
     with sessions.begin() as session:
         session.add(job)
     return job
@@ -58,16 +80,19 @@ def test_create_checks_and_queues(service, dataset):
         service.get("other-project", row.id)  # projects are isolated
 
 
-@pytest.mark.parametrize("request_, param, code", [
-    ({"models": ["nobody/no-such-model"]}, "models[0]", "model_not_found"),
-    ({"models": [TINY, f"ft:{TINY}:proj:x:abc"]}, "models[1]", "model_not_found"),
-    ({"models": [TINY, TINY]}, "models", "invalid_value"),
-    ({"models": []}, "models", "invalid_value"),
-    ({"models": [TINY], "dataset_file": "file-missing"}, "dataset_file", "file_not_found"),
-    ({"models": [TINY], "judge_base_url": "http://judge:8000/v1"}, "judge_model", "invalid_value"),
-    ({"models": [TINY], "judge_model": "j", "judge_base_url": "file:///etc/passwd"}, "judge_base_url", "invalid_value"),
-    ({"models": [TINY], "judge_model": "nobody/judge"}, "judge_model", "model_not_found"),
-])
+@pytest.mark.parametrize(
+    "request_, param, code",
+    [
+        ({"models": ["nobody/no-such-model"]}, "models[0]", "model_not_found"),
+        ({"models": [TINY, f"ft:{TINY}:proj:x:abc"]}, "models[1]", "model_not_found"),
+        ({"models": [TINY, TINY]}, "models", "invalid_value"),
+        ({"models": []}, "models", "invalid_value"),
+        ({"models": [TINY], "dataset_file": "file-missing"}, "dataset_file", "file_not_found"),
+        ({"models": [TINY], "judge_base_url": "http://judge:8000/v1"}, "judge_model", "invalid_value"),
+        ({"models": [TINY], "judge_model": "j", "judge_base_url": "file:///etc/passwd"}, "judge_base_url", "invalid_value"),
+        ({"models": [TINY], "judge_model": "nobody/judge"}, "judge_model", "model_not_found"),
+    ],
+)
 def test_bad_requests_name_the_field(service, dataset, request_, param, code):
     with pytest.raises((InvalidRequest, NotFound)) as info:
         service.create("proj", {"dataset_file": dataset.id, **request_})
@@ -175,8 +200,15 @@ def test_internal_tokens_map_to_one_project_until_revoked():
     assert tokens.project_of(token) is None
 
 
-@pytest.mark.parametrize("host, url", [("127.0.0.1", "http://127.0.0.1:8015/v1"), ("0.0.0.0", "http://127.0.0.1:8015/v1"),
-                                       ("::", "http://[::1]:8015/v1"), ("10.1.2.3", "http://10.1.2.3:8015/v1"),
-                                       ("localhost", "http://localhost:8015/v1")])
+@pytest.mark.parametrize(
+    "host, url",
+    [
+        ("127.0.0.1", "http://127.0.0.1:8015/v1"),
+        ("0.0.0.0", "http://127.0.0.1:8015/v1"),
+        ("::", "http://[::1]:8015/v1"),
+        ("10.1.2.3", "http://10.1.2.3:8015/v1"),
+        ("localhost", "http://localhost:8015/v1"),
+    ],
+)
 def test_the_worker_reaches_its_own_server(host, url):
     assert self_base_url(host, 8015) == url

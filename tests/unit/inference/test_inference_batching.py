@@ -79,8 +79,12 @@ def test_requests_joining_a_running_batch_get_their_own_results(engine, tiny, ad
 def test_seeded_sampling_does_not_depend_on_the_batch(batch_engine, tiny, adapter_a):
     seeded = SamplingParams(temperature=1.0, max_tokens=16, seed=11)
     alone = batch_engine.chat(tiny, None, MESSAGES, seeded)
-    others = [lambda i=i: batch_engine.chat(tiny, adapter_a if i % 2 else None, MESSAGES,
-                                            SamplingParams(temperature=1.0, max_tokens=8 + i)) for i in range(5)]
+    others = [
+        lambda i=i: batch_engine.chat(
+            tiny, adapter_a if i % 2 else None, MESSAGES, SamplingParams(temperature=1.0, max_tokens=8 + i)
+        )
+        for i in range(5)
+    ]
     results = _concurrently([lambda: batch_engine.chat(tiny, None, MESSAGES, seeded), *others])
     assert results[0] == alone
     other = batch_engine.chat(tiny, None, MESSAGES, SamplingParams(temperature=1.0, max_tokens=16, seed=12))
@@ -141,8 +145,7 @@ def test_cancelling_a_stream_frees_its_row_and_the_others_finish(engine, tiny):
     expected = engine.complete(tiny, None, "Another story", short)
     doomed = engine.stream_complete(tiny, None, "Once upon a time", long)
     assert isinstance(next(doomed), Delta)
-    others = _concurrently([lambda: engine.complete(tiny, None, "Another story", short)] * 3
-                           + [lambda: doomed.close()])
+    others = _concurrently([lambda: engine.complete(tiny, None, "Another story", short)] * 3 + [lambda: doomed.close()])
     assert others[:3] == [expected] * 3
     deadline = time.monotonic() + 2
     while engine._batcher.active_rows() and time.monotonic() < deadline:
@@ -196,8 +199,7 @@ def test_sixteen_concurrent_requests(batch_engine, tiny, adapter_a):
     prompts = [f"Request {i} says" for i in range(16)]
     adapters = [adapter_a if i % 3 == 0 else None for i in range(16)]
     expected = [batch_engine.complete(tiny, adapters[i], prompts[i], params[i]) for i in range(16)]
-    results = _concurrently([lambda i=i: batch_engine.complete(tiny, adapters[i], prompts[i], params[i])
-                             for i in range(16)])
+    results = _concurrently([lambda i=i: batch_engine.complete(tiny, adapters[i], prompts[i], params[i]) for i in range(16)])
     assert all(isinstance(r, Generation) for r in results)
     assert [r.completion_tokens for r in results] == [6 + i for i in range(16)]
     assert results == expected
@@ -214,8 +216,16 @@ def test_tools_are_rendered_into_the_prompt(engine, tiny, adapter_a, tmp_path):
         "{% for m in messages %}<<{{ m['role'] }}>> {{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}<<assistant>>{% endif %}"
     )
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     messages = [{"role": "user", "content": "Weather in Paris?"}]
     params = SamplingParams(temperature=0, max_tokens=1)
     plain = engine.chat(tiny, adapter, messages, params)

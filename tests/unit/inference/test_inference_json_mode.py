@@ -29,11 +29,35 @@ def test_every_prefix_of_a_valid_object_is_accepted_and_the_whole_is_complete(te
     assert not JsonPrefix().feed(stripped[:-1], max_whitespace=100).complete
 
 
-@pytest.mark.parametrize("text", [
-    "[1, 2]", '"a"', "1", "x", '{a: 1}', "{'a': 1}", '{"a" 1}', '{"a": 01}', '{"a": 1,}', '{"a": tru e}',
-    '{"a": 1]', '{"a": [1}', '{"a": "\\x"}', '{"a": "\\u12g4"}', '{"a": "line\nbreak"}', '{"a": -}', '{"a": 1.}',
-    '{"a": 1e}', '{} {}', '{}x', '{"a": .5}', '{"a": +1}', '{,}', '{"a":1 "b":2}',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[1, 2]",
+        '"a"',
+        "1",
+        "x",
+        "{a: 1}",
+        "{'a': 1}",
+        '{"a" 1}',
+        '{"a": 01}',
+        '{"a": 1,}',
+        '{"a": tru e}',
+        '{"a": 1]',
+        '{"a": [1}',
+        '{"a": "\\x"}',
+        '{"a": "\\u12g4"}',
+        '{"a": "line\nbreak"}',
+        '{"a": -}',
+        '{"a": 1.}',
+        '{"a": 1e}',
+        "{} {}",
+        "{}x",
+        '{"a": .5}',
+        '{"a": +1}',
+        "{,}",
+        '{"a":1 "b":2}',
+    ],
+)
 def test_invalid_texts_are_refused_at_the_first_bad_character(text):
     assert not is_json_object_prefix(text)
 
@@ -43,7 +67,7 @@ def test_numbers_end_at_delimiters_and_states_are_reusable():
     assert state is not None and not state.complete
     assert state.feed("}").complete
     assert state.feed("3}").complete
-    assert state.feed(".5, \"b\": 0}").complete
+    assert state.feed('.5, "b": 0}').complete
     assert state.feed("x") is None
     assert state.feed('{"a": 12') is None  # the state did not change: feeding returns new states
 
@@ -54,7 +78,7 @@ def test_endless_whitespace_is_refused():
     assert JsonPrefix().feed('{"a": "' + " " * 50) is not None  # inside a string it is text
 
 
-@pytest.mark.parametrize("prefix", ['{"a": [1, {"b": "x', '{"k', '{"a": tr', '{"a": -', '{"a": "\\u00', '{"a":', '{'])
+@pytest.mark.parametrize("prefix", ['{"a": [1, {"b": "x', '{"k', '{"a": tr', '{"a": -', '{"a": "\\u00', '{"a":', "{"])
 def test_closing_completes_any_prefix(prefix):
     state = JsonPrefix().feed(prefix)
     assert state.feed(state.closing()).complete
@@ -72,9 +96,11 @@ def test_smollm2_json_mode_answers_parse_as_objects(engine):
         "What is the capital of France? Answer in JSON.",
         "Hello!",
     ]
-    params = [SamplingParams(temperature=0, max_tokens=48, json_mode=True),
-              SamplingParams(temperature=0.8, max_tokens=48, json_mode=True, seed=5),
-              SamplingParams(temperature=0, max_tokens=10, json_mode=True)]  # closed within a tight budget
+    params = [
+        SamplingParams(temperature=0, max_tokens=48, json_mode=True),
+        SamplingParams(temperature=0.8, max_tokens=48, json_mode=True, seed=5),
+        SamplingParams(temperature=0, max_tokens=10, json_mode=True),
+    ]  # closed within a tight budget
     jobs = [(prompt, p) for prompt in prompts for p in params]
     results: dict = {}
 

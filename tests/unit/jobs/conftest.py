@@ -31,8 +31,10 @@ def jobs(sessions, files, jobs_dir):
 
 
 def chat_jsonl(n: int) -> bytes:
-    return "".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}) + "\n"
-                   for i in range(n)).encode()
+    return "".join(
+        json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+        for i in range(n)
+    ).encode()
 
 
 @pytest.fixture

@@ -24,17 +24,22 @@ def test_model_name_round_trip(base, suffix):
 
 
 def test_known_shape():
-    assert fine_tuned_model_name("tuneserve/tiny-random", "org", "sfx", "ftjob-abc123") == "ft:tuneserve/tiny-random:org:sfx:abc123"
+    assert (
+        fine_tuned_model_name("tuneserve/tiny-random", "org", "sfx", "ftjob-abc123") == "ft:tuneserve/tiny-random:org:sfx:abc123"
+    )
     assert fine_tuned_model_name("m", "org", "", "ftjob-abc123") == "ft:m:org::abc123"
 
 
-@pytest.mark.parametrize("name", [
-    "ft:m:org:sfx:abc123",                    # a model, not a checkpoint
-    "m:ckpt-step-3",                          # not a fine-tuned model
-    "ft:m:org:sfx:abc123:ckpt-step-",         # no step
-    "ft:m:org:sfx:abc123:ckpt-step-3x",
-    "ft:m:org:sfx:abc123:ckpt-step--1",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ft:m:org:sfx:abc123",  # a model, not a checkpoint
+        "m:ckpt-step-3",  # not a fine-tuned model
+        "ft:m:org:sfx:abc123:ckpt-step-",  # no step
+        "ft:m:org:sfx:abc123:ckpt-step-3x",
+        "ft:m:org:sfx:abc123:ckpt-step--1",
+    ],
+)
 def test_split_checkpoint_name_rejects_others(name):
     assert split_checkpoint_name(name) is None
 

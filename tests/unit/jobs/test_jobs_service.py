@@ -34,8 +34,11 @@ def test_create_queues_a_resolved_job(jobs, files, training_file, jobs_dir, sess
     assert (job.status, job.model, job.training_file, job.project) == (states.VALIDATING, TINY, training_file.id, "proj")
     # "auto" became numbers, the ones the resolver gives for this file's size
     expected = resolve_hyperparameters({}, training_file.n_examples)
-    assert job.hyperparameters == {"n_epochs": expected.n_epochs, "batch_size": expected.batch_size,
-                                   "learning_rate_multiplier": expected.learning_rate_multiplier}
+    assert job.hyperparameters == {
+        "n_epochs": expected.n_epochs,
+        "batch_size": expected.batch_size,
+        "learning_rate_multiplier": expected.learning_rate_multiplier,
+    }
     assert isinstance(job.hyperparameters["n_epochs"], int) and isinstance(job.hyperparameters["batch_size"], int)
     assert job.method == {"type": "supervised", "supervised": {"hyperparameters": job.hyperparameters}}
 
@@ -51,7 +54,12 @@ def test_create_queues_a_resolved_job(jobs, files, training_file, jobs_dir, sess
 
     # and the database says the same
     stored = jobs.get("proj", job.id)
-    assert (stored.status, stored.hyperparameters, stored.spec, stored.seed) == (states.VALIDATING, job.hyperparameters, job.spec, job.seed)
+    assert (stored.status, stored.hyperparameters, stored.spec, stored.seed) == (
+        states.VALIDATING,
+        job.hyperparameters,
+        job.spec,
+        job.seed,
+    )
     assert 0 <= stored.seed < 2**31
 
 
@@ -71,11 +79,14 @@ def test_both_hyperparameter_forms(jobs, training_file, jobs_dir, form):
 
 
 def test_method_hyperparameters_win_and_nulls_are_ignored(jobs, training_file):
-    job = jobs.create("proj", request(
-        training_file.id,
-        hyperparameters={"n_epochs": 7, "batch_size": 4},
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": None}}},
-    ))
+    job = jobs.create(
+        "proj",
+        request(
+            training_file.id,
+            hyperparameters={"n_epochs": 7, "batch_size": 4},
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": None}}},
+        ),
+    )
     assert (job.hyperparameters["n_epochs"], job.hyperparameters["batch_size"]) == (2, 4)
 
 
@@ -151,11 +162,14 @@ def test_results_file_is_not_training_data(jobs, files, sessions):
     assert job_rows(sessions) == []
 
 
-@pytest.mark.parametrize("hp, param", [
-    ({"n_epochs": 0}, "hyperparameters.n_epochs"),
-    ({"batch_size": 100_000}, "hyperparameters.batch_size"),
-    ({"learning_rate_multiplier": -1}, "hyperparameters.learning_rate_multiplier"),
-])
+@pytest.mark.parametrize(
+    "hp, param",
+    [
+        ({"n_epochs": 0}, "hyperparameters.n_epochs"),
+        ({"batch_size": 100_000}, "hyperparameters.batch_size"),
+        ({"learning_rate_multiplier": -1}, "hyperparameters.learning_rate_multiplier"),
+    ],
+)
 def test_out_of_range_hyperparameters(jobs, training_file, sessions, jobs_dir, hp, param):
     with pytest.raises(InvalidRequest) as info:
         jobs.create("proj", request(training_file.id, hyperparameters=hp))
@@ -209,8 +223,12 @@ def test_cancel_finished_job_is_refused(jobs, training_file, sessions):
 
 def test_get_and_cancel_unknown_or_foreign_job(jobs, training_file):
     job = jobs.create("proj", request(training_file.id))
-    for call in (lambda: jobs.get("proj", "ftjob-nope"), lambda: jobs.get("other-proj", job.id),
-                 lambda: jobs.cancel("other-proj", job.id), lambda: jobs.events("other-proj", job.id)):
+    for call in (
+        lambda: jobs.get("proj", "ftjob-nope"),
+        lambda: jobs.get("other-proj", job.id),
+        lambda: jobs.cancel("other-proj", job.id),
+        lambda: jobs.events("other-proj", job.id),
+    ):
         with pytest.raises(NotFound) as info:
             call()
         assert info.value.code == "job_not_found"
@@ -268,11 +286,15 @@ def test_events_are_stored_in_the_events_table(jobs, training_file, sessions):
 
 # create() maps every bad value (hyperparameters, LoraSpec, TrainingSpec, unparsable numbers) to a 400;
 # reachable through the OPEA body (Dataset.max_length, General.lora_config, Training.learning_rate).
-@pytest.mark.parametrize("extra", [
-    {"max_seq_length": 8},
-    {"lora": {"r": 0}},
-    {"hyperparameters": {"learning_rate": "fast"}},
-], ids=["max_seq_length", "lora.r", "learning_rate"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"max_seq_length": 8},
+        {"lora": {"r": 0}},
+        {"hyperparameters": {"learning_rate": "fast"}},
+    ],
+    ids=["max_seq_length", "lora.r", "learning_rate"],
+)
 def test_bad_spec_values_are_invalid_requests(jobs, training_file, extra):
     with pytest.raises(InvalidRequest):
         jobs.create("proj", request(training_file.id, **extra))

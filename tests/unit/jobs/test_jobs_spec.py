@@ -27,6 +27,7 @@ SIZES = [0, 1, 10, 91, 133, 400, 999, 5_000, 8_333, 8_334, 12_500, 100_000, 10_0
 
 # -- auto values ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("n", SIZES)
 def test_auto_values_are_valid_hyperparameters(n):
     epochs, batch = auto_n_epochs(n), auto_batch_size(n)
@@ -36,8 +37,8 @@ def test_auto_values_are_valid_hyperparameters(n):
 
 
 def test_auto_n_epochs_heuristic():
-    assert auto_n_epochs(91) == 5                   # the identity set: documented
-    assert auto_n_epochs(999) == 3                  # the OpenAI default for mid-size sets
+    assert auto_n_epochs(91) == 5  # the identity set: documented
+    assert auto_n_epochs(999) == 3  # the OpenAI default for mid-size sets
     assert auto_n_epochs(0) == 1
     # small sets see at least ~400 examples (up to the cap), big sets at most ~25k
     for n in (1, 10, 50, 91, 133, 200, 399):
@@ -51,21 +52,30 @@ def test_auto_n_epochs_heuristic():
 
 
 def test_auto_batch_size_heuristic():
-    assert auto_batch_size(0) == auto_batch_size(91) == 4   # floor
-    assert auto_batch_size(5_000) == 10                     # ~0.2% of the data
-    assert auto_batch_size(10_000_000) == 32                # cap
+    assert auto_batch_size(0) == auto_batch_size(91) == 4  # floor
+    assert auto_batch_size(5_000) == 10  # ~0.2% of the data
+    assert auto_batch_size(10_000_000) == 32  # cap
     values = [auto_batch_size(n) for n in SIZES]
     assert values == sorted(values)
 
 
 # -- resolve_hyperparameters -----------------------------------------------------------------
 
-@pytest.mark.parametrize("requested", [None, {}, {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"},
-                                       {"n_epochs": None, "batch_size": None, "learning_rate_multiplier": None}])
+
+@pytest.mark.parametrize(
+    "requested",
+    [
+        None,
+        {},
+        {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"},
+        {"n_epochs": None, "batch_size": None, "learning_rate_multiplier": None},
+    ],
+)
 def test_auto_resolves_to_concrete_numbers(requested):
     hp = resolve_hyperparameters(requested, 91)
-    assert hp == Hyperparameters(n_epochs=auto_n_epochs(91), batch_size=auto_batch_size(91),
-                                 learning_rate_multiplier=1.0, learning_rate=BASE_LR)
+    assert hp == Hyperparameters(
+        n_epochs=auto_n_epochs(91), batch_size=auto_batch_size(91), learning_rate_multiplier=1.0, learning_rate=BASE_LR
+    )
     assert hp.beta is None  # supervised: no DPO beta
     assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in hp.model_dump(exclude_none=True).values())
 
@@ -83,16 +93,19 @@ def test_explicit_numbers_win():
     assert hp.n_epochs != auto_n_epochs(91) and hp.batch_size != auto_batch_size(91)
 
 
-@pytest.mark.parametrize("requested, field", [
-    ({"n_epochs": 0}, "n_epochs"),
-    ({"n_epochs": MAX_EPOCHS + 1}, "n_epochs"),
-    ({"n_epochs": 1.5}, "n_epochs"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"batch_size": MAX_BATCH_SIZE + 1}, "batch_size"),
-    ({"learning_rate_multiplier": 0}, "learning_rate_multiplier"),
-    ({"learning_rate_multiplier": 101}, "learning_rate_multiplier"),
-    ({"learning_rate": -1e-4}, "learning_rate"),
-])
+@pytest.mark.parametrize(
+    "requested, field",
+    [
+        ({"n_epochs": 0}, "n_epochs"),
+        ({"n_epochs": MAX_EPOCHS + 1}, "n_epochs"),
+        ({"n_epochs": 1.5}, "n_epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": MAX_BATCH_SIZE + 1}, "batch_size"),
+        ({"learning_rate_multiplier": 0}, "learning_rate_multiplier"),
+        ({"learning_rate_multiplier": 101}, "learning_rate_multiplier"),
+        ({"learning_rate": -1e-4}, "learning_rate"),
+    ],
+)
 def test_out_of_range_raises_validation_error(requested, field):
     with pytest.raises(ValidationError) as info:
         resolve_hyperparameters(requested, 91)
@@ -112,9 +125,12 @@ def test_hyperparameters_are_frozen():
 
 # -- load_spec_file -------------------------------------------------------------------------
 
+
 def _chat(n):
-    return "".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}) + "\n"
-                   for i in range(n))
+    return "".join(
+        json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+        for i in range(n)
+    )
 
 
 @pytest.fixture
@@ -130,19 +146,24 @@ def _counting(calls):
     def count(path):
         calls.append(path)
         return count_examples(path)
+
     return count
 
 
 def test_yaml_spec_with_relative_paths_and_auto(project):
     spec_path = project / "specs" / "run.yaml"
-    spec_path.write_text(yaml.safe_dump({
-        "model": "tuneserve/tiny-random",
-        "training_file": "../data/train.jsonl",
-        "validation_file": "../data/valid.jsonl",
-        "hyperparameters": {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": 2},
-        "lora": {"r": 8, "alpha": 16},
-        "seed": 7,
-    }))
+    spec_path.write_text(
+        yaml.safe_dump(
+            {
+                "model": "tuneserve/tiny-random",
+                "training_file": "../data/train.jsonl",
+                "validation_file": "../data/valid.jsonl",
+                "hyperparameters": {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": 2},
+                "lora": {"r": 8, "alpha": 16},
+                "seed": 7,
+            }
+        )
+    )
     calls = []
     spec = load_spec_file(spec_path, _counting(calls))
 
@@ -158,12 +179,19 @@ def test_yaml_spec_with_relative_paths_and_auto(project):
 
 def test_json_spec_with_method_form(project):
     spec_path = project / "specs" / "run.json"
-    spec_path.write_text(json.dumps({
-        "model": "tuneserve/tiny-random",
-        "training_file": "../data/train.jsonl",
-        "hyperparameters": {"n_epochs": 9, "batch_size": 2},
-        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "learning_rate_multiplier": "auto"}}},
-    }))
+    spec_path.write_text(
+        json.dumps(
+            {
+                "model": "tuneserve/tiny-random",
+                "training_file": "../data/train.jsonl",
+                "hyperparameters": {"n_epochs": 9, "batch_size": 2},
+                "method": {
+                    "type": "supervised",
+                    "supervised": {"hyperparameters": {"n_epochs": 4, "learning_rate_multiplier": "auto"}},
+                },
+            }
+        )
+    )
     spec = load_spec_file(spec_path, count_examples)
     assert spec.method == "supervised"
     assert spec.training_file == str((project / "data" / "train.jsonl").resolve())
@@ -191,10 +219,13 @@ def test_spec_round_trips_through_the_job_dir(project):
     assert not list((project / "job").glob("*.tmp"))
 
 
-@pytest.mark.parametrize("text, match", [
-    ("- just\n- a list\n", "mapping"),
-    ("model: m\n", "training_file"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("- just\n- a list\n", "mapping"),
+        ("model: m\n", "training_file"),
+    ],
+)
 def test_bad_spec_files(project, text, match):
     spec_path = project / "specs" / "bad.yaml"
     spec_path.write_text(text)
@@ -217,11 +248,20 @@ def test_the_api_accepts_exactly_the_limits_the_training_spec_has():
     from tuneserve.api.schemas import RequestedHyperparameters
     from tuneserve.training.spec import MAX_BATCH_SIZE, MAX_DPO_BETA, MAX_EPOCHS, MAX_LR_MULTIPLIER
 
-    limits = {"n_epochs": MAX_EPOCHS, "batch_size": MAX_BATCH_SIZE, "learning_rate_multiplier": MAX_LR_MULTIPLIER,
-              "beta": MAX_DPO_BETA}
+    limits = {
+        "n_epochs": MAX_EPOCHS,
+        "batch_size": MAX_BATCH_SIZE,
+        "learning_rate_multiplier": MAX_LR_MULTIPLIER,
+        "beta": MAX_DPO_BETA,
+    }
     for name, limit in limits.items():
         assert getattr(RequestedHyperparameters(**{name: limit}), name) == limit
         with pytest.raises(ValidationError):
             RequestedHyperparameters(**{name: limit + 1})
-    Hyperparameters(n_epochs=MAX_EPOCHS, batch_size=MAX_BATCH_SIZE, learning_rate_multiplier=MAX_LR_MULTIPLIER,
-                    learning_rate=1e-4, beta=MAX_DPO_BETA)
+    Hyperparameters(
+        n_epochs=MAX_EPOCHS,
+        batch_size=MAX_BATCH_SIZE,
+        learning_rate_multiplier=MAX_LR_MULTIPLIER,
+        learning_rate=1e-4,
+        beta=MAX_DPO_BETA,
+    )

@@ -23,35 +23,76 @@ def request(training_file, **extra):
 
 @pytest.fixture
 def preference_file(files):
-    rows = [{"input": {"messages": [{"role": "user", "content": f"q{i}"}]}, "preferred_output": [{"role": "assistant", "content": f"good {i}"}],
-             "non_preferred_output": [{"role": "assistant", "content": f"bad {i}"}]} for i in range(12)]
+    rows = [
+        {
+            "input": {"messages": [{"role": "user", "content": f"q{i}"}]},
+            "preferred_output": [{"role": "assistant", "content": f"good {i}"}],
+            "non_preferred_output": [{"role": "assistant", "content": f"bad {i}"}],
+        }
+        for i in range(12)
+    ]
     return files.create_bytes("proj", "prefs.jsonl", "fine-tune", "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 def test_together_options_reach_the_spec(jobs, jobs_dir, training_file):
-    job = jobs.create("proj", request(
-        training_file.id, training_type="ia3", learning_rate=3e-4, lr_scheduler_type="cosine", warmup_ratio=0.1,
-        min_lr_ratio=0.1, weight_decay=0.01, max_grad_norm=0.5, train_on_inputs=True, n_checkpoints=2, n_evals=4,
-        gradient_accumulation_steps=2, max_seq_length=256, gradient_checkpointing=True))
+    job = jobs.create(
+        "proj",
+        request(
+            training_file.id,
+            training_type="ia3",
+            learning_rate=3e-4,
+            lr_scheduler_type="cosine",
+            warmup_ratio=0.1,
+            min_lr_ratio=0.1,
+            weight_decay=0.01,
+            max_grad_norm=0.5,
+            train_on_inputs=True,
+            n_checkpoints=2,
+            n_evals=4,
+            gradient_accumulation_steps=2,
+            max_seq_length=256,
+            gradient_checkpointing=True,
+        ),
+    )
     spec = TrainingSpec.read(jobs_dir / job.id)
     assert spec.training_type == "ia3" and spec.hyperparameters.learning_rate == 3e-4
     opt = spec.optimization
-    assert (opt.lr_scheduler_type, opt.warmup_ratio, opt.min_lr_ratio, opt.weight_decay, opt.max_grad_norm) == ("cosine", 0.1, 0.1, 0.01, 0.5)
+    assert (opt.lr_scheduler_type, opt.warmup_ratio, opt.min_lr_ratio, opt.weight_decay, opt.max_grad_norm) == (
+        "cosine",
+        0.1,
+        0.1,
+        0.01,
+        0.5,
+    )
     assert (opt.gradient_accumulation_steps, opt.gradient_checkpointing) == (2, True)
     assert (spec.train_on_inputs, spec.n_checkpoints, spec.n_evals, spec.max_seq_length) == (True, 2, 4, 256)
 
 
 def test_lora_shape_options(jobs, jobs_dir, training_file):
-    job = jobs.create("proj", request(training_file.id, lora={"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj"],
-                                                               "use_rslora": True, "use_dora": True}))
+    job = jobs.create(
+        "proj",
+        request(
+            training_file.id,
+            lora={"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj"], "use_rslora": True, "use_dora": True},
+        ),
+    )
     lora = TrainingSpec.read(jobs_dir / job.id).lora
-    assert (lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.use_rslora, lora.use_dora) == (4, 8, 0.1, ["q_proj"], True, True)
+    assert (lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.use_rslora, lora.use_dora) == (
+        4,
+        8,
+        0.1,
+        ["q_proj"],
+        True,
+        True,
+    )
 
 
-@pytest.mark.parametrize("training_type, method, expected", [("full", "supervised", 2e-5), ("ia3", "supervised", 3e-3),
-                                                             ("lora", "dpo", 1e-4)])
-def test_auto_learning_rate_depends_on_method_and_training_type(jobs, jobs_dir, training_file, preference_file, training_type,
-                                                                method, expected):
+@pytest.mark.parametrize(
+    "training_type, method, expected", [("full", "supervised", 2e-5), ("ia3", "supervised", 3e-3), ("lora", "dpo", 1e-4)]
+)
+def test_auto_learning_rate_depends_on_method_and_training_type(
+    jobs, jobs_dir, training_file, preference_file, training_type, method, expected
+):
     file = preference_file if method == "dpo" else training_file
     job = jobs.create("proj", request(file.id, training_type=training_type, method={"type": method}))
     assert TrainingSpec.read(jobs_dir / job.id).hyperparameters.learning_rate == pytest.approx(expected)
@@ -59,7 +100,9 @@ def test_auto_learning_rate_depends_on_method_and_training_type(jobs, jobs_dir, 
 
 
 def test_dpo_job_in_openais_shape(jobs, jobs_dir, preference_file):
-    job = jobs.create("proj", request(preference_file.id, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.25, "n_epochs": 2}}}))
+    job = jobs.create(
+        "proj", request(preference_file.id, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.25, "n_epochs": 2}}})
+    )
     spec = TrainingSpec.read(jobs_dir / job.id)
     assert spec.method == "dpo" and spec.hyperparameters.beta == 0.25 and spec.hyperparameters.n_epochs == 2
     assert job.method["type"] == "dpo" and job.method["dpo"]["hyperparameters"]["beta"] == 0.25
@@ -82,8 +125,15 @@ def test_qlora_with_dora_is_refused(jobs, training_file, sessions):
         assert session.scalars(select(Job)).all() == []
 
 
-@pytest.mark.parametrize("field, value, param", [("warmup_ratio", 2.0, "warmup_ratio"), ("n_checkpoints", 0, "n_checkpoints"),
-                                                 ("lora", {"r": 0}, "lora.r"), ("gradient_accumulation_steps", 0, "gradient_accumulation_steps")])
+@pytest.mark.parametrize(
+    "field, value, param",
+    [
+        ("warmup_ratio", 2.0, "warmup_ratio"),
+        ("n_checkpoints", 0, "n_checkpoints"),
+        ("lora", {"r": 0}, "lora.r"),
+        ("gradient_accumulation_steps", 0, "gradient_accumulation_steps"),
+    ],
+)
 def test_out_of_range_options_name_their_field(jobs, training_file, field, value, param):
     with pytest.raises(InvalidRequest) as info:
         jobs.create("proj", request(training_file.id, **{field: value}))
@@ -107,10 +157,18 @@ def test_auto_evaluate_needs_a_validation_file(jobs, training_file):
 
 
 def test_opea_sections_map_onto_the_request():
-    body = CreateFineTuningJob(model=TINY, training_file="file-x", General={"lora_config": None, "task": "dpo",
-                                                                           "enable_gradient_checkpointing": True},
-                               Training={"num_training_workers": 2, "resources_per_worker": {"CPU": 1}, "dpo_beta": 0.2,
-                                         "gradient_accumulation_steps": 4, "lr_scheduler": "cosine"})
+    body = CreateFineTuningJob(
+        model=TINY,
+        training_file="file-x",
+        General={"lora_config": None, "task": "dpo", "enable_gradient_checkpointing": True},
+        Training={
+            "num_training_workers": 2,
+            "resources_per_worker": {"CPU": 1},
+            "dpo_beta": 0.2,
+            "gradient_accumulation_steps": 4,
+            "lr_scheduler": "cosine",
+        },
+    )
     req = body.to_service_request()
     assert req["training_type"] == "full" and req["method"]["type"] == "dpo"
     assert req["method"]["dpo"]["hyperparameters"]["beta"] == 0.2

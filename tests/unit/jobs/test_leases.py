@@ -22,8 +22,20 @@ def add_jobs(sessions, n: int, status: str = states.QUEUED, **values) -> list[st
     with sessions.begin() as session:
         for _ in range(n):
             job_id = new_id("ftjob")
-            fields = dict(project="p", model="m", training_file="file-x", hyperparameters={}, method={}, spec={}, seed=1,
-                          result_files=[], created_at=now(), attempts=0, events_offset=0, last_step=0)
+            fields = dict(
+                project="p",
+                model="m",
+                training_file="file-x",
+                hyperparameters={},
+                method={},
+                spec={},
+                seed=1,
+                result_files=[],
+                created_at=now(),
+                attempts=0,
+                events_offset=0,
+                last_step=0,
+            )
             session.add(Job(id=job_id, status=status, **{**fields, **values}))
             ids.append(job_id)
     return ids
@@ -109,14 +121,19 @@ def test_running_job_with_no_holder_counts_as_stale(sessions):
 
 
 def test_lock_if_still_held_and_release(sessions):
-    (job_id,) = add_jobs(sessions, 1, status=states.RUNNING, worker_id="w1", heartbeat_at=1.0, runner_pid=123,
-                         runner_ref="ref")
+    (job_id,) = add_jobs(sessions, 1, status=states.RUNNING, worker_id="w1", heartbeat_at=1.0, runner_pid=123, runner_ref="ref")
     with sessions.begin() as session:
         assert leases.lock_if_still_held(session, job_id, "w2") is None
         job = leases.lock_if_still_held(session, job_id, "w1")
         leases.release(job, status=states.QUEUED)
     job = row(sessions, job_id)
-    assert (job.status, job.worker_id, job.heartbeat_at, job.runner_pid, job.runner_ref) == (states.QUEUED, None, None, None, None)
+    assert (job.status, job.worker_id, job.heartbeat_at, job.runner_pid, job.runner_ref) == (
+        states.QUEUED,
+        None,
+        None,
+        None,
+        None,
+    )
     with sessions.begin() as session:  # free again: the next claim gets it
         assert leases.claim_queued(session, "w3", start=True) == (job_id, 1)
 

@@ -75,8 +75,9 @@ def runner():
 @pytest.fixture
 def scheduler(sessions, files, jobs_dir, runner):
     jobs_dir.mkdir(parents=True, exist_ok=True)
-    return Scheduler(sessions, files, jobs_dir, runner=runner, worker_id="me:1:aa", heartbeat_interval_s=1,
-                     heartbeat_timeout_s=30)
+    return Scheduler(
+        sessions, files, jobs_dir, runner=runner, worker_id="me:1:aa", heartbeat_interval_s=1, heartbeat_timeout_s=30
+    )
 
 
 def messages(sessions, job_id: str) -> list[str]:
@@ -98,8 +99,9 @@ def write_events(jobs_dir: Path, job_id: str, *events: dict) -> None:
 
 
 def test_a_vanished_workers_job_is_queued_again_then_run_here(sessions, scheduler, runner):
-    (job_id,) = add_jobs(sessions, 1, status=states.RUNNING, worker_id="gone:7:bb", heartbeat_at=1.0, attempts=1,
-                         runner_ref="old-run")
+    (job_id,) = add_jobs(
+        sessions, 1, status=states.RUNNING, worker_id="gone:7:bb", heartbeat_at=1.0, attempts=1, runner_ref="old-run"
+    )
     scheduler.tick()
     log = messages(sessions, job_id)
     assert "Worker gone:7:bb vanished; the job is queued again and resumes from its last checkpoint" in log
@@ -165,8 +167,9 @@ def test_a_run_stopped_outside_tuneserve_cancels_the_job(sessions, scheduler, ru
     runner.states[job_id] = RunState("stopped", detail="Job was intentionally stopped.")
     scheduler.tick()
     assert row(sessions, job_id).status == states.CANCELLED
-    assert messages(sessions, job_id)[-1] == ("The run was stopped outside tuneserve (Job was intentionally stopped.); "
-                                              "the job is cancelled")
+    assert messages(sessions, job_id)[-1] == (
+        "The run was stopped outside tuneserve (Job was intentionally stopped.); the job is cancelled"
+    )
 
 
 def test_a_failed_run_says_why(sessions, scheduler, runner):

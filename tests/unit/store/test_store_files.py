@@ -11,8 +11,10 @@ from tuneserve.data import validate_file
 from tuneserve.errors import InvalidRequest, NotFound, PayloadTooLarge
 from tuneserve.store.files import FileService
 
-CHAT = "".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}) + "\n"
-               for i in range(3)).encode()
+CHAT = "".join(
+    json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+    for i in range(3)
+).encode()
 ALPACA = json.dumps([{"instruction": f"i{i}", "input": "", "output": f"o{i}"} for i in range(4)], indent=2).encode()
 PROMPT_COMPLETION = "".join(json.dumps({"prompt": f"p{i}", "completion": f"c{i}"}) + "\n" for i in range(5)).encode()
 
@@ -27,11 +29,14 @@ def all_ids(files, project="proj", **kw):
     return [r.id for r in rows]
 
 
-@pytest.mark.parametrize("filename, data, fmt, n", [
-    ("train.jsonl", CHAT, "chat", 3),
-    ("alpaca.json", ALPACA, "alpaca", 4),
-    ("legacy.jsonl", PROMPT_COMPLETION, "prompt_completion", 5),
-])
+@pytest.mark.parametrize(
+    "filename, data, fmt, n",
+    [
+        ("train.jsonl", CHAT, "chat", 3),
+        ("alpaca.json", ALPACA, "alpaca", 4),
+        ("legacy.jsonl", PROMPT_COMPLETION, "prompt_completion", 5),
+    ],
+)
 def test_create_valid_training_file(files, files_root, filename, data, fmt, n):
     row = files.create("proj", filename, "fine-tune", io.BytesIO(data))
 
@@ -49,7 +54,13 @@ def test_create_valid_training_file(files, files_root, filename, data, fmt, n):
 
     # and the row round-trips through the database
     again = files.get("proj", row.id)
-    assert (again.filename, again.format, again.n_examples, again.bytes, again.status) == (filename, fmt, n, len(data), "processed")
+    assert (again.filename, again.format, again.n_examples, again.bytes, again.status) == (
+        filename,
+        fmt,
+        n,
+        len(data),
+        "processed",
+    )
 
 
 def test_user_filename_never_becomes_a_path(files, files_root, tmp_path):
@@ -77,12 +88,15 @@ def test_invalid_training_file_names_the_line_and_leaves_nothing(files, files_ro
     assert files.list("proj") == ([], False)
 
 
-@pytest.mark.parametrize("data, code, line", [
-    (b"", "empty_file", None),
-    (CHAT + b"{not json\n", "invalid_json", 4),
-    (CHAT[:10] + b"\xff\xfe" + CHAT[10:], "invalid_file_encoding", 1),
-    (json.dumps([{"question": "q"}]).encode(), "unknown_format", 1),
-])
+@pytest.mark.parametrize(
+    "data, code, line",
+    [
+        (b"", "empty_file", None),
+        (CHAT + b"{not json\n", "invalid_json", 4),
+        (CHAT[:10] + b"\xff\xfe" + CHAT[10:], "invalid_file_encoding", 1),
+        (json.dumps([{"question": "q"}]).encode(), "unknown_format", 1),
+    ],
+)
 def test_other_invalid_files(files, files_root, data, code, line):
     with pytest.raises(InvalidRequest) as info:
         files.create_bytes("proj", "f.jsonl", "fine-tune", data)
@@ -163,9 +177,13 @@ def test_delete_hides_the_file(files):
     files.delete("proj", gone)
 
     assert all_ids(files) == [keep]
-    for call in (lambda: files.get("proj", gone), lambda: files.content_path("proj", gone),
-                 lambda: files.delete("proj", gone), lambda: files.find("proj", gone, "training_file"),
-                 lambda: files.find("proj", "gone.jsonl", "training_file")):
+    for call in (
+        lambda: files.get("proj", gone),
+        lambda: files.content_path("proj", gone),
+        lambda: files.delete("proj", gone),
+        lambda: files.find("proj", gone, "training_file"),
+        lambda: files.find("proj", "gone.jsonl", "training_file"),
+    ):
         with pytest.raises(NotFound) as info:
             call()
         assert info.value.code == "file_not_found"

@@ -61,8 +61,12 @@ def test_a_0001_database_upgrades_and_keeps_its_files(bare_engine):
     with bare_engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "0001")
-        conn.execute(text("INSERT INTO files (id, project, filename, purpose, bytes, created_at, status, deleted) "
-                          "VALUES ('file-old', 'p', 'old.jsonl', 'fine-tune', 3, 1, 'processed', false)"))
+        conn.execute(
+            text(
+                "INSERT INTO files (id, project, filename, purpose, bytes, created_at, status, deleted) "
+                "VALUES ('file-old', 'p', 'old.jsonl', 'fine-tune', 3, 1, 'processed', false)"
+            )
+        )
     assert "report" not in {c["name"] for c in inspect(bare_engine).get_columns("files")}
     migrate(bare_engine)
     assert _version(bare_engine) == ["0005"]

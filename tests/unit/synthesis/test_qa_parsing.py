@@ -27,10 +27,12 @@ def test_fenced_json_with_prose_around_it():
 
 def test_the_seed_template_shape_with_its_missing_comma_and_a_trailing_comma():
     # llama-recipes' own template has no comma after "Answer"; models copy it (and add a trailing one).
-    reply = ('[\n  {\n    "Question": "What does anarchism reject?",\n    "Answer": "Involuntary, coercive hierarchy."\n'
-             '    "Context": "It rejects all involuntary, coercive forms of hierarchy."\n  },\n'
-             '  {\n    "Question": "What does it call for?",\n    "Answer": "Abolishing the state."\n'
-             '    "Context": "Anarchism calls for the abolition of the state."\n  },\n]')
+    reply = (
+        '[\n  {\n    "Question": "What does anarchism reject?",\n    "Answer": "Involuntary, coercive hierarchy."\n'
+        '    "Context": "It rejects all involuntary, coercive forms of hierarchy."\n  },\n'
+        '  {\n    "Question": "What does it call for?",\n    "Answer": "Abolishing the state."\n'
+        '    "Context": "Anarchism calls for the abolition of the state."\n  },\n]'
+    )
     with pytest.raises(json.JSONDecodeError):
         json.loads(reply)
     result = parse_qa_pairs(reply)
@@ -45,29 +47,44 @@ def test_an_array_cut_off_by_max_tokens_keeps_the_complete_objects():
     assert result.problems == {}
 
 
-@pytest.mark.parametrize("reply, expected", [
-    ('{"question": "One?", "answer": "Only one."}', ["One?"]),                                   # an object, not a list
-    ('{"qa_pairs": [{"q": "Short keys?", "a": "Yes."}]}', ["Short keys?"]),                       # a list under a key
-    ('{"question": "THE DOCUMENT TEXT", "answer": [{"question": "Nested?", "answer": "Yes."}]}', ["Nested?"]),  # a wrapper
-    ("[{'question': 'Python quotes?', 'answer': 'Yes.'}]", ["Python quotes?"]),                  # single quotes
-    ('{"question": "A?", "answer": "1"}\n{"question": "B?", "answer": "2"}', ["A?", "B?"]),       # JSON lines
-    ('1. **Question:** What is albedo?\n**Answer:** A measure of reflection.\n'
-     '2. Question: What is 0?\nAnswer: A black body.', ["What is albedo?", "What is 0?"]),      # labeled text
-])
+@pytest.mark.parametrize(
+    "reply, expected",
+    [
+        ('{"question": "One?", "answer": "Only one."}', ["One?"]),  # an object, not a list
+        ('{"qa_pairs": [{"q": "Short keys?", "a": "Yes."}]}', ["Short keys?"]),  # a list under a key
+        ('{"question": "THE DOCUMENT TEXT", "answer": [{"question": "Nested?", "answer": "Yes."}]}', ["Nested?"]),  # a wrapper
+        ("[{'question': 'Python quotes?', 'answer': 'Yes.'}]", ["Python quotes?"]),  # single quotes
+        ('{"question": "A?", "answer": "1"}\n{"question": "B?", "answer": "2"}', ["A?", "B?"]),  # JSON lines
+        (
+            "1. **Question:** What is albedo?\n**Answer:** A measure of reflection.\n"
+            "2. Question: What is 0?\nAnswer: A black body.",
+            ["What is albedo?", "What is 0?"],
+        ),  # labeled text
+    ],
+)
 def test_shapes_other_than_a_clean_array(reply, expected):
     assert questions(reply) == expected
 
 
 def test_missing_and_empty_fields_are_counted_not_kept():
-    reply = json.dumps([{"question": "", "answer": "orphan"}, {"question": "No answer?"}, {"answer": "x"},
-                        {"question": "Numbers?", "answer": 42}, {"question": "Fine?", "answer": "Yes.", "extra": 1}])
+    reply = json.dumps(
+        [
+            {"question": "", "answer": "orphan"},
+            {"question": "No answer?"},
+            {"answer": "x"},
+            {"question": "Numbers?", "answer": 42},
+            {"question": "Fine?", "answer": "Yes.", "extra": 1},
+        ]
+    )
     result = parse_qa_pairs(reply)
     assert [(p.question, p.answer) for p in result.pairs] == [("Numbers?", "42"), ("Fine?", "Yes.")]
     assert result.candidates == 5
     assert result.problems == {"missing_question": 2, "missing_answer": 1}
 
 
-@pytest.mark.parametrize("reply", ["", "I cannot help with that.", "```\nnot json at all\n```", "{num_questions}", '["just", "strings"]'])
+@pytest.mark.parametrize(
+    "reply", ["", "I cannot help with that.", "```\nnot json at all\n```", "{num_questions}", '["just", "strings"]']
+)
 def test_a_reply_with_nothing_usable_counts_once(reply):
     result = parse_qa_pairs(reply)
     assert result.pairs == [] and result.candidates == 0
@@ -84,18 +101,21 @@ def test_recorded_smollm2_generation_replies(case):
 # --- verdicts ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("reply, verdict, reason", [
-    ('{"Reason": "It matches.", "Result": "YES"}', "YES", "It matches."),
-    ('{"reason": "Wrong city.", "result": "no"}', "NO", "Wrong city."),
-    ('{"REASON": "ok", "RESULT": "Yes."}', "YES", "ok"),
-    ('```json\n{"verdict": "No", "explanation": "Off topic."}\n```\nLet me know if you need more.', "NO", "Off topic."),
-    ('[{"Result": "YES", "Reason": "Same fact."}]', "YES", "Same fact."),
-    ("**YES** - the answer names Paris.", "YES", "the answer names Paris."),
-    ("no. The student says green.", "NO", "The student says green."),
-    ("Verdict: Yes\nThe answers agree.", "YES", "The answers agree."),
-    ("The student restates the reference. Result: NO", "NO", None),
-    ('{"Result": true, "Reason": "fine"}', None, None),  # a JSON boolean is not a YES/NO string
-])
+@pytest.mark.parametrize(
+    "reply, verdict, reason",
+    [
+        ('{"Reason": "It matches.", "Result": "YES"}', "YES", "It matches."),
+        ('{"reason": "Wrong city.", "result": "no"}', "NO", "Wrong city."),
+        ('{"REASON": "ok", "RESULT": "Yes."}', "YES", "ok"),
+        ('```json\n{"verdict": "No", "explanation": "Off topic."}\n```\nLet me know if you need more.', "NO", "Off topic."),
+        ('[{"Result": "YES", "Reason": "Same fact."}]', "YES", "Same fact."),
+        ("**YES** - the answer names Paris.", "YES", "the answer names Paris."),
+        ("no. The student says green.", "NO", "The student says green."),
+        ("Verdict: Yes\nThe answers agree.", "YES", "The answers agree."),
+        ("The student restates the reference. Result: NO", "NO", None),
+        ('{"Result": true, "Reason": "fine"}', None, None),  # a JSON boolean is not a YES/NO string
+    ],
+)
 def test_verdicts(reply, verdict, reason):
     got, why = parse_verdict(reply)
     assert got == verdict
@@ -103,13 +123,16 @@ def test_verdicts(reply, verdict, reason):
         assert why == reason
 
 
-@pytest.mark.parametrize("reply", [
-    '{"Reason": "your reason here.", "Result": "YES or No."}',  # the template, echoed
-    "YES or NO",
-    "Yes and no: partly right.",
-    "The answer is correct.",  # no verdict word: never guessed
-    "",
-])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        '{"Reason": "your reason here.", "Result": "YES or No."}',  # the template, echoed
+        "YES or NO",
+        "Yes and no: partly right.",
+        "The answer is correct.",  # no verdict word: never guessed
+        "",
+    ],
+)
 def test_unreadable_verdicts_are_none_with_the_text_as_reason(reply):
     verdict, reason = parse_verdict(reply)
     assert verdict is None

@@ -33,10 +33,14 @@ def docs(tmp_path) -> Path:
     """Two documents, four paragraphs, one topic each: with 20-token chunks (4 characters a token), one chunk per paragraph."""
     root = tmp_path / "docs"
     root.mkdir()
-    (root / "a.md").write_text(f"# {TOPICS[0]}\n{TOPICS[0]} measures how much light a surface reflects.\n\n"
-                               f"{TOPICS[1]} is a philosophy that rejects coercive hierarchy.\n", encoding="utf-8")
-    (root / "b.txt").write_text(f"{TOPICS[2]} is a neurodevelopmental condition.\n\n"
-                                f"{TOPICS[3]} was a Greek philosopher and polymath.\n", encoding="utf-8")
+    (root / "a.md").write_text(
+        f"# {TOPICS[0]}\n{TOPICS[0]} measures how much light a surface reflects.\n\n"
+        f"{TOPICS[1]} is a philosophy that rejects coercive hierarchy.\n",
+        encoding="utf-8",
+    )
+    (root / "b.txt").write_text(
+        f"{TOPICS[2]} is a neurodevelopmental condition.\n\n{TOPICS[3]} was a Greek philosopher and polymath.\n", encoding="utf-8"
+    )
     return root
 
 
@@ -45,14 +49,26 @@ def topic_of(request) -> str:
 
 
 def pairs_reply(topic: str, n: int = 2) -> str:
-    items = [{"Question": f"What is question {i} about {topic}?", "Answer": f"Answer {i}: {topic} facts.",
-              "Context": f"{topic} sentence."} for i in range(n)]
+    items = [
+        {
+            "Question": f"What is question {i} about {topic}?",
+            "Answer": f"Answer {i}: {topic} facts.",
+            "Context": f"{topic} sentence.",
+        }
+        for i in range(n)
+    ]
     return "Here you go:\n```json\n" + json.dumps(items, indent=2) + "\n```\nAnything else?"
 
 
 def options(docs: Path, tmp_path: Path, **overrides) -> SynthOptions:
-    values = dict(documents=[docs], model="writer", output=tmp_path / "out" / "train.jsonl", questions_per_chunk=2,
-                  chunk_tokens=20, concurrency=2)
+    values = dict(
+        documents=[docs],
+        model="writer",
+        output=tmp_path / "out" / "train.jsonl",
+        questions_per_chunk=2,
+        chunk_tokens=20,
+        concurrency=2,
+    )
     return SynthOptions(**{**values, **overrides})
 
 
@@ -66,8 +82,12 @@ def test_generates_valid_chat_jsonl_and_counts_every_rejection(docs, tmp_path):
         if topic == "Autism":  # the prompt's example, echoed
             return '[{"question": "...", "answer": "...", "context": "..."}]'
         if topic == "Aristotle":  # repeats a question of another chunk, and adds one of its own
-            return json.dumps([{"question": "What is question 0 about Albedo?", "answer": "Again."},
-                               {"question": "Who taught Alexander?", "answer": "Aristotle."}])
+            return json.dumps(
+                [
+                    {"question": "What is question 0 about Albedo?", "answer": "Again."},
+                    {"question": "Who taught Alexander?", "answer": "Aristotle."},
+                ]
+            )
         return pairs_reply(topic)
 
     client = ScriptedClient(respond)
@@ -88,9 +108,15 @@ def test_generates_valid_chat_jsonl_and_counts_every_rejection(docs, tmp_path):
         assert report.ok and report.format == "chat" and report.n_examples == n
     records = read_jsonl(train) + read_jsonl(held_out)
     questions = [r["messages"][0]["content"] for r in records]
-    assert sorted(questions) == sorted(["What is question 0 about Albedo?", "What is question 1 about Albedo?",
-                                        "What is question 0 about Anarchism?", "What is question 1 about Anarchism?",
-                                        "Who taught Alexander?"])
+    assert sorted(questions) == sorted(
+        [
+            "What is question 0 about Albedo?",
+            "What is question 1 about Albedo?",
+            "What is question 0 about Anarchism?",
+            "What is question 1 about Anarchism?",
+            "Who taught Alexander?",
+        ]
+    )
     assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in records)
     assert json.loads(summary_path(options(docs, tmp_path).output).read_text()) == summary
 
@@ -163,11 +189,14 @@ def test_nothing_usable_is_said_plainly_and_writes_no_training_file(docs, tmp_pa
     assert json.loads(summary_path(out).read_text())["usable"] is False
 
 
-@pytest.mark.parametrize("error, message", [
-    (status_error(openai.NotFoundError, 404, "The model 'writer' does not exist"), "does not exist"),
-    (status_error(openai.AuthenticationError, 401, "Incorrect API key provided"), "Incorrect API key"),
-    (connection_error(), "cannot reach the endpoint"),
-])
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        (status_error(openai.NotFoundError, 404, "The model 'writer' does not exist"), "does not exist"),
+        (status_error(openai.AuthenticationError, 401, "Incorrect API key provided"), "Incorrect API key"),
+        (connection_error(), "cannot reach the endpoint"),
+    ],
+)
 def test_an_endpoint_that_refuses_everything_stops_the_run_and_keeps_the_state(docs, tmp_path, error, message):
     calls = iter([pairs_reply("Albedo"), error, error, error])
     client = ScriptedClient(lambda request: next(calls))
@@ -200,8 +229,11 @@ def test_chunks_are_sized_from_the_context_window_when_not_given(docs, tmp_path)
     big = tmp_path / "big.txt"
     big.write_text("\n\n".join(f"{TOPICS[i % 4]} paragraph {i}. " + "filler words here " * 20 for i in range(40)))
     client = ScriptedClient(lambda request: pairs_reply(topic_of(request), n=1))
-    summary = synthesize(options(docs, tmp_path, documents=[big], chunk_tokens=None, max_tokens=200), client,
-                         approximate_counter(context_window=1024))
+    summary = synthesize(
+        options(docs, tmp_path, documents=[big], chunk_tokens=None, max_tokens=200),
+        client,
+        approximate_counter(context_window=1024),
+    )
     # 1024 - prompt (~140) - reply (200) - template overhead (32) leaves about 650 tokens per chunk.
     assert 600 <= summary["chunk_tokens"] <= 700
     assert all(len(c["messages"][-1]["content"]) / 4 <= summary["chunk_tokens"] for c in client.calls)
@@ -265,13 +297,16 @@ def test_default_prompts_and_a_partial_override(tmp_path):
     assert config.question_prompt_template == default.question_prompt_template
 
 
-@pytest.mark.parametrize("yaml_text, message", [
-    ("question_prompt_template: 'Write {n} pairs'\n", "question_prompt_template uses an unknown placeholder {n}"),
-    ("curation_user_template: 'Q: {question'\n", "curation_user_template: "),
-    ("temperature: 0.3\n", "temperature"),
-    ("- a list\n", "must be a YAML mapping"),
-    ("question_prompt_template: [unclosed\n", "cannot read the prompt config"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        ("question_prompt_template: 'Write {n} pairs'\n", "question_prompt_template uses an unknown placeholder {n}"),
+        ("curation_user_template: 'Q: {question'\n", "curation_user_template: "),
+        ("temperature: 0.3\n", "temperature"),
+        ("- a list\n", "must be a YAML mapping"),
+        ("question_prompt_template: [unclosed\n", "cannot read the prompt config"),
+    ],
+)
 def test_bad_prompt_configs_name_the_problem(tmp_path, yaml_text, message):
     path = tmp_path / "prompts.yaml"
     path.write_text(yaml_text)

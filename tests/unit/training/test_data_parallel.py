@@ -32,9 +32,14 @@ def run_ranks(spec, job_dir: Path, n: int = 2) -> None:
 
 def spec_for(data_dir: Path, training_type: str):
     lr = 1e-3 if training_type == "full" else 2e-2
-    return make_spec(data_dir / "train.jsonl", validation_file=str(data_dir / "valid.jsonl"), training_type=training_type,
-                     max_seq_length=64, hyperparameters={"learning_rate": lr, "n_epochs": 2, "batch_size": 3},
-                     optimization={"precision": "fp32", "gradient_accumulation_steps": 2})
+    return make_spec(
+        data_dir / "train.jsonl",
+        validation_file=str(data_dir / "valid.jsonl"),
+        training_type=training_type,
+        max_seq_length=64,
+        hyperparameters={"learning_rate": lr, "n_epochs": 2, "batch_size": 3},
+        optimization={"precision": "fp32", "gradient_accumulation_steps": 2},
+    )
 
 
 def weights(job_dir: Path, name: str = "final") -> dict[str, torch.Tensor]:

@@ -54,8 +54,10 @@ def test_a_paused_run_resumes_to_the_same_result(trained_run, tmp_path):
 def test_gradient_accumulation_gives_the_same_update(data_dir, tmp_path):
     base = dict(max_seq_length=64, hyperparameters={"n_epochs": 1})  # fp32: bf16 rounding would hide the comparison
     train(make_spec(data_dir / "train.jsonl", optimization={"precision": "fp32"}, **base), tmp_path / "one")
-    train(make_spec(data_dir / "train.jsonl", optimization={"gradient_accumulation_steps": 2, "precision": "fp32"}, **base),
-          tmp_path / "two")
+    train(
+        make_spec(data_dir / "train.jsonl", optimization={"gradient_accumulation_steps": 2, "precision": "fp32"}, **base),
+        tmp_path / "two",
+    )
     losses = [[e["train_loss"] for e in read_events(tmp_path / d) if e["type"] == "metrics"] for d in ("one", "two")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     # Summation order differs, and Adam magnifies float noise in near-zero gradients: 1e-4 on weights of ~0.1.
@@ -109,8 +111,14 @@ def test_schedules_warm_up_then_end_at_the_floor(kind):
 
 
 def test_n_checkpoints_and_n_evals_spread_over_the_run(data_dir, tmp_path):
-    spec = make_spec(data_dir / "train.jsonl", validation_file=str(data_dir / "valid.jsonl"), max_seq_length=64,
-                     n_checkpoints=2, n_evals=4, hyperparameters={"n_epochs": 2})
+    spec = make_spec(
+        data_dir / "train.jsonl",
+        validation_file=str(data_dir / "valid.jsonl"),
+        max_seq_length=64,
+        n_checkpoints=2,
+        n_evals=4,
+        hyperparameters={"n_epochs": 2},
+    )
     train(spec, tmp_path)
     events = read_events(tmp_path)
     assert [e["step"] for e in events if e["type"] == "checkpoint"] == [4, 8]
@@ -120,8 +128,10 @@ def test_n_checkpoints_and_n_evals_spread_over_the_run(data_dir, tmp_path):
 
 def test_train_on_inputs_trains_prompt_tokens_too(data_dir, tmp_path):
     only_answers = train(make_spec(data_dir / "train.jsonl", max_seq_length=64, hyperparameters={"n_epochs": 1}), tmp_path / "a")
-    everything = train(make_spec(data_dir / "train.jsonl", max_seq_length=64, train_on_inputs=True, hyperparameters={"n_epochs": 1}),
-                       tmp_path / "b")
+    everything = train(
+        make_spec(data_dir / "train.jsonl", max_seq_length=64, train_on_inputs=True, hyperparameters={"n_epochs": 1}),
+        tmp_path / "b",
+    )
     assert only_answers["trained_tokens"] == everything["trained_tokens"]  # same tokens go through the model
     first_step = lambda d: [e for e in read_events(d) if e["type"] == "metrics" and "train_loss" in e][0]  # noqa: E731
     assert first_step(tmp_path / "a")["train_loss"] != first_step(tmp_path / "b")["train_loss"]
@@ -138,8 +148,12 @@ def test_one_example_per_forward_gives_the_losses_of_padded_batches(data_dir, tm
     for packing in ("per_example", "length_grouped"):
         spec = make_spec(data, optimization={"packing": packing, "precision": "fp32"}, hyperparameters={"n_epochs": 1}, **extra)
         train(spec, tmp_path / packing)
-        losses[packing] = [e["train_loss"] for e in read_events(tmp_path / packing) if e["type"] == "metrics" and "train_loss" in e]
+        losses[packing] = [
+            e["train_loss"] for e in read_events(tmp_path / packing) if e["type"] == "metrics" and "train_loss" in e
+        ]
         messages = [e["message"] for e in read_events(tmp_path / packing) if e["type"] == "message"]
-        assert any(("one example per forward pass" if packing == "per_example" else "length-grouped batches") in m for m in messages)
+        assert any(
+            ("one example per forward pass" if packing == "per_example" else "length-grouped batches") in m for m in messages
+        )
     assert len(losses["per_example"]) >= 2
     assert losses["per_example"] == pytest.approx(losses["length_grouped"], rel=1e-5)

@@ -26,14 +26,18 @@ def first_vs_last_epoch(losses: list[float], per_epoch: int) -> tuple[float, flo
     return sum(losses[:per_epoch]) / per_epoch, sum(losses[-per_epoch:]) / per_epoch
 
 
-@pytest.mark.parametrize("training_type, lora, lr, trained_key", [
-    ("ia3", {}, 5e-2, "ia3_l"),
-    ("lora", {"r": 8, "alpha": 16, "use_dora": True}, 2e-2, "lora_magnitude_vector"),
-    ("lora", {"r": 8, "alpha": 16, "use_rslora": True}, 2e-2, "lora_B"),
-])
+@pytest.mark.parametrize(
+    "training_type, lora, lr, trained_key",
+    [
+        ("ia3", {}, 5e-2, "ia3_l"),
+        ("lora", {"r": 8, "alpha": 16, "use_dora": True}, 2e-2, "lora_magnitude_vector"),
+        ("lora", {"r": 8, "alpha": 16, "use_rslora": True}, 2e-2, "lora_B"),
+    ],
+)
 def test_adapter_types_learn(data_dir, tmp_path, training_type, lora, lr, trained_key):
-    spec = make_spec(data_dir / "train.jsonl", training_type=training_type, lora=lora, max_seq_length=64,
-                     hyperparameters={"learning_rate": lr})
+    spec = make_spec(
+        data_dir / "train.jsonl", training_type=training_type, lora=lora, max_seq_length=64, hyperparameters={"learning_rate": lr}
+    )
     result = train(spec, tmp_path)
     first, last = first_vs_last_epoch(train_losses(tmp_path), 4)
     assert last < first
@@ -65,8 +69,9 @@ def test_full_fine_tuning_changes_every_weight_and_saves_a_whole_model(data_dir,
 def test_full_fine_tuning_resumes_exactly(data_dir, tmp_path):
     import shutil
 
-    spec = make_spec(data_dir / "train.jsonl", training_type="full", max_seq_length=64,
-                     hyperparameters={"learning_rate": 1e-3, "n_epochs": 2})
+    spec = make_spec(
+        data_dir / "train.jsonl", training_type="full", max_seq_length=64, hyperparameters={"learning_rate": 1e-3, "n_epochs": 2}
+    )
     train(spec, tmp_path / "a")
     shutil.copytree(tmp_path / "a" / "checkpoints" / "step-4", tmp_path / "b" / "checkpoints" / "step-4")
     train(spec, tmp_path / "b")
@@ -83,8 +88,13 @@ DPO_SUBSET = Path(__file__).parent / "data" / "dpo_en_demo_8.json"
 def test_dpo_on_dpo_en_demo_learns_the_preference(tmp_path, training_type):
     data = DPO_SUBSET
     lr = 5e-3 if training_type == "lora" else 1e-4
-    spec = make_spec(data, method="dpo", training_type=training_type, max_seq_length=192,
-                     hyperparameters={"n_epochs": 4, "batch_size": 4, "learning_rate": lr, "beta": 0.1})
+    spec = make_spec(
+        data,
+        method="dpo",
+        training_type=training_type,
+        max_seq_length=192,
+        hyperparameters={"n_epochs": 4, "batch_size": 4, "learning_rate": lr, "beta": 0.1},
+    )
     result = train(spec, tmp_path / "job")
     metrics = [e for e in read_events(tmp_path / "job") if e["type"] == "metrics" and "train_loss" in e]
     assert len(metrics) == 8
@@ -147,8 +157,11 @@ def test_peft_wraps_nf4_layers_and_only_the_adapter_gets_gradients(tiny_model_di
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     quantize_nf4(model)
-    config = (LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM") if adapter == "lora"
-              else IA3Config(task_type="CAUSAL_LM"))
+    config = (
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+        if adapter == "lora"
+        else IA3Config(task_type="CAUSAL_LM")
+    )
     peft_model = get_peft_model(model, config)
     ids = torch.randint(0, 1000, (2, 16))
     peft_model(input_ids=ids, labels=ids).loss.backward()
@@ -197,8 +210,11 @@ def test_qlora_adapter_holds_only_lora_weights_and_serves_on_the_unquantized_bas
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["base_model_name_or_path"] == TINY_RANDOM
 
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Who is Ada?"}, {"role": "assistant", "content": "Ada is a friend of Nova."}],
-                                        return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Who is Ada?"}, {"role": "assistant", "content": "Ada is a friend of Nova."}],
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
 
     def loss(model) -> float:
         with torch.no_grad():

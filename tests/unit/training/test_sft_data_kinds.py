@@ -21,7 +21,9 @@ def recorded(monkeypatch):
     import tuneserve.models.throughput as throughput
 
     calls = []
-    monkeypatch.setattr(throughput, "record_throughput", lambda model_ref, device, tps: calls.append((model_ref, device, tps)) or tps)
+    monkeypatch.setattr(
+        throughput, "record_throughput", lambda model_ref, device, tps: calls.append((model_ref, device, tps)) or tps
+    )
     return calls
 
 
@@ -57,11 +59,17 @@ def test_tool_call_data_trains(tmp_path, sample_file, recorded):
     assert (tmp_path / "job" / "final" / "adapter_model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("record", [
-    {"prompt": "Who is Ada?", "chosen": "A friend of Nova.", "rejected": "Nobody."},
-    {"input": {"messages": [{"role": "user", "content": "Who is Ada?"}]},
-     "preferred_output": [{"role": "assistant", "content": "A friend."}], "non_preferred_output": [{"role": "assistant", "content": "No."}]},
-])
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"prompt": "Who is Ada?", "chosen": "A friend of Nova.", "rejected": "Nobody."},
+        {
+            "input": {"messages": [{"role": "user", "content": "Who is Ada?"}]},
+            "preferred_output": [{"role": "assistant", "content": "A friend."}],
+            "non_preferred_output": [{"role": "assistant", "content": "No."}],
+        },
+    ],
+)
 def test_preference_data_is_refused_before_the_model_loads(tmp_path, record, recorded):
     from tuneserve.training.run import train
 

@@ -16,7 +16,17 @@ from tuneserve.training.loop import latest_checkpoint, lr_factor
 
 from tests.unit.training.conftest import read_events
 
-METRICS_KEYS = {"type", "time", "step", "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "learning_rate", "tokens_per_second"}
+METRICS_KEYS = {
+    "type",
+    "time",
+    "step",
+    "total_steps",
+    "epoch",
+    "train_loss",
+    "train_mean_token_accuracy",
+    "learning_rate",
+    "tokens_per_second",
+}
 RESULT_KEYS = {"type", "time", "trained_tokens", "train_runtime_s", "train_loss", "model_path", "adapter_path"}
 
 
@@ -73,8 +83,18 @@ def test_events_follow_the_contract(trained_run):
     assert full["step"] == 12 and 0 <= full["full_valid_mean_token_accuracy"] <= 1
 
     checkpoints = of_type(events, "checkpoint")
-    assert [(c["step"], c["epoch"], c["path"]) for c in checkpoints] == [(4, 1, "checkpoints/step-4"), (8, 2, "checkpoints/step-8"), (12, 3, "checkpoints/step-12")]
-    assert set(checkpoints[0]["metrics"]) == {"step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy"}
+    assert [(c["step"], c["epoch"], c["path"]) for c in checkpoints] == [
+        (4, 1, "checkpoints/step-4"),
+        (8, 2, "checkpoints/step-8"),
+        (12, 3, "checkpoints/step-12"),
+    ]
+    assert set(checkpoints[0]["metrics"]) == {
+        "step",
+        "train_loss",
+        "train_mean_token_accuracy",
+        "valid_loss",
+        "valid_mean_token_accuracy",
+    }
 
     (result,) = of_type(events, "result")
     assert set(result) == RESULT_KEYS and result == trained_run["result"]

@@ -99,10 +99,17 @@ def test_templates_that_rewrite_earlier_turns_fall_back_to_string_offsets(tiny_m
 
 # -- tools and tool calls --------------------------------------------------------------------------
 
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
 TOOL_CONVERSATION = [
     {"role": "user", "content": "Weather in Paris?"},
-    {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}],
+    },
     {"role": "tool", "content": "SECRET-TOOL-OUTPUT 21C", "tool_call_id": "c1", "name": "get_weather"},
     {"role": "assistant", "content": "It is 21C in Paris."},
 ]
@@ -113,7 +120,10 @@ def test_smollm2_ignores_tool_calls_so_they_are_written_into_the_turn(tokenizer)
     formatted = format_example(tokenizer, TOOL_CONVERSATION, 1024, tools=[WEATHER])
     trained = trained_text(tokenizer, formatted)
     # the call turn teaches the call (not an empty turn); the tool output is context only
-    assert trained == ['<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>', "It is 21C in Paris.<|im_end|>"]
+    assert trained == [
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
+        "It is 21C in Paris.<|im_end|>",
+    ]
     text = tokenizer.decode(formatted.input_ids)
     assert "<|im_start|>tool\nSECRET-TOOL-OUTPUT 21C<|im_end|>" in text
     assert not any("SECRET" in run for run in trained)
@@ -139,7 +149,10 @@ def test_a_template_that_supports_tools_renders_them(tiny_model_dir):
     assert text.startswith("<|im_start|>system\nTools: get_weather<|im_end|>\n")
     # arguments reach the template as an object (not a JSON string encoded twice)
     assert '<call>get_weather {"city": "Paris"}</call>' in text
-    assert trained_text(tokenizer, formatted) == ['<call>get_weather {"city": "Paris"}</call><|im_end|>', "It is 21C in Paris.<|im_end|>"]
+    assert trained_text(tokenizer, formatted) == [
+        '<call>get_weather {"city": "Paris"}</call><|im_end|>',
+        "It is 21C in Paris.<|im_end|>",
+    ]
 
 
 def test_real_glaive_toolcall_data_formats_and_masks_tool_outputs(tokenizer, sample_file):
@@ -156,7 +169,10 @@ def test_real_glaive_toolcall_data_formats_and_masks_tool_outputs(tokenizer, sam
             assert run.endswith("<|im_end|>")
             if turn.get("tool_calls"):
                 call = turn["tool_calls"][0]["function"]
-                assert run.startswith("<tool_call>\n") and json.loads(run.split("\n")[1]) == {"name": call["name"], "arguments": json.loads(call["arguments"])}
+                assert run.startswith("<tool_call>\n") and json.loads(run.split("\n")[1]) == {
+                    "name": call["name"],
+                    "arguments": json.loads(call["arguments"]),
+                }
         for tool in (m for m in example.messages if m["role"] == "tool"):  # tool outputs: in the input, never labelled
             assert tool["content"] in tokenizer.decode(f.input_ids)
             assert not any(tool["content"] in run for run in runs)
@@ -165,6 +181,7 @@ def test_real_glaive_toolcall_data_formats_and_masks_tool_outputs(tokenizer, sam
 
 
 # -- raw text and preference pairs ----------------------------------------------------------------
+
 
 def test_text_is_tokenized_as_is_with_every_token_trained(tokenizer):
     text = "<|im_start|>user\nHi<|im_end|>\nPlain words follow."
@@ -180,8 +197,12 @@ def test_text_is_tokenized_as_is_with_every_token_trained(tokenizer):
 def test_format_examples_takes_text_and_refuses_preference_pairs(tokenizer):
     kept, dropped = format_examples(tokenizer, [TextExample("Some document text.", 1), TextExample("a", 2)], 64)
     assert len(kept) == 1 and dropped == 1  # a one-token text has nothing to predict
-    pair = PreferenceExample(prompt=({"role": "user", "content": "q"},), chosen={"role": "assistant", "content": "a"},
-                             rejected={"role": "assistant", "content": "b"}, line=7)
+    pair = PreferenceExample(
+        prompt=({"role": "user", "content": "q"},),
+        chosen={"role": "assistant", "content": "a"},
+        rejected={"role": "assistant", "content": "b"},
+        line=7,
+    )
     with pytest.raises(DataError) as info:
         format_examples(tokenizer, [pair], 64)
     assert info.value.line == 7 and "preference data needs method dpo" in str(info.value)

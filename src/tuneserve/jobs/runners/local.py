@@ -109,8 +109,9 @@ class LocalRunner:
         """A local run cannot be taken over: it died with its worker (or is killed in `abandon`)."""
         return None
 
-    def abandon(self, job_id: str, job_dir: Path, runner_pid: int | None, runner_ref: str | None,
-                attempt: int | None = None) -> None:
+    def abandon(
+        self, job_id: str, job_dir: Path, runner_pid: int | None, runner_ref: str | None, attempt: int | None = None
+    ) -> None:
         """Make sure a run left by a vanished worker of this host is gone, so it never runs twice."""
         if runner_pid and is_training_process(runner_pid, job_dir):
             stop_process_group(runner_pid)
@@ -124,9 +125,16 @@ def _spawn(command: list[str], env: dict[str, str], job_dir: Path, *, rank: int,
     suffix = "" if rank == 0 else f"-rank{rank}"
     with (job_dir / f"stdout{suffix}.log").open("ab") as out, (job_dir / f"stderr{suffix}.log").open("ab") as err:
         return subprocess.Popen(
-            command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=job_dir,
+            command,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=job_dir,
             # One process group for all ranks, so one killpg reaches them all.
-            start_new_session=group is None, process_group=group, preexec_fn=_die_with_parent,
+            start_new_session=group is None,
+            process_group=group,
+            preexec_fn=_die_with_parent,
         )
 
 
@@ -145,8 +153,14 @@ def visible_cuda_devices() -> int:
 
 def rank_environment(rank: int, world: int, port: int) -> dict[str, str]:
     """What torchrun gives rank `rank` of `world` processes on this host (training.distributed reads it)."""
-    return {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    return {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
 
 
 def free_port() -> int:

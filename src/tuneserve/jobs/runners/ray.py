@@ -61,8 +61,10 @@ class RayRunner:
         try:
             self.client = JobSubmissionClient(address)
         except Exception as exc:  # ConnectionError, or a version mismatch: say where we looked
-            raise ConnectionError(f"cannot reach the Ray cluster's Jobs API at {address} ({exc}); pass the head "
-                                  "node's dashboard address, e.g. --ray-address http://HEAD:8265") from exc
+            raise ConnectionError(
+                f"cannot reach the Ray cluster's Jobs API at {address} ({exc}); pass the head "
+                "node's dashboard address, e.g. --ray-address http://HEAD:8265"
+            ) from exc
         self.dashboard = self.client.get_address().rstrip("/")
         self._last_error_log = 0.0
 
@@ -157,8 +159,9 @@ class RayRunner:
             return None
         return RayHandle(job_id, job_dir, runner_ref, self.job_url(runner_ref))
 
-    def abandon(self, job_id: str, job_dir: Path, runner_pid: int | None, runner_ref: str | None,
-                attempt: int | None = None) -> None:
+    def abandon(
+        self, job_id: str, job_dir: Path, runner_pid: int | None, runner_ref: str | None, attempt: int | None = None
+    ) -> None:
         """Stop what a vanished worker may have left running, so the job never runs twice: its recorded
         Ray job, or the one it was about to record (the id of its attempt is known in advance)."""
         refs = {r for r in (runner_ref, self.submission_id(job_id, attempt) if attempt else None) if r}

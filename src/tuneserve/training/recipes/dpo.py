@@ -48,8 +48,14 @@ class Pair:
         self.ref_chosen = self.ref_rejected = 0.0
 
 
-def run(spec: TrainingSpec, job_dir: Path, events: EventWriter, *, console: Console | None = None,
-        stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+def run(
+    spec: TrainingSpec,
+    job_dir: Path,
+    events: EventWriter,
+    *,
+    console: Console | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
+) -> dict[str, Any]:
     """Train one DPO job; return the result event."""
     torch.manual_seed(spec.seed)
     train_records = load_pairs(spec.training_file, "training")
@@ -67,8 +73,19 @@ def run(spec: TrainingSpec, job_dir: Path, events: EventWriter, *, console: Cons
     task = PreferenceTask(loaded, pad_id(tokenizer), spec.hyperparameters.beta or 0.1)
     events.message(f"Computing reference log-probabilities for {len(train_set) + len(valid_set)} pairs (once, before training)")
     task.compute_reference(train_set + valid_set)
-    return train_loop(spec, job_dir, events, loaded, tokenizer, task, train_set, valid_set, model_path=model_dir, console=console,
-                      stop_requested=stop_requested)
+    return train_loop(
+        spec,
+        job_dir,
+        events,
+        loaded,
+        tokenizer,
+        task,
+        train_set,
+        valid_set,
+        model_path=model_dir,
+        console=console,
+        stop_requested=stop_requested,
+    )
 
 
 class PreferenceTask:
@@ -84,7 +101,12 @@ class PreferenceTask:
         return len(items)
 
     def metric_names(self) -> dict[str, str]:
-        return {"chosen": "rewards_chosen", "rejected": "rewards_rejected", "margin": "rewards_margin", "wins": "rewards_accuracy"}
+        return {
+            "chosen": "rewards_chosen",
+            "rejected": "rewards_rejected",
+            "margin": "rewards_margin",
+            "wins": "rewards_accuracy",
+        }
 
     def _logprobs(self, forward, items: Sequence[Pair]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Policy log-probabilities of every chosen answer, then every rejected one, in one forward pass."""
@@ -96,8 +118,9 @@ class PreferenceTask:
             return logps[: len(items)], logps[len(items) :], sum(n for _, n in parts)
         if self.loaded.padding_free:
             batch = collate_packed(sequences, device)
-            owners = torch.repeat_interleave(torch.arange(len(sequences), device=device),
-                                             torch.tensor([len(s.input_ids) for s in sequences], device=device))[None, :]
+            owners = torch.repeat_interleave(
+                torch.arange(len(sequences), device=device), torch.tensor([len(s.input_ids) for s in sequences], device=device)
+            )[None, :]
         else:
             batch = collate_padded(sequences, self.pad, device)
             owners = torch.arange(len(sequences), device=device)[:, None].expand_as(batch.input_ids)
@@ -127,8 +150,12 @@ class PreferenceTask:
         ref_chosen = torch.tensor([p.ref_chosen for p in items], device=device)
         ref_rejected = torch.tensor([p.ref_rejected for p in items], device=device)
         losses, rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
-        metrics = {"chosen": rewards["chosen"].sum(), "rejected": rewards["rejected"].sum(), "margin": rewards["margin"].sum(),
-                   "wins": (rewards["margin"] > 0).sum()}
+        metrics = {
+            "chosen": rewards["chosen"].sum(),
+            "rejected": rewards["rejected"].sum(),
+            "margin": rewards["margin"].sum(),
+            "wins": (rewards["margin"] > 0).sum(),
+        }
         return losses.sum(), metrics, n_tokens
 
     @torch.no_grad()
@@ -155,12 +182,17 @@ def load_pairs(path: str, kind: str) -> list[PreferenceExample]:
 
     records = load_examples(Path(path))
     if not isinstance(records[0], PreferenceExample):
-        raise DataError(f"method dpo trains on preference pairs (prompt, chosen, rejected); the {kind} file holds "
-                        f"{type(records[0]).__name__} records: use method supervised for them", code="not_preference_data")
+        raise DataError(
+            f"method dpo trains on preference pairs (prompt, chosen, rejected); the {kind} file holds "
+            f"{type(records[0]).__name__} records: use method supervised for them",
+            code="not_preference_data",
+        )
     return records
 
 
-def format_pairs(records: Sequence[PreferenceExample], tokenizer: Any, spec: TrainingSpec, events: EventWriter, kind: str) -> list[Pair]:
+def format_pairs(
+    records: Sequence[PreferenceExample], tokenizer: Any, spec: TrainingSpec, events: EventWriter, kind: str
+) -> list[Pair]:
     """Each answer after the same prompt, through the chat template; only the answer is labelled."""
     pairs, dropped = [], 0
     for record in records:
@@ -173,6 +205,9 @@ def format_pairs(records: Sequence[PreferenceExample], tokenizer: Any, spec: Tra
         else:
             pairs.append(Pair(chosen, rejected))
     if dropped:
-        events.message(f"Dropped {dropped} of {len(records)} {kind} pairs: an answer has no token left within "
-                       f"max_seq_length={spec.max_seq_length}", level="warn")
+        events.message(
+            f"Dropped {dropped} of {len(records)} {kind} pairs: an answer has no token left within "
+            f"max_seq_length={spec.max_seq_length}",
+            level="warn",
+        )
     return pairs

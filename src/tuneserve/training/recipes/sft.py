@@ -32,8 +32,14 @@ from tuneserve.training.losses import token_cross_entropy
 from tuneserve.training.spec import TrainingSpec
 
 
-def run(spec: TrainingSpec, job_dir: Path, events: EventWriter, *, console: Console | None = None,
-        stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+def run(
+    spec: TrainingSpec,
+    job_dir: Path,
+    events: EventWriter,
+    *,
+    console: Console | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
+) -> dict[str, Any]:
     """Train one SFT job; return the result event."""
     torch.manual_seed(spec.seed)
 
@@ -54,8 +60,19 @@ def run(spec: TrainingSpec, job_dir: Path, events: EventWriter, *, console: Cons
 
     # 4. Train.
     task = SupervisedTask(loaded, pad_id(tokenizer), spec.hyperparameters.batch_size)
-    return train_loop(spec, job_dir, events, loaded, tokenizer, task, train_set, valid_set, model_path=model_dir, console=console,
-                      stop_requested=stop_requested)
+    return train_loop(
+        spec,
+        job_dir,
+        events,
+        loaded,
+        tokenizer,
+        task,
+        train_set,
+        valid_set,
+        model_path=model_dir,
+        console=console,
+        stop_requested=stop_requested,
+    )
 
 
 class SupervisedTask:
@@ -134,6 +151,9 @@ def format_set(records: list[Record], tokenizer: Any, spec: TrainingSpec, events
     if spec.train_on_inputs:  # every token of the rendered conversation, prompts and template included
         formatted = [Formatted(f.input_ids, list(f.input_ids)) for f in formatted]
     if dropped:
-        events.message(f"Dropped {dropped} of {len(records)} {kind} examples: no trained token left "
-                       f"within max_seq_length={spec.max_seq_length}", level="warn")
+        events.message(
+            f"Dropped {dropped} of {len(records)} {kind} examples: no trained token left "
+            f"within max_seq_length={spec.max_seq_length}",
+            level="warn",
+        )
     return formatted
