@@ -273,6 +273,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="the upstream's --max-lora-rank (default 16): jobs with a larger lora.r are refused",
     )
     serve.add_argument(
+        "--engine-max-batch-size",
+        type=int,
+        default=None,
+        help="requests decoded together, default 16 ($TUNESERVE_ENGINE_MAX_BATCH_SIZE)",
+    )
+    serve.add_argument(
+        "--engine-max-adapters", type=int, default=None, help="adapters kept loaded, default 8 ($TUNESERVE_ENGINE_MAX_ADAPTERS)"
+    )
+    serve.add_argument(
+        "--engine-adapter-budget-mb",
+        type=int,
+        default=None,
+        help="memory the loaded adapters may take, default 512 MiB ($TUNESERVE_ENGINE_ADAPTER_BUDGET_MB)",
+    )
+    serve.add_argument(
         "--api-only",
         action="store_true",
         help="serve the API but run no jobs: `tuneserve worker` processes on the same database run them",

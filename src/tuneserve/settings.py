@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     vllm_api_key: SecretStr | None = Field(
         None, description="The upstream's --api-key; environment only (TUNESERVE_VLLM_API_KEY), never a flag."
     )
+    # The local inference engine (inference_backend local).
+    engine_max_batch_size: int = Field(16, ge=1, description="Requests decoded together in one batch.")
+    engine_max_adapters: int = Field(8, ge=1, description="Fine-tuned adapters kept loaded at once (least recently used go).")
+    engine_adapter_budget_mb: int = Field(512, ge=1, description="Memory the loaded adapters may take, in MiB.")
 
     @field_validator("data_dir", mode="after")
     @classmethod
@@ -97,6 +101,14 @@ class Settings(BaseSettings):
     @property
     def heartbeat_every_s(self) -> float:
         return self.heartbeat_interval_s or min(5.0, self.heartbeat_timeout_s / 6)
+
+    def engine_options(self) -> dict[str, int]:
+        """The inference Engine's keyword arguments."""
+        return {
+            "max_batch_size": self.engine_max_batch_size,
+            "max_adapters": self.engine_max_adapters,
+            "adapter_budget_bytes": self.engine_adapter_budget_mb * 2**20,
+        }
 
     @property
     def db_url(self) -> str:

@@ -110,3 +110,17 @@ def test_a_bad_value_names_the_flag_and_the_variable(in_tmp, monkeypatch, name, 
     with pytest.raises(CommandError, match=f"^{shown}: ") as error:
         settings_for("serve")
     assert len(str(error.value).splitlines()) == 1
+
+
+def test_engine_knobs_from_flags_and_environment(in_tmp, monkeypatch):
+    assert settings_for("serve").engine_options() == {
+        "max_batch_size": 16,
+        "max_adapters": 8,
+        "adapter_budget_bytes": 512 * 2**20,
+    }
+    monkeypatch.setenv("TUNESERVE_ENGINE_MAX_BATCH_SIZE", "4")
+    monkeypatch.setenv("TUNESERVE_ENGINE_ADAPTER_BUDGET_MB", "64")
+    options = settings_for("serve", "--engine-max-adapters", "2").engine_options()
+    assert options == {"max_batch_size": 4, "max_adapters": 2, "adapter_budget_bytes": 64 * 2**20}
+    with pytest.raises(CommandError, match="--engine-max-batch-size / TUNESERVE_ENGINE_MAX_BATCH_SIZE"):
+        settings_for("serve", "--engine-max-batch-size", "0")
