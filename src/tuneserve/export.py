@@ -135,10 +135,10 @@ def export_merged(adapter_dir: Path, base_model: str, out_dir: Path, *, dtype=No
     """
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from tuneserve.atomic import write_dir_atomically
-    from tuneserve.models import resolve_model
+    from tuneserve.models import load_tokenizer, resolve_model
 
     adapter_dir = check_adapter_dir(adapter_dir)
     out_dir = Path(out_dir)
@@ -150,7 +150,7 @@ def export_merged(adapter_dir: Path, base_model: str, out_dir: Path, *, dtype=No
     merged = merged.to(target_dtype)
     merged.config.name_or_path = base_model
     tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else model_dir
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
 
     def write(tmp: Path) -> None:
         merged.save_pretrained(tmp)  # safetensors (the only format transformers 5 writes) + config + generation_config

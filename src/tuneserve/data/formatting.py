@@ -1,11 +1,13 @@
 """Turn conversations into token ids and loss labels through the base model's own chat template.
 
 Owns: rendering an Example with `tokenizer.apply_chat_template`, finding the tokens of each
-trained assistant turn (content + end-of-turn token), masking everything else with -100, and
-truncation. Does not own: reading or validating data files (data/formats.py, data/validation.py),
-batching/padding (training/), or choosing the template (always the tokenizer's own, so that
-training and serving format prompts identically). It needs no torch: the training recipes, the
-preview (data/preview.py) and the token statistics (data/tokens.py) all render through it.
+trained assistant turn (content + end-of-turn token), masking everything else with -100,
+truncation, formatting a preference pair as DPO trains it, and which formatted examples training
+keeps (`Formatted.trainable`). Does not own: reading or validating data files (data/formats.py,
+data/validation.py), batching/padding (training/), or choosing the template (always the
+tokenizer's own, so that training and serving format prompts identically). It needs no torch:
+the training recipes, the preview (data/preview.py) and the token statistics (data/tokens.py)
+all call the same functions here, so what they show and count is exactly what is trained.
 
 Why spans come from rendering prefixes: most chat templates (SmolLM2's included) have no
 `{% generation %}` markers, so `return_assistant_tokens_mask` cannot be used. The tokens of
@@ -26,18 +28,22 @@ serving renders prompts with the same template, so the model sees the same thing
 
 Raw text (TextExample) is tokenized as it is: no chat template and no special tokens added (text
 already written in a model's template carries its own), every token labelled, head kept.
-Preference pairs cannot be trained here: format_examples raises DataError (DPO is its own recipe).
+Preference pairs cannot be trained by SFT: format_examples raises DataError (DPO is its own
+recipe). `format_pair` formats both answers after the same prompt, the prompt's own assistant
+turns as context; `format_record` gives a pair's chosen side, for the preview and the statistics.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from tuneserve.data.records import DataError, PreferenceExample, Record, TextExample
+from tuneserve.data.records import DataError, Example, PreferenceExample, Record, TextExample
 
 IGNORE_INDEX = -100  # the label value torch's cross-entropy (and ours) skips
+UNLIMITED = sys.maxsize  # a max_seq_length that keeps everything: format whole, then `Formatted.truncated`
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,17 @@ class Formatted:
     @property
     def n_trained(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+    @property
+    def trainable(self) -> bool:
+        """Whether training keeps it: a trained token left, and more than one token (something to predict)."""
+        return self.n_trained > 0 and len(self.input_ids) >= 2
+
+    def truncated(self, max_seq_length: int) -> Formatted:
+        """The first `max_seq_length` tokens (training keeps the head); the same object when it fits."""
+        if len(self.input_ids) <= max_seq_length:
+            return self
+        return Formatted(self.input_ids[:max_seq_length], self.labels[:max_seq_length])
 
 
 def format_examples(tokenizer: Any, examples: Iterable[Record], max_seq_length: int) -> tuple[list[Formatted], int]:
@@ -69,21 +86,39 @@ def format_examples(tokenizer: Any, examples: Iterable[Record], max_seq_length: 
                 line=example.line,
                 code="preference_data_for_sft",
             )
-        if isinstance(example, TextExample):
-            formatted = format_text(tokenizer, example.text, max_seq_length)
-        else:
-            formatted = format_example(tokenizer, example.messages, max_seq_length, tools=example.tools)
-        if formatted.n_trained == 0 or len(formatted.input_ids) < 2:
-            dropped += 1
-        else:
+        formatted = format_record(tokenizer, example, max_seq_length)
+        if formatted.trainable:
             kept.append(formatted)
+        else:
+            dropped += 1
     return kept, dropped
+
+
+def format_record(tokenizer: Any, record: Record, max_seq_length: int) -> Formatted:
+    """One record as training formats it: a conversation's trained turns, every token of a text, a
+    preference pair's chosen answer after its prompt (as the DPO recipe formats it)."""
+    if isinstance(record, TextExample):
+        return format_text(tokenizer, record.text, max_seq_length)
+    if isinstance(record, PreferenceExample):
+        return format_pair(tokenizer, record, max_seq_length)[0]
+    if isinstance(record, Example):
+        return format_example(tokenizer, record.messages, max_seq_length, tools=record.tools)
+    raise TypeError(f"not a record: {type(record).__name__}")
+
+
+def format_pair(tokenizer: Any, record: PreferenceExample, max_seq_length: int) -> tuple[Formatted, Formatted]:
+    """(chosen, rejected): each answer after the same prompt, only the answer labelled (the prompt's
+    assistant turns are context). DPO keeps a pair only when both are `trainable`."""
+    prompt = [{**m, "weight": 0} if m.get("role") == "assistant" else m for m in record.prompt]
+    chosen = format_example(tokenizer, [*prompt, record.chosen], max_seq_length, tools=record.tools)
+    rejected = format_example(tokenizer, [*prompt, record.rejected], max_seq_length, tools=record.tools)
+    return chosen, rejected
 
 
 def format_text(tokenizer: Any, text: str, max_seq_length: int) -> Formatted:
     """Raw text as it is (no template, no added special tokens): every token trained, the first `max_seq_length` kept."""
-    input_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])[:max_seq_length]
-    return Formatted(input_ids, list(input_ids))
+    input_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return Formatted(input_ids, list(input_ids)).truncated(max_seq_length)
 
 
 def format_example(
@@ -97,7 +132,7 @@ def format_example(
     formatted = _by_token_prefixes(renderer, clean, trained)
     if formatted is None:
         formatted = _by_char_offsets(renderer, clean, trained)
-    return Formatted(formatted.input_ids[:max_seq_length], formatted.labels[:max_seq_length])
+    return formatted.truncated(max_seq_length)
 
 
 def for_template(message: dict[str, Any], inline_calls: bool) -> dict[str, Any]:
@@ -121,9 +156,6 @@ def for_template(message: dict[str, Any], inline_calls: bool) -> dict[str, Any]:
     else:
         out["tool_calls"] = parsed
     return out
-
-
-_for_template = for_template  # the name data/tokens.py imports
 
 
 def _arguments(value: Any) -> Any:

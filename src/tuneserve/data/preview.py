@@ -10,23 +10,21 @@ Each preview is {"line", "n_tokens", "n_trained", "truncated", "n_tokens_full", 
 `segments` are the maximal runs of tokens with the same trained flag, decoded with the special
 tokens kept visible (<|im_start|>...), covering exactly the tokens the model sees (the first
 `max_seq_length`). `n_tokens` counts those, `n_tokens_full` the untruncated rendering. Raw text
-records are trained on every token; a preference pair shows its prompt and the chosen answer.
-Imports transformers (through the tokenizer): the API imports this module inside its route only.
+records are trained on every token; a preference pair shows its prompt and the chosen answer
+(formatted as the DPO recipe formats it). The tokenizer is models.load_tokenizer's, the one
+training loads; it imports transformers when first called.
 """
 
 from __future__ import annotations
 
-import sys
-from functools import lru_cache
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from tuneserve.data.formats import iter_examples
-from tuneserve.data.formatting import IGNORE_INDEX, Formatted, format_example, format_text
-from tuneserve.data.records import Example, PreferenceExample, Record, TextExample
-
-UNLIMITED = sys.maxsize
+from tuneserve.data.formatting import IGNORE_INDEX, UNLIMITED, Formatted, format_record
+from tuneserve.data.records import Record
+from tuneserve.models import load_tokenizer
 
 
 def preview_examples(path: Path, model: str, n: int = 3, *, max_seq_length: int = 1024) -> list[dict[str, Any]]:
@@ -40,22 +38,11 @@ def preview_examples(path: Path, model: str, n: int = 3, *, max_seq_length: int 
     return [preview_record(tokenizer, record, max_seq_length) for record in islice(iter_examples(Path(path)), n)]
 
 
-@lru_cache(maxsize=4)
-def load_tokenizer(model: str) -> Any:
-    """The model's tokenizer (with its chat template), resolved through the model cache; kept for reuse."""
-    from transformers import AutoTokenizer
-
-    from tuneserve.models import resolve_model
-
-    return AutoTokenizer.from_pretrained(resolve_model(model))
-
-
 def preview_record(tokenizer: Any, record: Record, max_seq_length: int) -> dict[str, Any]:
     """One record's preview (see the module docstring for its keys)."""
-    formatted = _format(tokenizer, record, max_seq_length)
-    full = len(formatted.input_ids)
-    if full >= max_seq_length:  # maybe cut: render once more, uncut, to count what was lost
-        full = len(_format(tokenizer, record, UNLIMITED).input_ids)
+    whole = format_record(tokenizer, record, UNLIMITED)
+    formatted = whole.truncated(max_seq_length)  # what format_record(..., max_seq_length) gives, without a second render
+    full = len(whole.input_ids)
     return {
         "line": record.line,
         "n_tokens": len(formatted.input_ids),
@@ -79,18 +66,6 @@ def segments(tokenizer: Any, formatted: Formatted) -> list[dict[str, Any]]:
         {"text": tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False), "trained": trained}
         for trained, ids in runs
     ]
-
-
-def _format(tokenizer: Any, record: Record, max_seq_length: int) -> Formatted:
-    if isinstance(record, TextExample):
-        return format_text(tokenizer, record.text, max_seq_length)
-    if isinstance(record, PreferenceExample):
-        messages, tools = (*record.prompt, record.chosen), record.tools
-    elif isinstance(record, Example):
-        messages, tools = record.messages, record.tools
-    else:
-        raise TypeError(f"unknown record type {type(record).__name__}")
-    return format_example(tokenizer, messages, max_seq_length, tools=tools)
 
 
 def render_preview(previews: list[dict[str, Any]], console: Any) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+from tuneserve import models
 
 
 @dataclass
@@ -96,7 +96,7 @@ class AdapterCache:
         if adapter is not None:
             return adapter
         path = check_adapter_dir(path)
-        adapter = LoadedAdapter(path=path, name=adapter_name(path), tokenizer=tokenizer or load_tokenizer(path))
+        adapter = LoadedAdapter(path=path, name=adapter_name(path), tokenizer=tokenizer or adapter_tokenizer(path))
         _load_into(base, adapter)
         adapter.nbytes = _adapter_bytes(base.model, adapter.name)
         with self._lock:
@@ -133,13 +133,9 @@ class AdapterCache:
             self._lru.clear()
 
 
-def load_tokenizer(path: Path):
-    """The adapter dir's own tokenizer, if training saved one beside it."""
-    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
+def adapter_tokenizer(path: Path):
+    """The adapter dir's own tokenizer, if training saved one beside it (else None: the base's is used)."""
+    return models.load_tokenizer(path) if models.has_tokenizer(path) else None
 
 
 def _load_into(base: LoadedBase, adapter: LoadedAdapter) -> None:

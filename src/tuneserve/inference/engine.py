@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tuneserve.errors import InvalidRequest
-from tuneserve.inference.adapters import AdapterCache, LoadedBase, check_adapter_dir, load_tokenizer
+from tuneserve.inference.adapters import AdapterCache, LoadedBase, adapter_tokenizer, check_adapter_dir
 from tuneserve.inference.batcher import Batcher, EngineClosed, Request
 from tuneserve.inference.logits import Vocab
 from tuneserve.inference.sampling import Delta, Generation, SamplingParams, TokenLogprob, TopLogprob
@@ -163,7 +163,7 @@ class Engine:
     def _adapter_tokenizer(self, path: Path):
         with self._lock:
             if path not in self._adapter_tokenizers:
-                self._adapter_tokenizers[path] = load_tokenizer(path)
+                self._adapter_tokenizers[path] = adapter_tokenizer(path)
             return self._adapter_tokenizers[path]
 
     def _vocab(self, tokenizer) -> Vocab:
@@ -217,7 +217,9 @@ def _results(request: Request) -> Iterator[Delta | Generation]:
 
 def _load_base(path: Path) -> LoadedBase:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from tuneserve.models import load_tokenizer
 
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -229,7 +231,7 @@ def _load_base(path: Path) -> LoadedBase:
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model.to("cuda" if cuda else "cpu").eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_tokenizer(path)
     context = getattr(model.config, "max_position_embeddings", None)
     if not context:
         limit = tokenizer.model_max_length

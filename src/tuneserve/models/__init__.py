@@ -1,7 +1,8 @@
 """Model references: what a `model` string means and where its weights live on disk.
 
 Owns: resolving a reference (local dir, built-in offline model, tiny test model, hub id) to a
-local directory with config, safetensors weights and tokenizer; the model cache.
+local directory with config, safetensors weights and tokenizer; the model cache; loading a
+model's tokenizer (`load_tokenizer`, the one every caller uses).
 Does not own: loading models for training or inference (training/, inference/ do that).
 """
 
@@ -14,6 +15,7 @@ from tuneserve.models.resolve import (
     check_model,
     resolve_model,
 )
+from tuneserve.models.tokenizer import has_tokenizer, load_tokenizer
 
 __all__ = [
     "BUILTIN_SMOLLM2",
@@ -22,5 +24,7 @@ __all__ = [
     "available_base_models",
     "cache_dir",
     "check_model",
+    "has_tokenizer",
+    "load_tokenizer",
     "resolve_model",
 ]

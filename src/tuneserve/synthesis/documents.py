@@ -130,7 +130,7 @@ def _local_tokenizer(model: str):
         from transformers import AutoTokenizer
 
         if base in (BUILTIN_SMOLLM2, TINY_RANDOM) or Path(base).expanduser().is_dir():
-            from tuneserve.data.preview import load_tokenizer  # resolves through the model cache, offline
+            from tuneserve.models import load_tokenizer  # resolves through the model cache, offline
 
             return load_tokenizer(base)
         # Any other name: only what is already in the Hugging Face cache; never a download just to count.

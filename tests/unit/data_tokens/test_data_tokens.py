@@ -1,27 +1,28 @@
-"""token_report on hand-made records with SmolLM2's tokenizer: counts, percentiles, truncation,
-text and preference records, and trained tokens against data.formatting's exact mask."""
+"""token_report on hand-made records and the sample files with the tiny test model (SmolLM2's
+tokenizer): counts, percentiles, truncation, text and preference records, and trained tokens
+equal to the mask the training recipes compute."""
 
 from __future__ import annotations
 
+import copy
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from tests.conftest import SAMPLE_DATA
-from tuneserve.data import tokens
-from tuneserve.data.records import Example, PreferenceExample, TextExample
-from tuneserve.data.tokens import load_tokenizer, token_report
-from tuneserve.models import BUILTIN_SMOLLM2
-from tuneserve.models import throughput
+from tuneserve.data import load_examples, tokens
 from tuneserve.data.formatting import format_example
+from tuneserve.data.records import DataError, Example, PreferenceExample, TextExample
+from tuneserve.data.tokens import token_report
+from tuneserve.models import TINY_RANDOM, load_tokenizer, throughput
 
-MODEL = BUILTIN_SMOLLM2
+MODEL = TINY_RANDOM
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return load_tokenizer(MODEL)[0]
+    return load_tokenizer(MODEL)
 
 
 @pytest.fixture(autouse=True)
@@ -105,6 +106,9 @@ def test_truncation_with_a_small_max_seq_length(tok):
     exact = [format_example(tok, r.messages, limit) for r in records]
     assert [f.n_trained == 0 for f in exact] == [True, False, False]
     assert report["over_max_length"] == 2
+    # only what training labels within the limit: the cut answer's head, nothing of the dropped example
+    assert report["trained_tokens"] == sum(f.n_trained for f in exact)
+    assert report["trained_tokens"] < sum(format_example(tok, r.messages, 1024).n_trained for r in records)
     assert report["truncation"] == {
         "examples_truncated": 2,
         "tokens_cut": lengths[0] - limit + lengths[1] - limit,
@@ -118,8 +122,9 @@ def test_text_records_train_every_token(tok):
     texts = ["Plain text to pretrain on.", "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n"]
     report = token_report([TextExample(t, line=i + 1) for i, t in enumerate(texts)], MODEL, max_seq_length=8, n_epochs=1)
     lengths = [n_text(tok, t) for t in texts]
-    assert report["total_tokens"] == report["trained_tokens"] == sum(lengths)
-    assert report["trained_share"] == 1.0
+    assert report["total_tokens"] == sum(lengths) and max(lengths) > 8
+    assert report["trained_tokens"] == sum(min(n, 8) for n in lengths)  # every token training keeps
+    assert report["trained_share"] == round(sum(min(n, 8) for n in lengths) / sum(lengths), 4)
     assert report["truncation"]["examples_losing_all_trained"] == 0
     assert report["estimated_training_tokens"] == sum(min(n, 8) for n in lengths)
 
@@ -150,9 +155,8 @@ def test_n_epochs_none_uses_the_auto_heuristic():
     assert report["n_epochs"] == auto_n_epochs(len(RECORDS))
 
 
-def test_streams_in_batches_with_the_same_result(monkeypatch):
+def test_a_stream_counts_like_a_list():
     whole = token_report(RECORDS * 3, MODEL, max_seq_length=40, n_epochs=1)
-    monkeypatch.setattr(tokens, "BATCH_SIZE", 2)
     consumed = []
 
     def stream():
@@ -162,10 +166,6 @@ def test_streams_in_batches_with_the_same_result(monkeypatch):
 
     assert token_report(stream(), MODEL, max_seq_length=40, n_epochs=1) == whole
     assert len(consumed) == 15
-
-
-def test_tokenizer_is_loaded_once_per_model():
-    assert load_tokenizer(MODEL) is load_tokenizer(MODEL)
 
 
 def test_no_throughput_means_no_estimate():
@@ -183,36 +183,43 @@ def test_estimated_time_from_recorded_throughput():
     assert token_report(RECORDS, MODEL, max_seq_length=1024, n_epochs=2)["throughput_tokens_per_s"] == 100.0
 
 
-def _alpaca_examples(name: str) -> list[Example]:
-    items = json.loads((SAMPLE_DATA / name).read_text())
-    return [
-        Example(
-            messages=(
-                {"role": "user", "content": item["instruction"] + ("\n" + item["input"] if item.get("input") else "")},
-                {"role": "assistant", "content": item["output"]},
-            ),
-            line=i + 1,
-        )
-        for i, item in enumerate(items)
-    ]
+class _Events:
+    """What the recipes' format functions write to: their drop warnings."""
+
+    def __init__(self):
+        self.messages: list[str] = []
+
+    def message(self, text: str, level: str = "info") -> None:
+        self.messages.append(text)
 
 
-@pytest.mark.parametrize("name", ["identity.json", "alpaca_en_demo.json"])
-def test_trained_tokens_within_one_percent_of_training_on_real_data(tok, name):
-    examples = _alpaca_examples(name)
-    if name == "alpaca_en_demo.json":
-        examples = examples[:300]  # the exact mask renders each prefix: keep the test fast
-    report = token_report(examples, MODEL, max_seq_length=4096, n_epochs=1)
-    exact = [format_example(tok, e.messages, 4096) for e in examples]
-    assert report["total_tokens"] == sum(len(f.input_ids) for f in exact)
-    assert report["trained_tokens"] == pytest.approx(sum(f.n_trained for f in exact), rel=0.01)
+def _training_mask_sum(records, tokenizer, max_seq_length: int) -> int:
+    """Trained tokens as the training recipes format the file: SFT's format_set, DPO's format_pairs (chosen side)."""
+    from tuneserve.training.recipes import dpo, sft
+
+    spec = SimpleNamespace(max_seq_length=max_seq_length, train_on_inputs=False)
+    if isinstance(records[0], PreferenceExample):
+        return sum(pair.chosen.n_trained for pair in dpo.format_pairs(records, tokenizer, spec, _Events(), "training"))
+    return sum(f.n_trained for f in sft.format_set(records, tokenizer, spec, _Events(), "training"))
 
 
-def test_fallback_without_offsets_counts_the_same(monkeypatch, tok):
-    """When a turn cannot be located in the rendered text, its content is tokenized on its own."""
-    expected = token_report(RECORDS, MODEL, max_seq_length=40, n_epochs=1)
-    monkeypatch.setattr(tokens._Counter, "_locate", lambda self, text, messages, trained: None)
-    assert token_report(RECORDS, MODEL, max_seq_length=40, n_epochs=1) == expected
+@pytest.mark.parametrize("name", ["alpaca_en_demo.json", "identity.json", "glaive_toolcall_en_demo.json", "dpo_en_demo.json"])
+def test_trained_tokens_are_the_training_mask_on_the_sample_files(tok, sample_file, name):
+    """The report counts exactly what training labels, truncation and dropped examples included (no approximation)."""
+    records = load_examples(sample_file(name))
+    limit = 256  # every sample file has examples longer than this, so the cut and the drops are exercised
+    report = token_report(records, MODEL, max_seq_length=limit, n_epochs=1)
+    assert report["examples"] == len(records) and report["truncation"]["examples_truncated"] > 0
+    assert report["trained_tokens"] == _training_mask_sum(records, tok, limit)
+
+
+def test_a_template_that_cannot_render_is_a_data_error_naming_the_line(tok, monkeypatch):
+    broken = copy.deepcopy(tok)  # the loaded tokenizer is shared: never change it
+    broken.chat_template = "{{ raise_exception('roles must alternate') }}"
+    monkeypatch.setattr(tokens, "load_tokenizer", lambda model: broken)
+    with pytest.raises(DataError) as caught:
+        token_report([TextExample("fine", line=1), chat("Hi", "Yo", line=2)], MODEL, max_seq_length=64, n_epochs=1)
+    assert caught.value.line == 2 and caught.value.code == "template_error" and "roles must alternate" in str(caught.value)
 
 
 def test_tool_calls_count_as_training_renders_them(tok):

@@ -27,7 +27,7 @@ def alpaca_demo(sample) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from tuneserve.data.preview import load_tokenizer
+    from tuneserve.models import load_tokenizer
     from tuneserve.models import TINY_RANDOM
 
     return load_tokenizer(TINY_RANDOM)

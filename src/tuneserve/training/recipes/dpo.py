@@ -22,14 +22,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 from rich.console import Console
-from transformers import AutoTokenizer
 
 from tuneserve.data.records import DataError, PreferenceExample
-from tuneserve.models import resolve_model
+from tuneserve.models import load_tokenizer, resolve_model
 from tuneserve.training import model as model_io
 from tuneserve.training.batching import collate_packed, collate_padded
 from tuneserve.training.events import EventWriter
-from tuneserve.data.formatting import Formatted, format_example
+from tuneserve.data.formatting import Formatted, format_pair
 from tuneserve.training.loop import train_loop
 from tuneserve.training.losses import dpo_loss, sequence_logprobs
 from tuneserve.training.recipes.sft import pad_id
@@ -62,7 +61,7 @@ def run(
     valid_records = load_pairs(spec.validation_file, "validation") if spec.validation_file else []
 
     model_dir = resolve_model(spec.model)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     loaded = model_io.load(spec, model_dir, events)
 
     train_set = format_pairs(train_records, tokenizer, spec, events, "training")
@@ -193,17 +192,14 @@ def load_pairs(path: str, kind: str) -> list[PreferenceExample]:
 def format_pairs(
     records: Sequence[PreferenceExample], tokenizer: Any, spec: TrainingSpec, events: EventWriter, kind: str
 ) -> list[Pair]:
-    """Each answer after the same prompt, through the chat template; only the answer is labelled."""
+    """Each answer after the same prompt, through the chat template (data.formatting.format_pair); only the answer is labelled."""
     pairs, dropped = [], 0
     for record in records:
-        prompt = [{**m, "weight": 0} if m.get("role") == "assistant" else m for m in record.prompt]
-        tools = list(record.tools) or None
-        chosen = format_example(tokenizer, [*prompt, record.chosen], spec.max_seq_length, tools=tools)
-        rejected = format_example(tokenizer, [*prompt, record.rejected], spec.max_seq_length, tools=tools)
-        if chosen.n_trained == 0 or rejected.n_trained == 0:
-            dropped += 1
-        else:
+        chosen, rejected = format_pair(tokenizer, record, spec.max_seq_length)
+        if chosen.trainable and rejected.trainable:
             pairs.append(Pair(chosen, rejected))
+        else:
+            dropped += 1
     if dropped:
         events.message(
             f"Dropped {dropped} of {len(records)} {kind} pairs: an answer has no token left within "

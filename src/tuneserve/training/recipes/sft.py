@@ -19,10 +19,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 from rich.console import Console
-from transformers import AutoTokenizer
 
 from tuneserve.data.records import DataError, PreferenceExample, Record
-from tuneserve.models import resolve_model
+from tuneserve.models import load_tokenizer, resolve_model
 from tuneserve.training import model as model_io
 from tuneserve.training.batching import collate_packed, collate_padded
 from tuneserve.training.events import EventWriter
@@ -49,7 +48,7 @@ def run(
 
     # 2. Load the base model, its tokenizer, and what to train.
     model_dir = resolve_model(spec.model)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     loaded = model_io.load(spec, model_dir, events)
 
     # 3. Format and mask the data through the model's own chat template (raw text as it is).
