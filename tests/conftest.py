@@ -112,14 +112,14 @@ def wait_for_status(client, job_id: str, statuses: set[str], timeout_s: float = 
     raise AssertionError(f"job {job_id} still {job.status} after {timeout_s}s")
 
 
-def wait_for(predicate, timeout_s: float, what: str):
+def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.2):
     """Poll `predicate` until it returns something truthy (returned), or fail after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if value := predicate():
             return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def training_pids(job_dir: Path) -> list[int]:
@@ -174,3 +174,11 @@ def tiny_model_ready():
     from tuneserve.models import TINY_RANDOM, resolve_model
 
     return resolve_model(TINY_RANDOM)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_ready):
+    """The tiny test model's tokenizer, through the one loader that training, data and serving use."""
+    from tuneserve.models import TINY_RANDOM, load_tokenizer
+
+    return load_tokenizer(TINY_RANDOM)

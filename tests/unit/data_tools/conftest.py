@@ -23,11 +23,3 @@ def sample(sample_file):
 @pytest.fixture
 def alpaca_demo(sample) -> Path:
     return sample("alpaca_en_demo.json")
-
-
-@pytest.fixture(scope="session")
-def tokenizer():
-    from tuneserve.models import load_tokenizer
-    from tuneserve.models import TINY_RANDOM
-
-    return load_tokenizer(TINY_RANDOM)

@@ -1,4 +1,4 @@
-"""Fixtures for the inference engine tests: one shared engine, the tiny model, LoRA adapters."""
+"""Fixtures for the inference engine tests: one shared inference engine, the tiny model, LoRA adapters."""
 
 from __future__ import annotations
 
@@ -14,17 +14,10 @@ def tiny() -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_tokenizer(tiny):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(resolve_model(tiny))
-
-
-@pytest.fixture(scope="session")
-def engine():
-    engine = Engine()
-    yield engine
-    engine.close()
+def inference_engine():
+    inference_engine = Engine()
+    yield inference_engine
+    inference_engine.close()
 
 
 def _build_adapter(out, seed: int):

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 
 import pytest
+
+from tests.conftest import wait_for
 
 from tuneserve.inference.engine import Delta, Engine, Generation, SamplingParams
 
@@ -40,9 +41,9 @@ def _concurrently(calls):
 @pytest.fixture(scope="module")
 def batch_engine():
     # A long collection window, so requests started together surely share their first step.
-    engine = Engine(batch_window_s=0.3)
-    yield engine
-    engine.close()
+    inference_engine = Engine(batch_window_s=0.3)
+    yield inference_engine
+    inference_engine.close()
 
 
 def test_mixed_adapter_batch_gives_the_same_greedy_text_as_alone(batch_engine, tiny, adapter_a, adapter_b):
@@ -60,17 +61,17 @@ def test_mixed_adapter_batch_gives_the_same_greedy_text_as_alone(batch_engine, t
     assert batch_engine._batcher.steps - steps <= 21  # one decode loop for all of them, not nine
 
 
-def test_requests_joining_a_running_batch_get_their_own_results(engine, tiny, adapter_a):
+def test_requests_joining_a_running_batch_get_their_own_results(inference_engine, tiny, adapter_a):
     greedy = SamplingParams(temperature=0, max_tokens=16)
     long = SamplingParams(temperature=0, max_tokens=400)
     prompts = [f"Story number {i}:" for i in range(4)]
-    expected = [engine.complete(tiny, adapter_a if i % 2 else None, p, greedy) for i, p in enumerate(prompts)]
-    long_alone = engine.complete(tiny, None, "A long one", long)
-    stream = engine.stream_complete(tiny, None, "A long one", long)
+    expected = [inference_engine.complete(tiny, adapter_a if i % 2 else None, p, greedy) for i, p in enumerate(prompts)]
+    long_alone = inference_engine.complete(tiny, None, "A long one", long)
+    stream = inference_engine.stream_complete(tiny, None, "A long one", long)
     first = next(stream)
     assert isinstance(first, Delta)
     # The long row is generating: these join it at its next steps.
-    joined = [engine.complete(tiny, adapter_a if i % 2 else None, p, greedy) for i, p in enumerate(prompts)]
+    joined = [inference_engine.complete(tiny, adapter_a if i % 2 else None, p, greedy) for i, p in enumerate(prompts)]
     rest = list(stream)
     assert joined == expected
     assert first.text + "".join(d.text for d in rest[:-1]) == long_alone.text and rest[-1] == long_alone
@@ -91,10 +92,10 @@ def test_seeded_sampling_does_not_depend_on_the_batch(batch_engine, tiny, adapte
     assert other.text != alone.text
 
 
-def test_frequency_and_presence_penalties_reduce_repeats(engine, tiny, tiny_tokenizer):
+def test_frequency_and_presence_penalties_reduce_repeats(inference_engine, tiny, tokenizer):
     def distinct(params):
-        result = engine.complete(tiny, None, "Once upon a time", params)
-        ids = tiny_tokenizer(result.text, add_special_tokens=False)["input_ids"]
+        result = inference_engine.complete(tiny, None, "Once upon a time", params)
+        ids = tokenizer(result.text, add_special_tokens=False)["input_ids"]
         return len(set(ids)) / max(1, len(ids)), result
 
     plain, plain_result = distinct(SamplingParams(temperature=0, max_tokens=30))
@@ -108,9 +109,9 @@ def test_frequency_and_presence_penalties_reduce_repeats(engine, tiny, tiny_toke
     assert freq_result.text != plain_result.text
 
 
-def test_logprobs_are_consistent(engine, tiny):
+def test_logprobs_are_consistent(inference_engine, tiny):
     params = SamplingParams(temperature=0, max_tokens=12, logprobs=True, top_logprobs=5)
-    result = engine.chat(tiny, None, MESSAGES, params)
+    result = inference_engine.chat(tiny, None, MESSAGES, params)
     assert result.logprobs is not None and len(result.logprobs) == result.completion_tokens  # no EOS on tiny
     assert "".join(entry.token for entry in result.logprobs) == result.text
     for entry in result.logprobs:
@@ -121,46 +122,40 @@ def test_logprobs_are_consistent(engine, tiny):
         assert entry.top_logprobs[0].token == entry.token  # greedy: the chosen token is the most likely
         assert math.isclose(entry.top_logprobs[0].logprob, entry.logprob, abs_tol=1e-6)
     # Streaming carries the same logprobs in its deltas.
-    items = list(engine.stream_chat(tiny, None, MESSAGES, params))
+    items = list(inference_engine.stream_chat(tiny, None, MESSAGES, params))
     assert items[-1] == result
     assert tuple(lp for d in items[:-1] for lp in d.logprobs) == result.logprobs
     # Not asked: none.
-    assert engine.chat(tiny, None, MESSAGES, SamplingParams(temperature=0, max_tokens=3)).logprobs is None
+    assert inference_engine.chat(tiny, None, MESSAGES, SamplingParams(temperature=0, max_tokens=3)).logprobs is None
     # Sampled rows report the tempered distribution, and zero alternatives when top_logprobs=0.
-    sampled = engine.chat(tiny, None, MESSAGES, SamplingParams(temperature=0.7, max_tokens=6, seed=1, logprobs=True))
+    sampled = inference_engine.chat(tiny, None, MESSAGES, SamplingParams(temperature=0.7, max_tokens=6, seed=1, logprobs=True))
     assert all(e.logprob <= 0 and e.top_logprobs == () for e in sampled.logprobs)
 
 
-def test_smollm2_logprobs_include_multibyte_bytes(engine):
+def test_smollm2_logprobs_include_multibyte_bytes(inference_engine):
     from tuneserve.models import BUILTIN_SMOLLM2
 
     params = SamplingParams(temperature=0, max_tokens=40, logprobs=True, top_logprobs=2)
-    result = engine.chat(BUILTIN_SMOLLM2, None, [{"role": "user", "content": "Say 'café' and nothing else."}], params)
+    result = inference_engine.chat(BUILTIN_SMOLLM2, None, [{"role": "user", "content": "Say 'café' and nothing else."}], params)
     assert b"".join(bytes(e.bytes) for e in result.logprobs) == result.text.encode("utf-8")
 
 
-def test_cancelling_a_stream_frees_its_row_and_the_others_finish(engine, tiny):
+def test_cancelling_a_stream_frees_its_row_and_the_others_finish(inference_engine, tiny):
     long = SamplingParams(temperature=0, max_tokens=2000)
     short = SamplingParams(temperature=0, max_tokens=40)
-    expected = engine.complete(tiny, None, "Another story", short)
-    doomed = engine.stream_complete(tiny, None, "Once upon a time", long)
+    expected = inference_engine.complete(tiny, None, "Another story", short)
+    doomed = inference_engine.stream_complete(tiny, None, "Once upon a time", long)
     assert isinstance(next(doomed), Delta)
-    others = _concurrently([lambda: engine.complete(tiny, None, "Another story", short)] * 3 + [lambda: doomed.close()])
+    others = _concurrently([lambda: inference_engine.complete(tiny, None, "Another story", short)] * 3 + [lambda: doomed.close()])
     assert others[:3] == [expected] * 3
-    deadline = time.monotonic() + 2
-    while engine._batcher.active_rows() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine._batcher.active_rows() == 0
+    wait_for(lambda: inference_engine._batcher.active_rows() == 0, 2, "the batch to free its rows", interval_s=0.01)
 
 
-def test_dropping_an_unread_stream_cancels_it(engine, tiny):
-    stream = engine.stream_complete(tiny, None, "Once upon a time", SamplingParams(temperature=0, max_tokens=2000))
+def test_dropping_an_unread_stream_cancels_it(inference_engine, tiny):
+    stream = inference_engine.stream_complete(tiny, None, "Once upon a time", SamplingParams(temperature=0, max_tokens=2000))
     del stream
-    deadline = time.monotonic() + 2
-    while engine._batcher.active_rows() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine._batcher.active_rows() == 0
-    assert engine.chat(tiny, None, MESSAGES, SamplingParams(temperature=0, max_tokens=2)).completion_tokens == 2
+    wait_for(lambda: inference_engine._batcher.active_rows() == 0, 2, "the batch to free its rows", interval_s=0.01)
+    assert inference_engine.chat(tiny, None, MESSAGES, SamplingParams(temperature=0, max_tokens=2)).completion_tokens == 2
 
 
 def test_adapter_memory_budget_evicts_the_least_recently_used(tiny, adapter_a, adapter_b, tmp_path):
@@ -175,23 +170,23 @@ def test_adapter_memory_budget_evicts_the_least_recently_used(tiny, adapter_a, a
     finally:
         probe.close()
     assert size > 0
-    engine = Engine(max_adapters=8, adapter_budget_bytes=int(2.5 * size))  # room for two
+    inference_engine = Engine(max_adapters=8, adapter_budget_bytes=int(2.5 * size))  # room for two
     try:
-        a = engine.chat(tiny, adapter_a, MESSAGES, greedy)
-        engine.chat(tiny, adapter_b, MESSAGES, greedy)
-        engine.chat(tiny, adapter_a, MESSAGES, greedy)  # a is now more recent than b
-        c = engine.chat(tiny, adapter_c, MESSAGES, greedy)
-        loaded = engine.loaded()
+        a = inference_engine.chat(tiny, adapter_a, MESSAGES, greedy)
+        inference_engine.chat(tiny, adapter_b, MESSAGES, greedy)
+        inference_engine.chat(tiny, adapter_a, MESSAGES, greedy)  # a is now more recent than b
+        c = inference_engine.chat(tiny, adapter_c, MESSAGES, greedy)
+        loaded = inference_engine.loaded()
         assert loaded["adapters"] == [str(adapter_a.resolve()), str(adapter_c.resolve())]
         assert loaded["adapter_bytes"] == 2 * size
         assert c == a  # the same weights in another directory
-        engine.unload_adapter(adapter_a)
-        engine.unload_adapter(adapter_c)
-        assert engine.loaded()["adapters"] == [] and engine.loaded()["adapter_bytes"] == 0
-        base = engine.chat(tiny, None, MESSAGES, greedy)
-        assert engine.chat(tiny, adapter_b, MESSAGES, greedy) != base  # reloaded after the base was unwrapped
+        inference_engine.unload_adapter(adapter_a)
+        inference_engine.unload_adapter(adapter_c)
+        assert inference_engine.loaded()["adapters"] == [] and inference_engine.loaded()["adapter_bytes"] == 0
+        base = inference_engine.chat(tiny, None, MESSAGES, greedy)
+        assert inference_engine.chat(tiny, adapter_b, MESSAGES, greedy) != base  # reloaded after the base was unwrapped
     finally:
-        engine.close()
+        inference_engine.close()
 
 
 def test_sixteen_concurrent_requests(batch_engine, tiny, adapter_a):
@@ -206,7 +201,7 @@ def test_sixteen_concurrent_requests(batch_engine, tiny, adapter_a):
     assert batch_engine._batcher.max_rows_seen == 16
 
 
-def test_tools_are_rendered_into_the_prompt(engine, tiny, adapter_a, tmp_path):
+def test_tools_are_rendered_into_the_prompt(inference_engine, tiny, adapter_a, tmp_path):
     import shutil
 
     # SmolLM2's template ignores tools; an adapter dir whose template renders them.
@@ -228,6 +223,6 @@ def test_tools_are_rendered_into_the_prompt(engine, tiny, adapter_a, tmp_path):
     ]
     messages = [{"role": "user", "content": "Weather in Paris?"}]
     params = SamplingParams(temperature=0, max_tokens=1)
-    plain = engine.chat(tiny, adapter, messages, params)
-    with_tools = engine.chat(tiny, adapter, messages, params, tools=tools)
+    plain = inference_engine.chat(tiny, adapter, messages, params)
+    with_tools = inference_engine.chat(tiny, adapter, messages, params, tools=tools)
     assert with_tools.prompt_tokens > plain.prompt_tokens

@@ -85,7 +85,7 @@ def test_closing_completes_any_prefix(prefix):
     assert isinstance(json.loads(prefix + state.closing()), dict)
 
 
-def test_smollm2_json_mode_answers_parse_as_objects(engine):
+def test_smollm2_json_mode_answers_parse_as_objects(inference_engine):
     import threading
 
     from tuneserve.inference.engine import SamplingParams
@@ -106,7 +106,7 @@ def test_smollm2_json_mode_answers_parse_as_objects(engine):
 
     def call(i):
         prompt, p = jobs[i]
-        results[i] = engine.chat(BUILTIN_SMOLLM2, None, [{"role": "user", "content": prompt}], p)
+        results[i] = inference_engine.chat(BUILTIN_SMOLLM2, None, [{"role": "user", "content": prompt}], p)
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(jobs))]  # batched together
     for t in threads:

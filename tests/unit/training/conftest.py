@@ -46,13 +46,6 @@ def tiny_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tokenizer(tiny_model_dir: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """train.jsonl: the 16 tiny conversations plus one whose answer lies past max_seq_length=64 (to be dropped);
     valid.jsonl: 4 of them."""
