@@ -27,9 +27,18 @@ demo: install
 test: install lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
+# The console's JS too: eslint and TypeScript's checker (tsc, no build), pinned in package.json;
+# npm ci runs only when node_modules is older than the pins. The vendored uPlot must be the pinned one.
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
+	@test node_modules/.package-lock.json -nt package-lock.json -a node_modules/.package-lock.json -nt package.json \
+		|| npm ci --silent --no-audit --no-fund
+	node_modules/.bin/eslint src/tuneserve/ui
+	node_modules/.bin/tsc -p .
+	@for f in dist/uPlot.iife.min.js dist/uPlot.min.css LICENSE; do \
+		cmp -s node_modules/uplot/$$f src/tuneserve/ui/vendor/$${f#dist/} \
+		|| { echo "src/tuneserve/ui/vendor/$${f#dist/} is not uplot's $$f: run npm run vendor"; exit 1; }; done
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not e2e"

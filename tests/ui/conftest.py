@@ -56,8 +56,9 @@ def artifacts() -> Path:
 @pytest.fixture(scope="package")
 def playwright_browser(chromium):
     """One browser for the console tests (package scope: it and the server stop when these tests end)."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=20_000)  # as long as the console fixture's page timeout, not 5 s: the machine may be busy
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium)
         yield browser
@@ -131,6 +132,34 @@ def watch(page, base_url: str) -> Watched:
     page.on("requestfailed", on_failed)
     page.on("response", on_response)
     return w
+
+
+def painted(page, chart_id: str, series: str) -> int:
+    """How many pixels of chart `chart_id`'s canvas have the colour of `series` (as its legend entry
+    shows it): 0 unless uPlot drew that series' line or points."""
+    return page.evaluate(
+        """([chartId, series]) => {
+        const entry = document.querySelector(`#${chartId} .legend li[data-series="${series}"]`);
+        const canvas = document.querySelector(`#${chartId} canvas`);
+        if (!entry || !canvas) return 0;
+        const probe = document.createElement('canvas').getContext('2d');
+        probe.fillStyle = getComputedStyle(entry).getPropertyValue('--c').trim();  // read back as #rrggbb
+        const [r, g, b] = [1, 3, 5].map((i) => parseInt(probe.fillStyle.slice(i, i + 2), 16));
+        const {data} = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+        let n = 0;
+        for (let i = 0; i < data.length; i += 4) {
+            if (data[i + 3] > 200 && Math.abs(data[i] - r) + Math.abs(data[i + 1] - g) + Math.abs(data[i + 2] - b) < 40) n++;
+        }
+        return n;
+    }""",
+        [chart_id, series],
+    )
+
+
+def fmt_num(x: float) -> str:
+    """The console's fmtNum (dom.js) for a number between 0.001 and 1000: four significant digits."""
+    value = float(f"{x:.4g}")
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import re
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from tests.conftest import TINY
 
@@ -32,13 +33,12 @@ def test_an_evaluation_started_from_the_page_is_listed_and_shown(console, ui_ser
         "document.querySelector('.page-evals .badge')?.textContent.trim().toLowerCase() === 'succeeded'", timeout=120_000
     )
     summary = httpx.get(f"{ui_server.base_url}/v1/evaluations/{eval_id}").json()["summary"]
-    rows = page.locator("#eval-summary-h ~ div tbody tr")
-    assert rows.count() == len(summary) == 2
+    assert len(summary) == 2
+    expect(page.locator("#eval-summary-h ~ div tbody tr")).to_have_count(len(summary))
     shown = page.inner_text("#eval-summary-h ~ div")
     for name, stats in summary.items():
         assert name in shown and f"{stats['rouge1']['mean']:.3g}"[:4] in shown
-    page.wait_for_selector(".items tbody tr")
-    assert page.locator(".items tbody tr").count() == 3
+    expect(page.locator(".items tbody tr")).to_have_count(3)
     page.click("text=Show the HTML report")
     frame = page.wait_for_selector("iframe.report-frame:not([hidden])")
     assert frame.get_attribute("sandbox") == "allow-scripts"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.conftest import chat_jsonl
 
@@ -30,8 +31,7 @@ def test_upload_with_the_picker_shows_the_report_and_the_trained_tokens(console,
 
     page.click("text=Show trained tokens")
     page.wait_for_selector(".example mark.trained", timeout=60_000)
-    examples = page.locator(".example")
-    assert examples.count() == 3
+    expect(page.locator(".example")).to_have_count(3)
     trained = page.locator(".example").first.locator("mark.trained").all_inner_texts()
     context = page.locator(".example").first.locator("pre > span").all_inner_texts()
     assert any("Quillton it is." in t for t in trained)  # the answer is trained on

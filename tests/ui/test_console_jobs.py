@@ -5,23 +5,33 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.conftest import TINY, chat_jsonl
+from tests.ui.conftest import fmt_num, painted
 
 pytestmark = pytest.mark.ui
 
+TERMINAL = re.compile(r"^(succeeded|failed|cancelled)$", re.IGNORECASE)
 
-def badge(page) -> str:
-    return page.inner_text("#job-status").strip().lower()
+# Every status the job page's badge shows, in order, noted by the page itself as it changes (so
+# none is missed between two looks from the test).
+RECORD_STATUSES = """() => {
+    const badge = document.querySelector('#job-status');
+    window.seenStatuses = [];
+    const note = () => {
+        const status = badge.textContent.trim().toLowerCase();
+        if (status && window.seenStatuses.at(-1) !== status) window.seenStatuses.push(status);
+    };
+    note();
+    new MutationObserver(note).observe(badge, {childList: true, subtree: true, characterData: true});
+}"""
 
 
-def wait_for_badge(page, status: str, timeout_s: float = 60) -> None:
-    page.wait_for_function(
-        f"document.querySelector('#job-status')?.textContent.trim().toLowerCase() === {status!r}", timeout=timeout_s * 1000
-    )
+def expect_badge(page, status: str, timeout_s: float = 60) -> None:
+    expect(page.locator("#job-status")).to_have_text(status, ignore_case=True, timeout=timeout_s * 1000)
 
 
 def test_a_job_created_through_the_form_trains_and_its_page_follows_it(console, ui_server, artifacts):
@@ -59,19 +69,21 @@ def test_a_job_created_through_the_form_trains_and_its_page_follows_it(console, 
     job_id = page.evaluate("location.hash.split('/')[2]")
 
     # Watch the page, not the API: it must move through the statuses by itself, with no reload.
-    seen: list[str] = []
-    deadline = time.monotonic() + 150
-    shot_running = False
-    while time.monotonic() < deadline:
-        status = badge(page) if page.locator("#job-status .badge").count() else ""
-        if status and (not seen or seen[-1] != status):
-            seen.append(status)
-        if status == "running" and not shot_running and page.locator("#chart-loss .series-train_loss").count():
-            page.screenshot(path=artifacts / "job-running-1280.png", full_page=True)
-            shot_running = True
-        if status in ("succeeded", "failed", "cancelled"):
-            break
-        time.sleep(0.2)
+    page.wait_for_selector("#job-status")
+    page.evaluate(RECORD_STATUSES)
+    # A screenshot while it trains, once a loss curve is drawn (unless the job is done before that).
+    page.wait_for_function(
+        """() => {
+        const status = document.querySelector('#job-status').textContent.trim().toLowerCase();
+        return ['succeeded', 'failed', 'cancelled'].includes(status)
+            || (status === 'running' && !!document.querySelector('#chart-loss li[data-series="train_loss"][data-points]'));
+    }""",
+        timeout=150_000,
+    )
+    if page.inner_text("#job-status").strip().lower() == "running":
+        page.screenshot(path=artifacts / "job-running-1280.png", full_page=True)
+    expect(page.locator("#job-status")).to_have_text(TERMINAL, timeout=150_000)
+    seen = page.evaluate("window.seenStatuses")
     assert seen and seen[-1] == "succeeded", f"statuses seen: {seen}; job: {client.fine_tuning.jobs.retrieve(job_id)}"
     assert {"validating files", "queued", "running"} & set(seen[:-1]), f"the page showed no progress: {seen}"
 
@@ -80,22 +92,43 @@ def test_a_job_created_through_the_form_trains_and_its_page_follows_it(console, 
     assert job.metadata == {"origin": "console"} and job.suffix == "from-form"
 
     # The charts hold exactly the job's metrics: one point per training step logged, validation too.
-    events = client.fine_tuning.jobs.list_events(job_id, limit=1000).data
-    train_points = sum(1 for e in events if e.type == "metrics" and (e.data or {}).get("train_loss") is not None)
-    valid_points = sum(1 for e in events if e.type == "metrics" and (e.data or {}).get("valid_loss") is not None)
-    assert train_points >= 3 and valid_points >= 1
-    page.wait_for_function(f"document.querySelector('#chart-loss .series-train_loss')?.dataset.points === '{train_points}'")
-    assert int(page.get_attribute("#chart-loss .series-valid_loss", "data-points")) == valid_points
-    assert page.locator("#chart-accuracy .series-train_mean_token_accuracy path").count() == 1
-    path = page.get_attribute("#chart-loss .series-train_loss path", "d")
-    assert len(re.findall(r"[ML]-?[\d.]+,-?[\d.]+", path)) == train_points
+    metrics = [
+        e.data for e in reversed(client.fine_tuning.jobs.list_events(job_id, limit=1000).data) if e.type == "metrics" and e.data
+    ]
+    train = [m["train_loss"] for m in metrics if m.get("train_loss") is not None]
+    valid = [m["valid_loss"] for m in metrics if m.get("valid_loss") is not None]
+    assert len(train) >= 3 and len(valid) >= 1
+    loss = page.locator("#chart-loss")
+    # uPlot drew it: one canvas, a legend entry per series with data (its count set by uPlot's draw hook from
+    # what it plotted), the last value of each, and on the canvas the training line and the series drawn last
+    # (on top: the validation series may share their points).
+    expect(loss.locator("canvas")).to_have_count(1)
+    shown = [key for key in ("train_loss", "valid_loss", "full_valid_loss") if any(m.get(key) is not None for m in metrics)]
+    expect(loss.locator(".legend li")).to_have_count(len(shown))
+    assert loss.locator(".legend li").evaluate_all("(items) => items.map((li) => li.dataset.series)") == shown
+    expect(loss.locator('li[data-series="train_loss"]')).to_have_attribute("data-points", str(len(train)))
+    expect(loss.locator('li[data-series="valid_loss"]')).to_have_attribute("data-points", str(len(valid)))
+    expect(loss.locator('li[data-series="train_loss"] .legend-last')).to_have_text(fmt_num(train[-1]))
+    expect(loss.locator('li[data-series="valid_loss"] .legend-last')).to_have_text(fmt_num(valid[-1]))
+    assert painted(page, "chart-loss", "train_loss") > 50 and painted(page, "chart-loss", shown[-1]) > 5
+    # The same numbers as text, for screen readers: the description and the data table (a row per step).
+    expect(page.locator("#chart-loss-desc")).to_contain_text(f"train: {fmt_num(train[-1])} at step")
+    steps = {m["step"] for m in metrics if any(m.get(key) is not None for key in shown)}
+    expect(loss.locator(".chart-data tbody tr")).to_have_count(len(steps))
+    accuracy = page.locator("#chart-accuracy")
+    expect(accuracy.locator("canvas")).to_have_count(1)
+    train_accuracy = [m for m in metrics if m.get("train_mean_token_accuracy") is not None]
+    assert train_accuracy
+    expect(accuracy.locator('li[data-series="train_mean_token_accuracy"]')).to_have_attribute(
+        "data-points", str(len(train_accuracy))
+    )
 
-    assert page.locator('.timeline li[data-status="succeeded"].step-done').count() == 1
+    expect(page.locator('.timeline li[data-status="succeeded"].step-done')).to_have_count(1)
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job_id).data
-    page.wait_for_selector("#ckpt-h ~ div tbody tr")
-    assert page.locator("#ckpt-h ~ div tbody tr").count() == len(checkpoints) >= 1
-    assert "The job has successfully completed" in page.inner_text(".events")
-    assert page.locator("text=Download adapter").is_visible()
+    assert len(checkpoints) >= 1
+    expect(page.locator("#ckpt-h ~ div tbody tr")).to_have_count(len(checkpoints))
+    expect(page.locator(".events")).to_contain_text("The job has successfully completed")
+    expect(page.locator("text=Download adapter")).to_be_visible()
     page.screenshot(path=artifacts / "job-succeeded-1280.png", full_page=True)
 
 
@@ -112,24 +145,24 @@ def test_pause_resume_and_cancel_from_the_job_page(console, ui_server, artifacts
     page.on("dialog", lambda dialog: dialog.accept())  # "Cancel job?" is confirmed
     try:
         console.open(f"#/jobs/{waiting.id}")
-        wait_for_badge(page, "queued")
+        expect_badge(page, "queued")
         page.click("button:has-text('Pause')")
-        wait_for_badge(page, "paused")
+        expect_badge(page, "paused")
         assert client.fine_tuning.jobs.retrieve(waiting.id).status == "paused"
-        assert page.locator('.timeline li[data-status="paused"]').count() == 1
-        assert page.locator("button:has-text('Resume')").is_visible()
+        expect(page.locator('.timeline li[data-status="paused"]')).to_have_count(1)
+        expect(page.locator("button:has-text('Resume')")).to_be_visible()
         page.screenshot(path=artifacts / "job-paused-1280.png", full_page=True)
         page.click("button:has-text('Resume')")
-        wait_for_badge(page, "queued")
+        expect_badge(page, "queued")
         page.click("button:has-text('Cancel job')")
-        wait_for_badge(page, "cancelled")
+        expect_badge(page, "cancelled")
         assert client.fine_tuning.jobs.retrieve(waiting.id).status == "cancelled"
-        assert page.locator("button:has-text('Cancel job')").is_hidden()
+        expect(page.locator("button:has-text('Cancel job')")).to_be_hidden()
 
         console.open(f"#/jobs/{long_job.id}")
-        wait_for_badge(page, "running", timeout_s=90)
+        expect_badge(page, "running", timeout_s=90)
         page.click("button:has-text('Cancel job')")
-        wait_for_badge(page, "cancelled")
+        expect_badge(page, "cancelled")
     finally:
         for job in (long_job, waiting):
             if client.fine_tuning.jobs.retrieve(job.id).status not in ("succeeded", "failed", "cancelled"):
@@ -145,8 +178,9 @@ def test_a_refused_job_request_is_shown_beside_the_field_it_names(console, seede
     page.select_option("#job-training_file", seeded["file"])
     page.fill("#job-n_epochs", "0")
     page.click("button:has-text('Create job')")
-    alert = page.wait_for_selector(".form-status .notice-error")
-    assert "The job was not created" in alert.inner_text() and "n_epochs" in alert.inner_text()
-    assert page.get_attribute("#job-n_epochs", "aria-invalid") == "true"
-    assert page.evaluate("document.activeElement.id") == "job-n_epochs"
+    alert = page.locator(".form-status .notice-error")
+    expect(alert).to_contain_text("The job was not created")
+    expect(alert).to_contain_text("n_epochs")
+    expect(page.locator("#job-n_epochs")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#job-n_epochs")).to_be_focused()
     assert page.evaluate("location.hash") == "#/jobs/new"

@@ -7,16 +7,12 @@ import re
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from tests.conftest import TINY, chat_jsonl, wait_for_status
-from tests.ui.conftest import NARROW, WIDE
+from tests.ui.conftest import NARROW, WIDE, painted
 
 pytestmark = pytest.mark.ui
-
-
-def path_points(d: str) -> int:
-    """How many points an SVG path `d` (M/L commands) goes through."""
-    return len(re.findall(r"[ML]\s*-?[\d.]+,-?[\d.]+", d))
 
 
 def page_checks(seeded) -> dict[str, tuple[str, callable]]:
@@ -39,8 +35,13 @@ def page_checks(seeded) -> dict[str, tuple[str, callable]]:
 
     def job_detail(page):
         page.wait_for_selector("#job-status .status-succeeded")
-        page.wait_for_selector("#chart-loss .series-train_loss path")
-        assert path_points(page.get_attribute("#chart-loss .series-train_loss path", "d")) >= 2
+        # The loss curve, drawn by uPlot into a canvas that fits the window: two or more training steps.
+        expect(page.locator("#chart-loss canvas")).to_have_count(1)
+        points = page.locator('#chart-loss .legend li[data-series="train_loss"]')
+        expect(points).to_have_attribute("data-points", re.compile(r"^([2-9]|[1-9]\d+)$"))
+        assert painted(page, "chart-loss", "train_loss") > 20
+        canvas = page.locator("#chart-loss canvas").bounding_box()
+        assert 0 < canvas["width"] <= page.viewport_size["width"]
 
     def models(page):
         # The fine-tuned model is drawn under its base: lineage.
@@ -85,6 +86,16 @@ def test_console_files_are_served_from_the_package_and_docs_still_work(ui_server
     assert '<script type="module" src="/ui/js/app.js">' in index.text
     script = httpx.get(f"{ui_server.base_url}/ui/js/app.js")
     assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    # The charts' library is vendored in the package and loaded from the server (the console works offline).
+    vendored = (
+        ("/ui/vendor/uPlot.iife.min.js", "text/javascript", "leeoniya/uPlot"),
+        ("/ui/vendor/uPlot.min.css", "text/css", ".uplot"),
+    )
+    for path, media_type, start in vendored:
+        assert f'"{path}"' in index.text
+        answer = httpx.get(f"{ui_server.base_url}{path}")
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith(media_type)
+        assert start in answer.text[:100]
     assert httpx.get(f"{ui_server.base_url}/ui/%2e%2e/api/console.py").status_code == 404
     assert httpx.get(f"{ui_server.base_url}/docs").status_code == 200
     paths = httpx.get(f"{ui_server.base_url}/openapi.json").json()["paths"]

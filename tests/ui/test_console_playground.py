@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.conftest import TINY
 from tests.ui.conftest import NARROW
@@ -110,4 +111,5 @@ def test_side_by_side_sends_the_same_prompt_to_the_fine_tuned_model_and_its_base
     page.screenshot(path=artifacts / "playground-compare-390.png", full_page=True)
 
     page.click("#pg-clear")
-    assert answers(page, 0).count() == 0 and answers(page, 1).count() == 0
+    expect(answers(page, 0)).to_have_count(0)
+    expect(answers(page, 1)).to_have_count(0)

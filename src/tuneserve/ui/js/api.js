@@ -1,3 +1,4 @@
+// @ts-check
 // The console's only way to the server: tuneserve's public HTTP API, with the user's key when keys are on.
 //
 // - A 401 asks for a key once (one dialog for all requests waiting), stores it in localStorage, retries.
@@ -5,7 +6,13 @@
 
 const KEY_STORAGE = 'tuneserve.apiKey';
 
+/** An error answer of the API (or status 0: the server could not be reached). */
 class ApiError extends Error {
+  /**
+   * @param {string} message
+   * @param {number} status
+   * @param {{code?: string | null, param?: string | null}} [fields] OpenAI's error fields
+   */
   constructor(message, status, {code = null, param = null} = {}) {
     super(message);
     this.status = status;
@@ -14,10 +21,12 @@ class ApiError extends Error {
   }
 }
 
+/** @returns {string} */
 export function getKey() {
   try { return localStorage.getItem(KEY_STORAGE) || ''; } catch { return ''; }
 }
 
+/** @param {string} key an empty key forgets it */
 export function setKey(key) {
   try {
     if (key) localStorage.setItem(KEY_STORAGE, key);
@@ -30,11 +39,16 @@ let memoryKey = '';
 const currentKey = () => getKey() || memoryKey;
 
 // The shell registers how to ask for a key (a dialog); requests share one pending prompt.
-let keyPrompt = async () => null;
+/** @typedef {(message: string | null) => Promise<string | null> | string | null} KeyPrompt Resolves to a key, or null if none was given. */
+/** @type {KeyPrompt} */
+let keyPrompt = () => null;
+/** @type {Promise<string | null> | null} */
 let pendingPrompt = null;
 
+/** @param {KeyPrompt} fn */
 export function onKeyNeeded(fn) { keyPrompt = fn; }
 
+/** @param {string} message */
 async function askForKey(message) {
   if (!pendingPrompt) {
     pendingPrompt = Promise.resolve(keyPrompt(message)).finally(() => { pendingPrompt = null; });
@@ -44,11 +58,13 @@ async function askForKey(message) {
   return key;
 }
 
+/** @param {Record<string, string>} [extra] @returns {Record<string, string>} */
 function authHeaders(extra = {}) {
   const key = currentKey();
   return key ? {...extra, Authorization: `Bearer ${key}`} : extra;
 }
 
+/** @param {Response} response */
 async function errorFrom(response) {
   let body = null;
   try { body = await response.json(); } catch { /* not JSON: the status line will do */ }
@@ -60,6 +76,9 @@ async function errorFrom(response) {
 /**
  * fetch() an API path. opts: method, json (a body to send as JSON), body, signal, raw (return the Response).
  * Throws ApiError for any non-2xx answer, and for a network failure (status 0).
+ * @param {string} path
+ * @param {{method?: string, json?: unknown, body?: BodyInit, signal?: AbortSignal, raw?: boolean, headers?: Record<string, string>}} [opts]
+ * @returns {Promise<any>} the parsed JSON (null for 204), or the Response when raw
  */
 export async function api(path, opts = {}) {
   const {method = opts.json !== undefined ? 'POST' : 'GET', json, body, signal, raw = false, headers = {}} = opts;
@@ -86,8 +105,15 @@ export async function api(path, opts = {}) {
 }
 
 /** Every page of a list endpoint, following OpenAI's cursor (`after` = the last id, while has_more). */
+/**
+ * @param {string} path
+ * @param {{limit?: number, max?: number}} [opts]
+ * @returns {Promise<any[]>}
+ */
 export async function listAll(path, {limit = 100, max = 2000} = {}) {
+  /** @type {any[]} */
   const items = [];
+  /** @type {string | null} */
   let after = null;
   for (;;) {
     const sep = path.includes('?') ? '&' : '?';
@@ -98,8 +124,15 @@ export async function listAll(path, {limit = 100, max = 2000} = {}) {
   }
 }
 
-/** Upload with progress (fetch cannot report upload progress): resolves to the file object. */
+/**
+ * Upload with progress (fetch cannot report upload progress): resolves to the file object.
+ * @param {string} path
+ * @param {FormData} formData
+ * @param {(share: number) => void} [onProgress] the share sent, 0 to 1
+ * @returns {Promise<any>}
+ */
 export function upload(path, formData, onProgress) {
+  /** @returns {Promise<any>} */
   const send = () => new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open('POST', path);
@@ -124,7 +157,13 @@ export function upload(path, formData, onProgress) {
   });
 }
 
-/** Download an API resource as a file (with the key, which a plain link could not send). */
+/**
+ * Download an API resource as a file (with the key, which a plain link could not send).
+ * @param {string} path
+ * @param {string} filename used when the answer names none
+ * @param {AbortSignal} [signal]
+ * @returns {Promise<number>} the size in bytes
+ */
 export async function download(path, filename, signal) {
   const response = await api(path, {raw: true, signal});
   const blob = await response.blob();
@@ -142,6 +181,9 @@ export async function download(path, filename, signal) {
 /**
  * POST a streamed chat completion; yields each SSE chunk (parsed JSON) until [DONE].
  * An error before the stream starts throws ApiError, like any request.
+ * @param {Record<string, unknown>} body the request, less `stream`
+ * @param {AbortSignal} [signal]
+ * @returns {AsyncGenerator<any>}
  */
 export async function* streamChat(body, signal) {
   const response = await api('/v1/chat/completions', {json: {...body, stream: true}, signal, raw: true});

@@ -1,3 +1,4 @@
+// @ts-check
 // The console's shell: hash routing (#/jobs/ftjob-..., so a reload stays on the page), the
 // navigation state, focus after navigation, and the API-key dialog. Each page is a module with
 // render(root, route) that may return a cleanup function (to stop its live updates).
@@ -5,6 +6,10 @@
 import {onKeyNeeded, getKey, setKey} from './api.js';
 import {h, notice, clear} from './dom.js';
 
+/** @typedef {{page: string, parts: string[], query: URLSearchParams}} Route The #hash, parsed: #/jobs/ftjob-1?x=1. */
+/** @typedef {{render: (root: HTMLElement, route: Route) => Promise<(() => void) | null | undefined>}} Page */
+
+/** @type {Record<string, () => Promise<Page>>} */
 const PAGES = {
   files: () => import('./pages/files.js'),
   jobs: () => import('./pages/jobs.js'),
@@ -12,13 +17,15 @@ const PAGES = {
   playground: () => import('./pages/playground.js'),
   evals: () => import('./pages/evals.js'),
 };
+/** @type {Record<string, string>} */
 const TITLES = {files: 'Files', jobs: 'Jobs', models: 'Models', playground: 'Playground', evals: 'Evals'};
 const DEFAULT = 'jobs';
 
+/** @type {(() => void) | null} */
 let cleanup = null;
 let renderSeq = 0;
 
-/** '#/jobs/ftjob-1?x=1' -> {page: 'jobs', parts: ['ftjob-1'], query: URLSearchParams} */
+/** '#/jobs/ftjob-1?x=1' -> {page: 'jobs', parts: ['ftjob-1'], query: URLSearchParams} @param {string} hash @returns {Route} */
 function parseHash(hash) {
   const raw = hash.replace(/^#\/?/, '');
   const [path, search = ''] = raw.split('?');
@@ -30,9 +37,9 @@ async function route() {
   if (location.hash && !location.hash.startsWith('#/')) return;  // an in-page anchor, not a route
   const seq = ++renderSeq;
   const r = parseHash(location.hash);
-  const main = document.getElementById('main');
+  const main = /** @type {HTMLElement} */ (document.getElementById('main'));
   if (cleanup) { try { cleanup(); } catch { /* the old page is gone either way */ } cleanup = null; }
-  for (const a of document.querySelectorAll('[data-nav]')) {
+  for (const a of /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll('[data-nav]'))) {
     if (a.dataset.nav === r.page) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
   }
@@ -40,7 +47,7 @@ async function route() {
     clear(main, h('div', {class: 'page-head'}, h('h1', {tabindex: '-1'}, 'Not found')),
       notice('warn', `There is no page “${r.page}”. `, h('a', {href: '#/jobs'}, 'Go to the jobs')));
     document.title = 'Not found · tuneserve';
-    main.querySelector('h1').focus();
+    main.querySelector('h1')?.focus();
     return;
   }
   document.title = `${TITLES[r.page]} · tuneserve`;
@@ -64,12 +71,14 @@ async function route() {
 let navigated = false;
 
 function setUpKeyDialog() {
-  const dialog = document.getElementById('key-dialog');
-  const input = document.getElementById('key-input');
-  const reason = document.getElementById('key-dialog-reason');
+  const dialog = /** @type {HTMLDialogElement} */ (document.getElementById('key-dialog'));
+  const input = /** @type {HTMLInputElement} */ (document.getElementById('key-input'));
+  const reason = /** @type {HTMLElement} */ (document.getElementById('key-dialog-reason'));
   const defaultReason = reason.textContent;
+  /** @type {((key: string | null) => void) | null} */
   let resolver = null;
 
+  /** @param {string | null} message @returns {Promise<string | null>} */
   const open = (message) => new Promise((resolve) => {
     resolver = resolve;
     reason.textContent = message ? `The server says: ${message}. ${defaultReason}` : defaultReason;
@@ -85,12 +94,12 @@ function setUpKeyDialog() {
     updateKeyButton();
     if (resolver) { resolver(key); resolver = null; } else if (key || action === 'forget') route();
   });
-  document.getElementById('key-button').addEventListener('click', () => open(null));
+  document.getElementById('key-button')?.addEventListener('click', () => open(null));
   onKeyNeeded(open);
 }
 
 function updateKeyButton() {
-  const button = document.getElementById('key-button');
+  const button = /** @type {HTMLElement} */ (document.getElementById('key-button'));
   button.textContent = getKey() ? 'API key ✓' : 'API key';
   button.setAttribute('aria-label', getKey() ? 'API key (set)' : 'API key (not set)');
 }
@@ -98,9 +107,9 @@ function updateKeyButton() {
 function start() {
   setUpKeyDialog();
   updateKeyButton();
-  document.querySelector('[data-skip]').addEventListener('click', (e) => {
+  document.querySelector('[data-skip]')?.addEventListener('click', (e) => {
     e.preventDefault();
-    document.getElementById('main').focus();
+    document.getElementById('main')?.focus();
   });
   window.addEventListener('hashchange', () => { navigated = true; route(); });
   if (!location.hash.startsWith('#/')) history.replaceState(null, '', `#/${DEFAULT}`);

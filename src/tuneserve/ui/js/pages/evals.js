@@ -1,3 +1,4 @@
+// @ts-check
 // Evals: evaluation reports (tuneserve's /v1/evaluations), listed and shown in detail: the summary
 // per model and metric with confidence intervals, the answers item by item, and the HTML report.
 
@@ -7,10 +8,12 @@ import {h, add, clear, changed, notice, announce, fmtTime, fmtNum, facts, table,
 const ACTIVE = new Set(['queued', 'running']);
 const METRICS = [['rouge1', 'ROUGE-1'], ['rouge2', 'ROUGE-2'], ['rougeL', 'ROUGE-L'], ['exact_match', 'Exact match'], ['judge_yes', 'Judge: yes']];
 
+/** @param {HTMLElement} root @param {import('../app.js').Route} route */
 export async function render(root, route) {
   return route.parts[0] ? renderDetail(root, route.parts[0]) : renderList(root, route);
 }
 
+/** @param {HTMLElement} root @param {import('../app.js').Route} route */
 function renderList(root, route) {
   const box = h('div', {'aria-busy': 'true'}, h('p', {class: 'muted'}, 'Loading evaluations…'));
   const formBox = h('details', {class: 'card new-eval', open: route.query.has('model')}, h('summary', {}, 'New evaluation'));
@@ -42,6 +45,7 @@ function progressOf(e) {
   return h('span', {}, h('progress', {max: p.total, value: p.done || 0, 'aria-label': `${p.done || 0} of ${p.total} items`}), ` ${p.done || 0}/${p.total}`);
 }
 
+/** @param {HTMLElement} box @param {string | null} wantedModel ticked, with its base */
 async function createForm(box, wantedModel) {
   const status = h('div', {'aria-live': 'assertive'});
   const modelsBox = h('fieldset', {class: 'checks'}, h('legend', {}, 'Models (1 to 8)'));
@@ -73,7 +77,7 @@ async function createForm(box, wantedModel) {
   }
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
-    const models = [...modelsBox.querySelectorAll('input:checked')].map((x) => x.value);
+    const models = [.../** @type {NodeListOf<HTMLInputElement>} */ (modelsBox.querySelectorAll('input:checked'))].map((x) => x.value);
     if (!models.length || models.length > 8 || !dataset.value) {
       clear(status, notice('error', 'Choose 1 to 8 models and a dataset file.'));
       return;
@@ -94,6 +98,7 @@ async function createForm(box, wantedModel) {
   });
 }
 
+/** @param {HTMLElement} root @param {string} id */
 function renderDetail(root, id) {
   const badge = h('span', {'aria-live': 'polite'});
   const actions = h('div', {class: 'actions'});
@@ -151,6 +156,7 @@ function summaryTable(ev) {
     }))), {caption: 'Mean per model, with the 95% confidence interval; the best mean per metric is marked.'});
 }
 
+/** @param {HTMLElement} box @param {string} id @param {string[]} models */
 async function loadItems(box, id, models) {
   let after = null;
   const rows = h('tbody');
@@ -186,6 +192,7 @@ async function loadItems(box, id, models) {
   await load();
 }
 
+/** @param {HTMLElement} box @param {string} id */
 function reportView(box, id) {
   const frame = h('iframe', {title: 'Evaluation report', class: 'report-frame', sandbox: 'allow-scripts', hidden: true});
   const button = h('button', {type: 'button', onclick: async () => {

@@ -1,3 +1,4 @@
+// @ts-check
 // Files: upload (file picker or drag and drop, with progress), the list, and one file's
 // validation report and trained-token preview (GET /v1/files/{id}/preview).
 
@@ -6,6 +7,7 @@ import {h, add, clear, changed, notice, announce, fmtBytes, fmtTime, fmtNum, fac
 
 const PURPOSES = ['fine-tune', 'evals', 'user_data', 'batch', 'assistants'];
 
+/** @param {HTMLElement} root @param {import('../app.js').Route} route */
 export async function render(root, route) {
   const selected = route.parts[0] || null;
   const listBox = h('div', {class: 'file-list', 'aria-busy': 'true'}, h('p', {class: 'muted'}, 'Loading files…'));
@@ -31,6 +33,7 @@ export async function render(root, route) {
   }, 5000);
 }
 
+/** @param {HTMLElement} box @param {any[]} files @param {string | null} selected */
 function renderList(box, files, selected) {
   if (!files.length) { clear(box, h('p', {class: 'muted'}, 'No files yet: upload one above.')); return; }
   clear(box, table(['File', 'Purpose', 'Size', 'Status'], files.map((f) => h('tr', {class: f.id === selected ? 'selected' : '', 'data-file': f.id},
@@ -52,6 +55,7 @@ function uploadCard() {
     h('p', {class: 'dropzone-text'}, h('strong', {}, 'Drop a file here'), ' or choose one:'),
     field('File to upload (JSONL, JSON, Parquet)', input));
 
+  /** @param {File | undefined} file */
   async function send(file) {
     if (!file) return;
     const form = new FormData();
@@ -74,7 +78,7 @@ function uploadCard() {
     }
   }
 
-  input.addEventListener('change', () => send(input.files[0]));
+  input.addEventListener('change', () => send(input.files?.[0]));
   zone.addEventListener('dragover', (e) => { e.preventDefault(); zone.classList.add('dragging'); });
   zone.addEventListener('dragleave', () => zone.classList.remove('dragging'));
   zone.addEventListener('drop', (e) => {
@@ -89,6 +93,7 @@ function uploadCard() {
     zone, progress, status);
 }
 
+/** @param {HTMLElement} box @param {string} id */
 async function showFile(box, id) {
   clear(box, h('h2', {id: 'file-detail-h'}, 'File details'), h('p', {class: 'muted'}, 'Loading…'));
   let file;

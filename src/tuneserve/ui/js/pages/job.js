@@ -1,3 +1,4 @@
+// @ts-check
 // One job, live: status timeline, progress, train/valid loss and accuracy charts (from the job's
 // metrics events), checkpoints with their metrics, the events log, cancel/pause/resume, download.
 
@@ -7,6 +8,7 @@ import {createChart} from '../chart.js';
 
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
 
+/** @type {{id: string, title: string, yLabel: string, always?: boolean, bounds?: [number, number], series: [string, string][]}[]} */
 const CHARTS = [
   {id: 'chart-loss', title: 'Loss', yLabel: 'loss', always: true, series: [
     ['train_loss', 'train'], ['valid_loss', 'valid'], ['full_valid_loss', 'full valid']]},
@@ -17,6 +19,7 @@ const CHARTS = [
     ['rewards_chosen', 'chosen'], ['rewards_rejected', 'rejected'], ['rewards_margin', 'margin'], ['rewards_accuracy', 'accuracy']]},
 ];
 
+/** @param {HTMLElement} root @param {import('../app.js').Route} route */
 export async function render(root, route) {
   const id = route.parts[0];
 
@@ -145,7 +148,8 @@ export async function render(root, route) {
     const xMax = last && last.total_steps;
     for (const c of charts) {
       const series = c.series.map(([key, name]) => ({key, name,
-        points: rows.filter((r) => typeof r[key] === 'number' && typeof r.step === 'number').map((r) => [r.step, r[key]])}));
+        points: rows.filter((r) => typeof r[key] === 'number' && typeof r.step === 'number')
+          .map((r) => /** @type {import('../chart.js').Point} */ ([r.step, r[key]]))}));
       const any = series.some((s) => s.points.length);
       c.chart.el.hidden = !c.always && !any;
       c.chart.update(series, {xMax});
@@ -286,5 +290,8 @@ export async function render(root, route) {
     }, 1500);
   }
   restart();
-  return () => stop();
+  return () => {
+    stop();
+    for (const c of charts) c.chart.destroy();
+  };
 }

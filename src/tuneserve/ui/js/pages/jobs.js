@@ -1,9 +1,11 @@
+// @ts-check
 // Jobs: the list (live statuses), the create form with every method and hyperparameter of the
 // job request (OpenAI's fields plus tuneserve's extensions), and, for #/jobs/ID, the detail page.
 
 import {api, listAll} from '../api.js';
 import {h, add, clear, changed, notice, announce, fmtTime, table, poll, field, select, pageTitle, statusBadge, uid} from '../dom.js';
 
+/** @param {HTMLElement} root @param {import('../app.js').Route} route */
 export async function render(root, route) {
   if (route.parts[0] === 'new') return renderCreate(root, route);
   if (route.parts[0]) return (await import('./job.js')).render(root, route);
@@ -12,6 +14,7 @@ export async function render(root, route) {
 
 const ACTIVE = new Set(['validating_files', 'queued', 'running', 'paused']);
 
+/** @param {HTMLElement} root */
 function renderList(root) {
   const box = h('div', {'aria-busy': 'true'}, h('p', {class: 'muted'}, 'Loading jobs…'));
   add(root, pageTitle('Fine-tuning jobs', h('a', {href: '#/jobs/new', class: 'button primary'}, 'New job')),
@@ -102,6 +105,7 @@ const GROUPS = [
   ]},
 ];
 
+/** The input for one field of GROUPS. */
 function control(spec) {
   const id = `job-${spec.path.replace(/\./g, '-')}`;
   const attrs = {id, name: spec.path, 'data-param': spec.hp ? `hyperparameters.${spec.path}` : spec.path};
@@ -110,6 +114,7 @@ function control(spec) {
   return h('input', {...attrs, type: spec.type, min: spec.min, max: spec.max, step: spec.step, placeholder: spec.placeholder || '', inputmode: spec.type === NUM ? 'decimal' : null});
 }
 
+/** obj.a.b = value for path 'a.b', making obj.a if needed. @param {Record<string, any>} obj @param {string} path @param {unknown} value */
 function setPath(obj, path, value) {
   const keys = path.split('.');
   let cur = obj;
@@ -117,19 +122,35 @@ function setPath(obj, path, value) {
   cur[keys[keys.length - 1]] = value;
 }
 
-/** The request body from the form: only what the user set, so the server's defaults ("auto") apply. */
+/** A control of the form by name (an input, or a select or textarea: all have value and disabled). */
+function named(/** @type {HTMLFormElement} */ form, /** @type {string} */ name) {
+  return /** @type {HTMLInputElement | null} */ (form.elements.namedItem(name));
+}
+
+/** The method chosen: supervised or dpo. */
+function methodOf(/** @type {HTMLFormElement} */ form) {
+  return /** @type {HTMLInputElement} */ (form.querySelector('input[name="method"]:checked')).value;
+}
+
+/**
+ * The request body from the form: only what the user set, so the server's defaults ("auto") apply.
+ * @param {HTMLFormElement} form
+ */
 function buildRequest(form) {
-  const v = (name) => form.elements[name];
+  const v = (/** @type {string} */ name) => /** @type {HTMLInputElement} */ (named(form, name));
+  /** @type {Record<string, any>} */
   const body = {model: v('model').value, training_file: v('training_file').value};
   if (v('validation_file').value) body.validation_file = v('validation_file').value;
   if (v('suffix').value.trim()) body.suffix = v('suffix').value.trim();
   if (v('seed').value !== '') body.seed = Number(v('seed').value);
-  const method = form.querySelector('input[name="method"]:checked').value;
+  const method = methodOf(form);
+  /** @type {Record<string, unknown>} */
   const hp = {};
+  /** @type {Record<string, unknown>} */
   const wandb = {};
   for (const group of GROUPS) {
     for (const spec of group.fields) {
-      const el = v(spec.path);
+      const el = named(form, spec.path);
       if (!el || el.disabled) continue;
       let value;
       if (spec.bool) { if (!el.checked) continue; value = true; } else {
@@ -148,6 +169,7 @@ function buildRequest(form) {
   }
   body.method = {type: method, [method]: {hyperparameters: hp}};
   if (wandb.project) body.integrations = [{type: 'wandb', wandb}];
+  /** @type {Record<string, string>} */
   const metadata = {};
   for (const line of v('metadata').value.split('\n')) {
     const cut = line.indexOf('=');
@@ -157,6 +179,7 @@ function buildRequest(form) {
   return body;
 }
 
+/** @param {HTMLElement} root @param {import('../app.js').Route} route */
 async function renderCreate(root, route) {
   const status = h('div', {class: 'form-status', 'aria-live': 'assertive'});
   const model = h('select', {id: 'job-model', name: 'model', required: true, 'data-param': 'model'});
@@ -194,11 +217,11 @@ async function renderCreate(root, route) {
     status);
 
   const sync = () => {
-    const method = form.querySelector('input[name="method"]:checked').value;
-    const type = form.elements.training_type.value || 'lora';
+    const method = methodOf(form);
+    const type = named(form, 'training_type')?.value || 'lora';
     for (const el of form.querySelectorAll('[data-dpo]')) toggle(el, method === 'dpo');
     for (const el of form.querySelectorAll('[data-lora]')) toggle(el, type === 'lora' || type === 'qlora');
-    const auto = form.elements.auto_evaluate;
+    const auto = /** @type {HTMLInputElement} */ (named(form, 'auto_evaluate'));
     auto.disabled = !validation.value;
     if (auto.disabled) auto.checked = false;
     preview.textContent = JSON.stringify(buildRequest(form), null, 2);
@@ -244,7 +267,8 @@ async function renderCreate(root, route) {
     const opts = (empty) => [h('option', {value: ''}, empty), usable.map((f) => h('option', {value: f.id}, `${f.filename} · ${f.validation ? `${f.validation.n_examples} examples` : f.id}`))];
     clear(training, opts('Choose a file…'));
     clear(validation, opts('None'));
-    if (route.query.get('training_file')) training.value = route.query.get('training_file');
+    const wantedFile = route.query.get('training_file');
+    if (wantedFile) training.value = wantedFile;
     else if (usable.length) training.value = (usable.find((f) => (f.validation?.n_examples ?? 10) >= 10) || usable[0]).id;
   } catch (err) {
     clear(status, notice('error', `The form cannot be filled: ${err.message}`));
@@ -253,13 +277,16 @@ async function renderCreate(root, route) {
   return null;
 }
 
-function toggle(wrap, on) {
-  wrap.hidden = !on;
-  for (const el of wrap.querySelectorAll('input, select, textarea')) el.disabled = !on;
+/** Show or hide a field, and disable its control while hidden (so it stays out of the request). */
+function toggle(/** @type {Element} */ wrap, /** @type {boolean} */ on) {
+  /** @type {HTMLElement} */ (wrap).hidden = !on;
+  for (const el of wrap.querySelectorAll('input, select, textarea')) /** @type {HTMLInputElement} */ (el).disabled = !on;
 }
 
-function findField(form, param) {
+/** The control an API error's `param` names (e.g. method.supervised.hyperparameters.n_epochs). */
+function findField(/** @type {HTMLFormElement} */ form, /** @type {string} */ param) {
   const tail = param.split('.').slice(-1)[0];
-  return form.querySelector(`[data-param="${CSS.escape(param)}"]`)
-    || [...form.querySelectorAll('[data-param]')].find((el) => el.dataset.param.endsWith(`.${tail}`) || el.dataset.param === tail) || null;
+  const controls = /** @type {HTMLElement[]} */ ([...form.querySelectorAll('[data-param]')]);
+  return controls.find((el) => el.dataset.param === param)
+    || controls.find((el) => (el.dataset.param || '').endsWith(`.${tail}`) || el.dataset.param === tail) || null;
 }

@@ -1,9 +1,11 @@
+// @ts-check
 // Models: base models and the fine-tuned models grown from them, as a lineage tree
 // (`parent` = the model a job started from, `root` = its base, `fine_tuning_job_id` = the job).
 
 import {api} from '../api.js';
 import {h, add, clear, notice, announce, fmtTime, poll, pageTitle} from '../dom.js';
 
+/** @param {HTMLElement} root */
 export async function render(root) {
   const box = h('div', {'aria-busy': 'true'}, h('p', {class: 'muted'}, 'Loading models…'));
   const status = h('div', {'aria-live': 'polite'});
@@ -27,6 +29,11 @@ export async function render(root) {
   return poll(refresh, 5000);
 }
 
+/**
+ * @param {any[]} models
+ * @param {HTMLElement} status where a deletion's outcome is shown
+ * @param {() => void} changed called after a deletion
+ */
 function tree(models, status, changed) {
   const ids = new Set(models.map((m) => m.id));
   const children = new Map();

@@ -1,3 +1,4 @@
+// @ts-check
 // Playground: chat with any model, or with two side by side on the same prompt (a fine-tuned model
 // beside its base), with temperature, top_p, max tokens and a system prompt. Answers stream in, and
 // each token is coloured by its probability (from logprobs), its alternatives in its tooltip.
@@ -6,12 +7,15 @@ import {api, streamChat} from '../api.js';
 import {h, add, clear, notice, announce, fmtNum, field, pageTitle} from '../dom.js';
 
 // Probability bands for the token colours, from likely (4) to unlikely (0).
+/** @type {[number, number, string][]} [lowest p, band, label] */
 const BANDS = [[0.8, 4, '80% or more'], [0.5, 3, '50–80%'], [0.25, 2, '25–50%'], [0.05, 1, '5–25%'], [0, 0, 'under 5%']];
 
+/** @param {number} p */
 function band(p) {
-  return BANDS.find(([lo]) => p >= lo)[1];
+  return (BANDS.find(([lo]) => p >= lo) || BANDS[BANDS.length - 1])[1];  // NaN (no logprob) is the lowest band
 }
 
+/** @param {HTMLElement} root @param {import('../app.js').Route} route */
 export async function render(root, route) {
   const q = route.query;
   const modelA = h('select', {id: 'pg-model-a', name: 'model_a'});
@@ -37,11 +41,12 @@ export async function render(root, route) {
   const legend = h('div', {class: 'token-legend', id: 'token-legend'}, h('span', {}, 'Token probability:'),
     BANDS.map(([, b, label]) => h('span', {class: `tok p${b}`}, label)));
 
+  const compareModel = h('div', {class: 'compare-model'}, field('Second model', modelB));
   const settings = h('aside', {class: 'card pg-settings', 'aria-labelledby': 'pg-settings-h'},
     h('h2', {id: 'pg-settings-h'}, 'Settings'),
     field('Model', modelA),
     field('Compare side by side', compare),
-    h('div', {class: 'compare-model'}, field('Second model', modelB)),
+    compareModel,
     h('details', {class: 'sampling', id: 'pg-sampling', open: !matchMedia('(max-width: 1000px)').matches},  // folded on phones
       h('summary', {}, 'System prompt and sampling'),
       field('System prompt', system),
@@ -74,7 +79,7 @@ export async function render(root, route) {
 
   function layout() {
     const two = compare.checked;
-    root.querySelector('.compare-model').hidden = !two;
+    compareModel.hidden = !two;
     modelB.disabled = !two;
     clear(panesBox, two ? [panes[0].el, panes[1].el] : [panes[0].el]);
     panesBox.classList.toggle('two', two);
