@@ -40,8 +40,9 @@ lint: install
 		cmp -s node_modules/uplot/$$f src/tuneserve/ui/vendor/$${f#dist/} \
 		|| { echo "src/tuneserve/ui/vendor/$${f#dist/} is not uplot's $$f: run npm run vendor"; exit 1; }; done
 
-test-fast: install
-	$(BIN)/python -m pytest -q -m "not e2e"
+# The fast tier: unit tests only (no server process, browser, Ray cluster or training loop); under 3 minutes.
+test-fast: install lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit -m "not training" --durations=10
 
 serve: install
 	$(BIN)/tuneserve serve

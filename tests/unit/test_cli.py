@@ -11,6 +11,7 @@ def run(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "tuneserve", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("spec_name", ["spec.yaml", "spec.json"])
 def test_train_spec_without_server(tmp_path, tiny_model_ready, spec_name):
     (tmp_path / "data.jsonl").write_text(
@@ -42,6 +43,7 @@ def test_train_spec_without_server(tmp_path, tiny_model_ready, spec_name):
     assert resolved["hyperparameters"]["n_epochs"] == 2 and resolved["training_file"] == str(tmp_path / "data.jsonl")
 
 
+@pytest.mark.training
 def test_train_with_no_output_dir_writes_under_the_working_directory(tmp_path, tiny_model_ready):
     """The default --output-dir is ./tuneserve-runs/SPEC_NAME, relative to where the command runs."""
     (tmp_path / "data").mkdir()

@@ -21,6 +21,8 @@ from tuneserve.training.run import train
 
 from tests.unit.training.conftest import make_spec, read_events
 
+pytestmark = pytest.mark.training  # runs a real training loop: not in make test-fast
+
 
 def run_ranks(spec, job_dir: Path, n: int = 2) -> None:
     """`python -m tuneserve.training JOB_DIR` as n ranks, started by the local runner."""

@@ -18,6 +18,8 @@ from tuneserve.training.run import train
 
 from tests.unit.training.conftest import make_spec, read_events
 
+pytestmark = pytest.mark.training  # runs a real training loop: not in make test-fast
+
 
 def assert_same_adapter(dir_a: Path, dir_b: Path, atol: float = 1e-6) -> None:
     a, b = load_file(dir_a / "adapter_model.safetensors"), load_file(dir_b / "adapter_model.safetensors")

@@ -15,6 +15,8 @@ from tuneserve.training.run import train
 
 from tests.unit.training.conftest import make_spec, read_events
 
+pytestmark = pytest.mark.training  # runs a real training loop: not in make test-fast
+
 CUDA = torch.cuda.is_available()
 
 

@@ -14,6 +14,8 @@ from tuneserve.data.formatting import format_examples
 
 from tests.unit.training.conftest import NAMES, make_spec, read_events
 
+pytestmark = pytest.mark.training  # runs a real training loop: not in make test-fast
+
 
 @pytest.fixture
 def recorded(monkeypatch):

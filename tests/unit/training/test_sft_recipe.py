@@ -16,6 +16,8 @@ from tuneserve.training.loop import latest_checkpoint, lr_factor
 
 from tests.unit.training.conftest import read_events
 
+pytestmark = pytest.mark.training  # runs a real training loop: not in make test-fast
+
 METRICS_KEYS = {
     "type",
     "time",

@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.unit.training.conftest import make_spec, read_events, tiny_conversations, write_jsonl
+
+pytestmark = pytest.mark.training  # runs a real training loop: not in make test-fast
 
 
 def run_process(job_dir: Path) -> subprocess.CompletedProcess:
