@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from tuneserve.training.events import NullEventWriter
+from tuneserve.training.events import Event, NullEventWriter
 
 # Llama configs as published (hidden, intermediate, layers, heads, kv heads, vocab, tied embeddings); the dry
 # run keeps their form at toy size, with SmolLM2's vocabulary so that its tokenizer fits.
@@ -88,10 +88,10 @@ class RecordingEvents(NullEventWriter):
         super().__init__()
         self.events: list[dict[str, Any]] = []
 
-    def emit(self, type: str, **fields: Any) -> dict[str, Any]:
-        event = super().emit(type, **fields)
-        self.events.append(event)
-        return event
+    def emit(self, event: Event) -> dict[str, Any]:
+        line = super().emit(event)
+        self.events.append(line)
+        return line
 
     def train_metrics(self) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == "metrics" and "train_loss" in e]

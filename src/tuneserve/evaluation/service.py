@@ -3,14 +3,16 @@ evaluation worker records, without HTTP.
 
 Owns: the `evaluations` table and the reports under DATA_DIR/evaluations/{id}/. Does not own:
 running an evaluation (worker.py, runner.py). Statuses: queued -> running -> succeeded | failed |
-cancelled. An evaluation running when its server stopped is queued again when that server starts
-(or, with servers sharing a database, when it has said nothing for STALE_AFTER_S).
+cancelled. A running evaluation is held by its server's evaluation worker under a lease, as jobs
+are (jobs/leases.py: worker_id, heartbeat_at on the database's clock). One running when its server
+stopped is queued again when that server starts (or, with servers sharing a database, once its
+heartbeat is STALE_AFTER_S old); a worker's writes are fenced by its hold, so one that lost its
+hold cannot overwrite what the new holder does.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +25,7 @@ from tuneserve.data.records import DataError
 from tuneserve.errors import InvalidRequest, NotFound, TuneserveError
 from tuneserve.evaluation.dataset import load_eval_items
 from tuneserve.ids import new_id, now
-from tuneserve.jobs import states
+from tuneserve.jobs import leases, states
 from tuneserve.jobs.catalog import ModelCatalog
 from tuneserve.store.files import FileService
 from tuneserve.store.pagination import page_after
@@ -33,7 +35,8 @@ MAX_MODELS = 8
 DEFAULTS = {"max_tokens": 256, "temperature": 0.0, "concurrency": 4, "max_items": None}
 # A fine-tuning job's automatic evaluation uses at most this many validation examples (CPU-friendly).
 AUTO_EVALUATE_MAX_ITEMS = 200
-# A running evaluation whose server said nothing (no progress) for this long is taken back by another.
+# A running evaluation whose worker has not heart-beaten it for this long (by the database's clock) is
+# taken back by another server. The worker beats every few seconds (worker.py HEARTBEAT_EVERY_S).
 STALE_AFTER_S = 600.0
 
 
@@ -220,51 +223,79 @@ class EvaluationService:
 
     def requeue_interrupted(self, worker_id: str, stale_after_s: float = STALE_AFTER_S) -> int:
         """Queue again (to run from the beginning) what this server was running when it stopped, and
-        what any server has been silent on for `stale_after_s`. Servers sharing a database keep theirs."""
-        stale = time.time() - stale_after_s
+        what any server has not heart-beaten for `stale_after_s`. Servers sharing a database keep theirs."""
         with self.sessions.begin() as session:
             return session.execute(
                 update(Evaluation)
                 .where(
                     Evaluation.status == states.RUNNING,
-                    or_(Evaluation.worker_id == worker_id, Evaluation.worker_id.is_(None), Evaluation.heartbeat_at < stale),
+                    or_(
+                        leases.held_by(worker_id, Evaluation),
+                        leases.held_by(None, Evaluation),
+                        leases.is_stale(session, stale_after_s, Evaluation),
+                    ),
                 )
                 .values(status=states.QUEUED, started_at=None, progress_done=0, worker_id=None, heartbeat_at=None)
             ).rowcount
 
     def claim_next(self, worker_id: str) -> Evaluation | None:
-        """The oldest queued evaluation, now running here; None when none is queued (or another took it)."""
-        with self.sessions() as session:
-            row = session.scalar(select(Evaluation).where(Evaluation.status == states.QUEUED).order_by(Evaluation.seq).limit(1))
-        if row is None:
-            return None
+        """The oldest queued evaluation, now running here under `worker_id`'s lease; None when none is
+        queued (or another server took it first)."""
+        claimed = None
         with self.sessions.begin() as session:
-            claimed = session.execute(
-                update(Evaluation)
-                .where(Evaluation.id == row.id, Evaluation.status == states.QUEUED)
-                .values(status=states.RUNNING, started_at=now(), progress_done=0, worker_id=worker_id, heartbeat_at=time.time())
-            ).rowcount
-        return self.get(row.project, row.id) if claimed else None
-
-    def status(self, evaluation_id: str) -> str | None:
+            for evaluation_id in leases.unheld_queued(session, Evaluation):
+                if session.execute(
+                    update(Evaluation)
+                    .where(Evaluation.id == evaluation_id, Evaluation.status == states.QUEUED, leases.held_by(None, Evaluation))
+                    .values(status=states.RUNNING, started_at=now(), progress_done=0, **leases.hold(session, worker_id))
+                ).rowcount:
+                    claimed = evaluation_id
+                    break
+        if claimed is None:
+            return None
         with self.sessions() as session:
-            return session.scalar(select(Evaluation.status).where(Evaluation.id == evaluation_id))
+            return session.scalar(select(Evaluation).where(Evaluation.id == claimed))
 
-    def set_progress(self, evaluation_id: str, done: int, total: int) -> None:
-        """Record progress; it also says the worker is alive."""
+    def heartbeat(self, worker_id: str) -> set[str]:
+        """Keep this worker's holds fresh; the ids of the evaluations it still holds."""
+        with self.sessions.begin() as session:
+            return leases.heartbeat(session, worker_id, Evaluation, statuses=(states.RUNNING,))
+
+    def is_held(self, evaluation_id: str, worker_id: str) -> bool:
+        """True while the evaluation runs under `worker_id`'s hold (not cancelled, not taken back)."""
+        with self.sessions() as session:
+            return bool(
+                session.scalar(
+                    select(Evaluation.id).where(
+                        Evaluation.id == evaluation_id, Evaluation.status == states.RUNNING, leases.held_by(worker_id, Evaluation)
+                    )
+                )
+            )
+
+    def set_progress(self, evaluation_id: str, worker_id: str, done: int, total: int) -> None:
+        """Record progress (shown while it runs), if `worker_id` still holds the evaluation."""
         with self.sessions.begin() as session:
             session.execute(
                 update(Evaluation)
-                .where(Evaluation.id == evaluation_id, Evaluation.status == states.RUNNING)
-                .values(progress_done=done, progress_total=total, heartbeat_at=time.time())
+                .where(Evaluation.id == evaluation_id, Evaluation.status == states.RUNNING, leases.held_by(worker_id, Evaluation))
+                .values(progress_done=done, progress_total=total)
             )
 
-    def finish(self, evaluation_id: str, *, summary: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> None:
-        """succeeded with a summary, or failed with {message, code}; a cancelled evaluation stays cancelled."""
+    def finish(
+        self, evaluation_id: str, worker_id: str, *, summary: dict[str, Any] | None = None, error: dict[str, Any] | None = None
+    ) -> bool:
+        """succeeded with a summary, or failed with {message, code}, if `worker_id` still holds it; a
+        cancelled evaluation stays cancelled, and one taken back by another server is that server's."""
         values: dict[str, Any] = {"status": states.FAILED if error else states.SUCCEEDED, "finished_at": now(), "error": error}
         if summary is not None:
             values["summary"] = summary
         with self.sessions.begin() as session:
-            session.execute(
-                update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == states.RUNNING).values(**values)
+            return bool(
+                session.execute(
+                    update(Evaluation)
+                    .where(
+                        Evaluation.id == evaluation_id, Evaluation.status == states.RUNNING, leases.held_by(worker_id, Evaluation)
+                    )
+                    .values(**values, heartbeat_at=None)
+                ).rowcount
             )

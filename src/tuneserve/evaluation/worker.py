@@ -1,7 +1,8 @@
 """The evaluation worker: a thread in the server that runs queued evaluations, one at a time,
 and queues the automatic evaluation of fine-tuning jobs that asked for one (`auto_evaluate`).
 
-Owns: the thread, and the internal tokens it calls this server with. It runs the same code as
+Owns: the thread (and its heartbeat thread: running evaluations are held under leases, as jobs
+are; see jobs/leases.py), and the internal tokens it calls this server with. It runs the same code as
 `tuneserve eval` (runner.py, report.py), through this server's own OpenAI API over HTTP, so an
 evaluation sees exactly what a client sees (the engine's batching, a vLLM upstream, project scoping).
 
@@ -32,7 +33,6 @@ from tuneserve.evaluation.judge import Judge
 from tuneserve.evaluation.report import build_report, failed_models, write_report
 from tuneserve.evaluation.runner import Cancelled, EndpointUnreachable, run_evaluation
 from tuneserve.evaluation.service import EvaluationService
-from tuneserve.jobs import states
 from tuneserve.store.keys import hash_key
 from tuneserve.store.tables import Evaluation
 
@@ -40,6 +40,7 @@ log = logging.getLogger("tuneserve.evaluations")
 
 JUDGE_BASE_URL_ENV = "TUNESERVE_JUDGE_BASE_URL"
 HOUSEKEEPING_EVERY_S = 5.0  # queue auto-evaluations, take back runs of stopped servers
+HEARTBEAT_EVERY_S = 5.0  # well inside service.STALE_AFTER_S, after which another server takes a run back
 PROGRESS_EVERY_S = 0.5
 UNREACHABLE_GRACE_S = 10.0
 
@@ -95,15 +96,27 @@ class EvaluationWorker:
         self.poll_interval_s = poll_interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._heart: threading.Thread | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="tuneserve-evaluations", daemon=True)
         self._thread.start()
+        # A thread of its own: one slow answer (minutes, with retries) must not make the run look abandoned.
+        self._heart = threading.Thread(target=self._heartbeat_loop, name="tuneserve-evaluations-heartbeat", daemon=True)
+        self._heart.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        for thread in (self._thread, self._heart):
+            if thread is not None:
+                thread.join(timeout=30)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(HEARTBEAT_EVERY_S):
+            try:
+                self.service.heartbeat(self.worker_id)
+            except Exception as exc:  # a database blip: the next beat tries again
+                log.warning("evaluation heartbeat failed: %s", exc)
 
     def _loop(self) -> None:
         next_housekeeping = 0.0
@@ -127,7 +140,7 @@ class EvaluationWorker:
 
     def _fail_quietly(self, evaluation_id: str, message: str) -> None:
         try:
-            self.service.finish(evaluation_id, error={"message": message, "code": "internal_error"})
+            self.service.finish(evaluation_id, self.worker_id, error={"message": message, "code": "internal_error"})
         except Exception:
             log.exception("could not record the failure of evaluation %s", evaluation_id)
 
@@ -136,12 +149,12 @@ class EvaluationWorker:
         try:
             items = load_eval_items(self.service.dataset_path(row), max_items=row.params.get("max_items"))
         except (DataError, OSError) as exc:
-            self.service.finish(row.id, error={"message": f"dataset_file {row.dataset_file}: {exc}", "code": "invalid_dataset"})
+            error = {"message": f"dataset_file {row.dataset_file}: {exc}", "code": "invalid_dataset"}
+            self.service.finish(row.id, self.worker_id, error=error)
             return
         token = self.tokens.issue(row.project)
         try:
             client = make_client(self.base_url, token, max_retries=2, timeout_s=600)
-            # Progress is also the heartbeat: every answer that completes says this server is alive.
             results = run_evaluation(
                 items,
                 row.models,
@@ -151,7 +164,8 @@ class EvaluationWorker:
                 temperature=row.params["temperature"],
                 concurrency=row.params["concurrency"],
                 on_progress=self._progress(row.id),
-                should_stop=lambda: self._stop.is_set() or self.service.status(row.id) != states.RUNNING,
+                # Stops when cancelled by the API, or taken back by another server (this one looked gone).
+                should_stop=lambda: self._stop.is_set() or not self.service.is_held(row.id, self.worker_id),
             )
         except Cancelled:
             return  # cancelled by the API (it stays so), or the server is stopping (queued again at the next start)
@@ -159,7 +173,7 @@ class EvaluationWorker:
             # While the server shuts down it refuses new connections before it stops this worker:
             # give the stop a moment to arrive, so the evaluation is run again at the next start.
             if not self._stop.wait(UNREACHABLE_GRACE_S):
-                self.service.finish(row.id, error={"message": str(exc), "code": "endpoint_unreachable"})
+                self.service.finish(row.id, self.worker_id, error={"message": str(exc), "code": "endpoint_unreachable"})
             return
         finally:
             self.tokens.revoke(token)
@@ -171,7 +185,7 @@ class EvaluationWorker:
         if failed:
             first = next(r["answers"][failed[0]]["error"] for r in results)
             error = {"message": f"every request to {failed[0]} failed, e.g. {first}", "code": "model_failed"}
-        self.service.finish(row.id, summary=report["summary"], error=error)
+        self.service.finish(row.id, self.worker_id, summary=report["summary"], error=error)
         log.info("evaluation %s %s", row.id, "failed" if error else "succeeded")
 
     def _judge(self, row: Evaluation, client: Any) -> Judge | None:
@@ -190,6 +204,6 @@ class EvaluationWorker:
         def update(done: int, total: int) -> None:
             if done == total or time.monotonic() - last[0] >= PROGRESS_EVERY_S:
                 last[0] = time.monotonic()
-                self.service.set_progress(evaluation_id, done, total)
+                self.service.set_progress(evaluation_id, self.worker_id, done, total)
 
         return update

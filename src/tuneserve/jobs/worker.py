@@ -17,12 +17,13 @@ import logging
 import signal
 import sys
 
+from tuneserve.jobs.runners import Runner
 from tuneserve.settings import Settings
 
 log = logging.getLogger("tuneserve.worker")
 
 
-def runner_from(settings: Settings):
+def runner_from(settings: Settings) -> Runner:
     """The runner the settings ask for: Ray jobs on a cluster, or processes on this machine."""
     if settings.runner == "ray":
         from tuneserve.jobs.runners.ray import RayRunner

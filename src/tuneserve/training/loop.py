@@ -40,7 +40,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tuneserve.atomic import write_dir_atomically
 from tuneserve.training import distributed, model as model_io, parallel
 from tuneserve.training.batching import epoch_plan, micro_batches
-from tuneserve.training.events import EventWriter
+from tuneserve.training.events import Checkpoint, EventWriter, Metrics, Result
 from tuneserve.training.spec import TrainingSpec
 from tuneserve.training.trackers import Trackers
 
@@ -206,7 +206,7 @@ def train_loop(
                             "learning_rate": learning_rate,
                             "tokens_per_second": step_tokens / max(step_time, 1e-9),
                         }
-                        events.emit("metrics", **metrics)
+                        events.emit(Metrics(**metrics))
                         trackers.log(metrics, state.global_step)
 
                     end_of_epoch = state.step_in_epoch == len(plan)
@@ -218,7 +218,7 @@ def train_loop(
                     if state.global_step in eval_steps:
                         valid = task.evaluate(evaluator, valid_items[:PERIODIC_VALID_EXAMPLES], "valid")
                         if main:
-                            events.emit("metrics", step=state.global_step, total_steps=total_steps, epoch=state.epoch, **valid)
+                            events.emit(Metrics(step=state.global_step, total_steps=total_steps, epoch=state.epoch, **valid))
                             trackers.log(valid, state.global_step)
                         checkpoint_metrics.update(valid)
                     stop = distributed.any_true(stop_requested(), loaded.device)
@@ -232,11 +232,12 @@ def train_loop(
                         path = save_checkpoint(job_dir, loaded, tokenizer, state, forward, optimizer, scheduler, kind)
                         if main:
                             events.emit(
-                                "checkpoint",
-                                step=state.global_step,
-                                epoch=state.epoch - (1 if end_of_epoch else 0),
-                                path=path.relative_to(job_dir).as_posix(),
-                                metrics=checkpoint_metrics,
+                                Checkpoint(
+                                    step=state.global_step,
+                                    epoch=state.epoch - (1 if end_of_epoch else 0),
+                                    path=path.relative_to(job_dir).as_posix(),
+                                    metrics=checkpoint_metrics,
+                                )
                             )
                         distributed.barrier()
                     if stop:
@@ -262,19 +263,20 @@ def train_loop(
     weights = parallel.full_model_state(loaded.model, kind)  # a collective under FSDP
     if main:
         if full_valid:
-            events.emit("metrics", step=state.global_step, total_steps=total_steps, epoch=hp.n_epochs, **full_valid)
+            events.emit(Metrics(step=state.global_step, total_steps=total_steps, epoch=hp.n_epochs, **full_valid))
         final_dir = job_dir / "final"
         write_dir_atomically(final_dir, lambda tmp: model_io.save(tmp, loaded, tokenizer, weights))
         events.message(f"Saved the final {'adapter' if loaded.is_adapter else 'model'} to {final_dir}")
         if run_tokens and run_step_time > 0:
             _record_throughput(spec.model, loaded.device, run_tokens / run_step_time / distributed.world_size(), events)
         result = events.emit(
-            "result",
-            trained_tokens=state.trained_tokens,
-            train_runtime_s=state.train_runtime_s,
-            train_loss=state.last_epoch_loss,
-            model_path=str(model_path),
-            adapter_path=str(final_dir),
+            Result(
+                trained_tokens=state.trained_tokens,
+                train_runtime_s=state.train_runtime_s,
+                train_loss=state.last_epoch_loss,
+                model_path=str(model_path),
+                adapter_path=str(final_dir),
+            )
         )
     distributed.barrier()
     return result

@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from tuneserve.training.events import STOP_REQUEST_FILE, EventWriter, read_events
+from tuneserve.training.events import STOP_REQUEST_FILE, EventWriter, Message, read_events
 
 USAGE = "usage: python -m tuneserve.training.ray_train JOB_DIR"
 
@@ -105,7 +105,7 @@ class _StopFile:
 
 def _error_reported_since(job_dir: Path, offset: int) -> bool:
     events, _ = read_events(job_dir / "events.jsonl", offset)
-    return any(e.get("type") == "message" and e.get("level") == "error" for e in events)
+    return any(isinstance(e, Message) and e.level == "error" for e in events)
 
 
 def _report(job_dir: Path, message: str) -> None:

@@ -116,7 +116,7 @@ def test_claim_progress_finish_items_and_listing(service, dataset):
     claimed = service.claim_next("here")
     assert claimed.id == first.id and claimed.status == "running" and claimed.started_at is not None
     assert claimed.worker_id == "here" and claimed.heartbeat_at is not None
-    service.set_progress(first.id, 1, 2)
+    service.set_progress(first.id, "here", 1, 2)
     assert service.get("proj", first.id).progress_done == 1
     assert service.items("proj", first.id) == ([], False)  # nothing until it has succeeded
     with pytest.raises(InvalidRequest, match="running") as info:
@@ -128,8 +128,8 @@ def test_claim_progress_finish_items_and_listing(service, dataset):
     directory.mkdir(parents=True)
     (directory / "report.json").write_text(json.dumps({"items": items}))
     (directory / "report.html").write_text("<html></html>")
-    service.set_progress(first.id, 2, 2)
-    service.finish(first.id, summary={TINY: {"n": 2}})
+    service.set_progress(first.id, "here", 2, 2)
+    assert service.finish(first.id, "here", summary={TINY: {"n": 2}})
     done = service.get("proj", first.id)
     assert done.status == "succeeded" and done.summary == {TINY: {"n": 2}} and done.finished_at is not None
     page, has_more = service.items("proj", first.id, limit=2)
@@ -158,12 +158,12 @@ def test_cancel_restart_and_failure(service, dataset):
     assert service.requeue_interrupted("here", stale_after_s=-1) == 1  # "there" went silent: taken back
     assert service.claim_next("here").id == running.id
     service.cancel("proj", running.id)
-    service.finish(running.id, summary={})  # the worker finishing late does not undo a cancel
+    assert not service.finish(running.id, "here", summary={})  # the worker finishing late does not undo a cancel
     assert service.get("proj", running.id).status == "cancelled"
 
     failing = service.create("proj", {"models": [TINY], "dataset_file": dataset.id})
     service.claim_next("here")
-    service.finish(failing.id, error={"message": "boom", "code": "model_failed"})
+    service.finish(failing.id, "here", error={"message": "boom", "code": "model_failed"})
     row = service.get("proj", failing.id)
     assert row.status == "failed" and row.error == {"message": "boom", "code": "model_failed"}
 
@@ -212,3 +212,30 @@ def test_internal_tokens_map_to_one_project_until_revoked():
 )
 def test_the_worker_reaches_its_own_server(host, url):
     assert self_base_url(host, 8015) == url
+
+
+def test_an_evaluation_is_held_under_a_lease_on_the_database_clock(service, dataset, monkeypatch):
+    """The same leases as jobs: a claim and its heartbeats use the database's clock (a host whose clock
+    is an hour behind is not taken for gone), a silent hold expires, and a worker that lost its hold
+    cannot write progress or a result over the new holder's run."""
+    import time
+
+    evaluation = service.create("proj", {"models": [TINY], "dataset_file": dataset.id})
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() - 3600)
+    assert service.claim_next("behind").id == evaluation.id
+    assert service.heartbeat("behind") == {evaluation.id}
+    monkeypatch.setattr(time, "time", real_time)
+    assert service.requeue_interrupted("another-server", stale_after_s=30) == 0
+    assert service.is_held(evaluation.id, "behind") and not service.is_held(evaluation.id, "another-server")
+    time.sleep(1.2)
+    assert service.heartbeat("behind") == {evaluation.id}  # a beat keeps it...
+    assert service.requeue_interrupted("another-server", stale_after_s=1.0) == 0
+    time.sleep(1.2)
+    assert service.requeue_interrupted("another-server", stale_after_s=1.0) == 1  # ...silence loses it
+    assert service.claim_next("another-server").id == evaluation.id
+    assert not service.is_held(evaluation.id, "behind") and service.heartbeat("behind") == set()
+    service.set_progress(evaluation.id, "behind", 2, 2)
+    assert not service.finish(evaluation.id, "behind", summary={})
+    row = service.get("proj", evaluation.id)
+    assert (row.status, row.progress_done, row.worker_id) == ("running", 0, "another-server")

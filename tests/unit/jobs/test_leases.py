@@ -49,11 +49,11 @@ def row(sessions, job_id: str) -> Job:
 def test_claims_take_the_oldest_job_and_count_attempts(sessions):
     first, second = add_jobs(sessions, 2)
     with sessions.begin() as session:
-        assert leases.claim_queued(session, "w1", start=True) == (first, 1)
+        assert leases.claim_queued(session, "w1", start=True, message="claimed") == (first, 1)
     with sessions.begin() as session:
-        assert leases.claim_queued(session, "w2", start=False) == (second, 1)
+        assert leases.claim_queued(session, "w2", start=False, message="claimed") == (second, 1)
     with sessions.begin() as session:
-        assert leases.claim_queued(session, "w3", start=True) is None
+        assert leases.claim_queued(session, "w3", start=True, message="claimed") is None
     a, b = row(sessions, first), row(sessions, second)
     assert (a.status, a.worker_id, a.started_at is not None) == (states.RUNNING, "w1", True)
     # start=False (a Ray job waiting for the cluster): held, but still queued until the run starts
@@ -72,7 +72,7 @@ def test_racing_claims_never_hand_out_a_job_twice(sessions):
         barrier.wait()
         while True:
             with sessions.begin() as session:
-                claimed = leases.claim_queued(session, name, start=True)
+                claimed = leases.claim_queued(session, name, start=True, message="claimed")
             if claimed is None:
                 return
             with lock:
@@ -125,17 +125,19 @@ def test_lock_if_still_held_and_release(sessions):
     with sessions.begin() as session:
         assert leases.lock_if_still_held(session, job_id, "w2") is None
         job = leases.lock_if_still_held(session, job_id, "w1")
-        leases.release(job, status=states.QUEUED)
+        leases.release(job)
     job = row(sessions, job_id)
     assert (job.status, job.worker_id, job.heartbeat_at, job.runner_pid, job.runner_ref) == (
-        states.QUEUED,
+        states.RUNNING,  # released, not moved: a status change is transition's
         None,
         None,
         None,
         None,
     )
-    with sessions.begin() as session:  # free again: the next claim gets it
-        assert leases.claim_queued(session, "w3", start=True) == (job_id, 1)
+    with sessions.begin() as session:  # free again, and queued: the next claim gets it
+        session.execute(update(Job).where(Job.id == job_id).values(status=states.QUEUED))
+    with sessions.begin() as session:
+        assert leases.claim_queued(session, "w3", start=True, message="claimed") == (job_id, 1)
 
 
 def test_a_worker_of_this_host_whose_process_ended_is_gone():
@@ -155,3 +157,23 @@ def test_a_worker_of_this_host_whose_process_ended_is_gone():
         for process in (alive, other):
             process.kill()
             process.wait()
+
+
+def test_a_lease_lives_and_expires_by_the_database_clock_not_the_hosts(sessions, monkeypatch):
+    """A worker whose host clock is an hour behind still holds its job: the heartbeat it writes is the
+    database's now. The hold then expires once the database's clock has moved past the timeout."""
+    (job_id,) = add_jobs(sessions, 1)
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() - 3600)  # the claiming host's skewed clock
+    with sessions.begin() as session:
+        assert leases.claim_queued(session, "behind:1:aa", start=True, message="claimed") == (job_id, 1)
+        assert leases.heartbeat(session, "behind:1:aa") == {job_id}
+    monkeypatch.setattr(time, "time", real_time)
+    with sessions() as session:
+        db_now = leases.db_now(session)
+        assert abs(row(sessions, job_id).heartbeat_at - db_now) < 5
+        assert leases.stale(session, "observer", 30) == []
+    time.sleep(1.2)
+    with sessions() as session:
+        assert [j.id for j in leases.stale(session, "observer", 1.0)] == [job_id]
+        assert leases.stale(session, "observer", 30) == []

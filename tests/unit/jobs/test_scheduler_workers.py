@@ -29,6 +29,8 @@ class Handle:
     job_id: str
     job_dir: Path
     ref: str
+    pid: int | None = None
+    dashboard_url: str | None = None
 
 
 @dataclass
@@ -213,3 +215,68 @@ def test_a_worker_that_cannot_heartbeat_stops_its_local_runs(sessions, scheduler
     scheduler._last_heartbeat_ok = time.monotonic() - 31  # the database was unreachable for longer than the timeout
     scheduler.tick()
     assert runner.stopped == [(job_id, False)] and scheduler.running == {}
+
+
+def test_a_runs_events_are_ingested_and_a_bad_line_is_a_warning_not_a_crash(sessions, scheduler, runner, jobs_dir):
+    (job_id,) = add_jobs(sessions, 1, spec={"model": "m"})
+    scheduler.tick()
+    write_events(
+        jobs_dir,
+        job_id,
+        {"type": "metrics", "step": 2, "total_steps": 8, "train_loss": 1.25, "learning_rate": 0.01},
+        {"type": "checkpoint", "step": 2},  # no path: not an event
+        {"type": "estimate", "step": 2},  # a kind this server does not know
+    )
+    with (jobs_dir / job_id / "events.jsonl").open("a") as f:
+        f.write("{not json\n")
+    write_events(
+        jobs_dir, job_id, {"type": "checkpoint", "step": 4, "path": "checkpoints/step-4", "metrics": {"train_loss": 1.0}}
+    )
+    scheduler.tick()
+    with sessions() as session:
+        rows = list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
+    metrics = [e for e in rows if e.type == "metrics"]
+    assert [(e.message, e.data) for e in metrics] == [
+        ("Step 2/8: training loss=1.2500", {"step": 2, "total_steps": 8, "train_loss": 1.25, "learning_rate": 0.01})
+    ]
+    warnings = [e.message for e in rows if e.level == "warn"]
+    assert len(warnings) == 3 and all(w.startswith("unreadable event line") for w in warnings)
+    assert "checkpoint.path" in warnings[0] and "estimate" in warnings[1] and "not json" in warnings[2]
+    assert rows[-1].message == "Checkpoint created at step 4"  # the lines after the bad ones still count
+    job = row(sessions, job_id)
+    assert job.events_offset == (jobs_dir / job_id / "events.jsonl").stat().st_size and job.status == states.RUNNING
+    assert (job.last_step, job.total_steps) == (2, 8)
+    scheduler.tick()  # each line is applied once
+    assert len(messages(sessions, job_id)) == len(rows)
+
+
+def test_a_finished_run_is_succeeded_with_its_result_and_results_file(sessions, scheduler, runner, jobs_dir, files):
+    (job_id,) = add_jobs(sessions, 1, spec={"model": "m"}, project="proj")
+    scheduler.tick()
+    write_events(
+        jobs_dir,
+        job_id,
+        {"type": "metrics", "step": 1, "total_steps": 1, "train_loss": 0.5},
+        {"type": "result", "trained_tokens": 7, "train_loss": 0.5},
+    )
+    runner.states[job_id] = RunState("exited", 0)
+    scheduler.tick()
+    job = row(sessions, job_id)
+    assert (job.status, job.trained_tokens, job.worker_id, job.heartbeat_at) == (states.SUCCEEDED, 7, "me:1:aa", None)
+    assert job.fine_tuned_model and job.finished_at is not None
+    log = messages(sessions, job_id)
+    assert log[-2:] == [f"New fine-tuned model created: {job.fine_tuned_model}", "The job has successfully completed"]
+    (results,) = job.result_files
+    _, path = files.content_path("proj", results)
+    assert path.read_text().splitlines()[1].startswith("1,0.5,")
+
+
+def test_a_cancelled_jobs_run_is_stopped_and_its_late_result_changes_nothing(sessions, scheduler, runner, jobs_dir):
+    (job_id,) = add_jobs(sessions, 1, spec={"model": "m"})
+    scheduler.tick()
+    hold(sessions, job_id, status=states.CANCELLED)  # what the API's cancel does
+    write_events(jobs_dir, job_id, {"type": "result", "trained_tokens": 7})
+    runner.states[job_id] = RunState("exited", 0)
+    scheduler.tick()
+    assert runner.stopped == [(job_id, False)] and job_id not in scheduler.running
+    assert row(sessions, job_id).status == states.CANCELLED and row(sessions, job_id).fine_tuned_model is None

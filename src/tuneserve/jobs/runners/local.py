@@ -36,7 +36,9 @@ def _die_with_parent() -> None:
 
 
 @dataclass
-class RunHandle:
+class LocalHandle:
+    """A `RunHandle` (runners/__init__.py): the processes of one attempt on this machine."""
+
     job_id: str
     job_dir: Path
     process: subprocess.Popen  # rank 0; its pid is the process group's id
@@ -50,8 +52,14 @@ class RunHandle:
     def ref(self) -> str:
         return str(self.process.pid)
 
+    @property
+    def dashboard_url(self) -> None:
+        return None  # a local process has no page of its own
+
 
 class LocalRunner:
+    """A `Runner` (runners/__init__.py) of processes on this machine."""
+
     # A local run dies with its worker; another worker cannot take it over, only start it again.
     detachable = False
     starts_pending = False
@@ -63,12 +71,12 @@ class LocalRunner:
     def processes_for(self, job_dir: Path) -> int:
         return self.procs_per_job or visible_cuda_devices()
 
-    def start(self, job_id: str, job_dir: Path, attempt: int = 1) -> RunHandle:
+    def start(self, job_id: str, job_dir: Path, attempt: int = 1) -> LocalHandle:
         n = self.processes_for(job_dir)
         base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         command = [sys.executable, "-m", "tuneserve.training", str(job_dir)]
         if n <= 1:  # a session of its own: no terminal signal reaches it, and killpg reaches its children
-            return RunHandle(job_id, job_dir, _spawn(command, base_env, job_dir, rank=0, group=None))
+            return LocalHandle(job_id, job_dir, _spawn(command, base_env, job_dir, rank=0, group=None))
         port = free_port()
         processes: list[subprocess.Popen] = []
         try:
@@ -80,9 +88,9 @@ class LocalRunner:
             for process in processes:
                 process.kill()
             raise
-        return RunHandle(job_id, job_dir, processes[0], processes[1:])
+        return LocalHandle(job_id, job_dir, processes[0], processes[1:])
 
-    def poll(self, handle: RunHandle) -> RunState:
+    def poll(self, handle: LocalHandle) -> RunState:
         """Running until every rank has exited; the first failing rank's code wins (a rank that
         failed makes the others hang in their next collective, so they are stopped at once)."""
         codes = [p.poll() for p in (handle.process, *handle.others)]
@@ -94,14 +102,14 @@ class LocalRunner:
             return RunState("running")
         return RunState("exited", next((c for c in codes if c != 0), 0))
 
-    def stop(self, handle: RunHandle, grace_s: float = 5.0, *, pause: bool = False) -> None:
+    def stop(self, handle: LocalHandle, grace_s: float = 5.0, *, pause: bool = False) -> None:
         """SIGTERM the process group, then SIGKILL what is left after `grace_s`. (SIGTERM is also how a
         pause asks the run for its checkpoint, so `pause` changes nothing here.)"""
         stop_process_group(handle.pid, grace_s)
         for process in (handle.process, *handle.others):
             process.wait(timeout=grace_s + 5)
 
-    def failure_detail(self, handle: RunHandle) -> str:
+    def failure_detail(self, handle: LocalHandle) -> str:
         stderr = handle.job_dir / "stderr.log"
         return stderr.read_bytes()[-2000:].decode("utf-8", "replace").strip() if stderr.exists() else ""
 
@@ -116,7 +124,7 @@ class LocalRunner:
         if runner_pid and is_training_process(runner_pid, job_dir):
             stop_process_group(runner_pid)
 
-    def describe(self, handle: RunHandle) -> str:
+    def describe(self, handle: LocalHandle) -> str:
         n = 1 + len(handle.others)
         return "the training process" if n == 1 else f"{n} training processes (one per GPU)"
 

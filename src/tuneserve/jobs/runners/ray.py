@@ -40,13 +40,21 @@ FORWARDED_ENV = ("TUNESERVE_MODEL_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFOR
 
 @dataclass
 class RayHandle:
+    """A `RunHandle` (runners/__init__.py): one attempt as a Ray job."""
+
     job_id: str
     job_dir: Path
     ref: str  # the Ray submission id
     dashboard_url: str
 
+    @property
+    def pid(self) -> None:
+        return None  # the run's processes are on the cluster's nodes, not here
+
 
 class RayRunner:
+    """A `Runner` (runners/__init__.py) of Ray jobs on an existing cluster."""
+
     # A Ray job outlives the worker that submitted it: another worker can take over watching it.
     detachable = True
     # A submitted job may wait for the cluster's resources (PENDING): the job stays `queued` until then.
