@@ -1,10 +1,10 @@
-"""build_app(settings): wires the store, the job services, the scheduler and the inference
-engine onto app.state, and maps every error to OpenAI's envelope, once."""
+"""build_app(settings): puts the store, the job services, the scheduler and the inference
+engine on app.state, once (the routes get them through api/deps.py), and maps every error to
+OpenAI's envelope, once."""
 
 from __future__ import annotations
 
 import logging
-import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tuneserve import __version__
 from tuneserve.api import adapters, console, downloads, files, fine_tuning, inference, models, opea
 from tuneserve.api import evaluations as evaluations_api
+from tuneserve.api.deps import LocalEngine
 from tuneserve.data import validate_file
 from tuneserve.errors import TuneserveError
 from tuneserve.evaluation.service import EvaluationService
@@ -54,6 +55,19 @@ def error_body(message: str, type: str = "invalid_request_error", param: str | N
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+def _openapi_without_422(app: FastAPI) -> dict:
+    """FastAPI's document, less the 422 it lists for every route with parameters: a request that fails
+    validation is answered 400 in OpenAI's envelope (validation_error below), which the routes document."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+    return app.openapi_schema
+
+
 def build_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -81,7 +95,7 @@ def build_app(settings: Settings) -> FastAPI:
             state.upstream = Upstream(settings.vllm_url, api_key=key)
             preflight = partial(check_spec_for_vllm, max_lora_rank=settings.vllm_max_lora_rank)
         state.jobs = JobService(sessions, state.files, state.catalog, jobs_dir, preflight=preflight)
-        state.engine, state.engine_lock = None, threading.Lock()
+        state.engine = LocalEngine(**settings.engine_options())
         # With --api-only no job runs here (`tuneserve worker` processes run them), so no runner is built.
         state.scheduler = Scheduler(
             sessions,
@@ -115,8 +129,7 @@ def build_app(settings: Settings) -> FastAPI:
         finally:
             state.evaluation_worker.stop()
             state.scheduler.stop()
-            if state.engine is not None:
-                state.engine.close()
+            state.engine.close()
             if state.upstream is not None:
                 await state.upstream.aclose()
             db.dispose()
@@ -126,7 +139,10 @@ def build_app(settings: Settings) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         description="Self-hosted fine-tuning with OpenAI's API: files, fine-tuning jobs, models, chat/completions.",
+        # Answers go through json.dumps as they always did (pydantic's own JSON writes 1e-05 as 1e-5): the bytes stay the same.
+        default_response_class=JSONResponse,
     )
+    app.openapi = lambda: _openapi_without_422(app)
     for module in (files, fine_tuning, downloads, opea, models, adapters, console):
         app.include_router(module.router)
     app.include_router(evaluations_api.router)

@@ -23,6 +23,10 @@ FORBIDDEN = {
     "evaluation": {"api", "app", "cli", "synthesis"},
 }
 
+# Modules a layer must never import though it may import their package: the api builds its answers from
+# what the services return, by attribute (api/responses.py), so it never sees a table class, even for typing.
+FORBIDDEN_MODULES = {"api": {"tuneserve.store.tables"}}
+
 
 def import_graph() -> dict[str, dict[str, list[str]]]:
     """package -> imported package -> where ("file:line"), for every import of tuneserve.X in src/."""
@@ -75,3 +79,31 @@ def test_lower_layers_never_import_the_layers_above():
         if high in banned
     ]
     assert back_edges == [], "back-edges: " + "; ".join(back_edges)
+
+
+def imported_modules(path: Path) -> list[tuple[str, int]]:
+    """Every module `path` imports (`from a.b import c` counts as a.b and a.b.c), with its line."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found += [(node.module, node.lineno)] + [(f"{node.module}.{a.name}", node.lineno) for a in node.names]
+        elif isinstance(node, ast.Import):
+            found += [(a.name, node.lineno) for a in node.names]
+    return found
+
+
+def test_the_module_imports_are_read_from_the_source():
+    # store/files.py says `from tuneserve.store.tables import File`: both the module and the name are seen.
+    modules = {module for module, _ in imported_modules(ROOT / "store" / "files.py")}
+    assert {"tuneserve.store.tables", "tuneserve.store.tables.File"} <= modules
+
+
+def test_layers_never_import_the_modules_forbidden_to_them():
+    offending = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for package, banned in FORBIDDEN_MODULES.items()
+        for path in (ROOT / package).rglob("*.py")
+        for module, line in imported_modules(path)
+        if any(module == b or module.startswith(b + ".") for b in banned)
+    ]
+    assert offending == [], "; ".join(offending)

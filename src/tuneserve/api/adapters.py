@@ -24,11 +24,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from tuneserve.api.deps import Project
+from tuneserve.api.deps import Catalog, LoadedAdapters, Project, UpstreamServer
+from tuneserve.api.responses import ChatCompletion, Completion, error_responses, streamed_as_events
 from tuneserve.api.schemas import ChatCompletionRequest, CompletionRequest
 from tuneserve.errors import InvalidRequest, NotFound
 from tuneserve.ids import now
-from tuneserve.inference.upstream import UpstreamError
+from tuneserve.inference.upstream import Upstream, UpstreamError
+from tuneserve.jobs.catalog import ModelCatalog
 
 router = APIRouter(prefix="/v1", tags=["adapters"])
 proxy_router = APIRouter(prefix="/v1", tags=["inference"])
@@ -44,8 +46,16 @@ class UnloadLoraAdapterRequest(BaseModel):
     lora_name: str = Field(min_length=1)
 
 
-@router.post("/load_lora_adapter", response_class=PlainTextResponse)
-def load_lora_adapter(request: Request, project: Project, body: LoadLoraAdapterRequest):
+# The routes return PlainTextResponse themselves; with the plain Response as their class, OpenAPI documents
+# the errors as the JSON they are (the class's media type would be given to every status).
+_TEXT_ANSWER = {
+    "response_class": Response,
+    "responses": {200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **error_responses(400, 401, 404)},
+}
+
+
+@router.post("/load_lora_adapter", **_TEXT_ANSWER)
+def load_lora_adapter(adapters: LoadedAdapters, project: Project, body: LoadLoraAdapterRequest):
     """Serve the PEFT adapter at `lora_path` as the model `lora_name` (vLLM's runtime LoRA loading)."""
     from tuneserve.jobs.preflight import read_adapter_config
     from tuneserve.models import ModelNotFound, check_model
@@ -63,20 +73,19 @@ def load_lora_adapter(request: Request, project: Project, body: LoadLoraAdapterR
         raise NotFound(
             f"The base model {ref!r} of this adapter does not exist here: {exc}", param="lora_path", code="model_not_found"
         ) from None
-    registry = request.app.state.runtime_adapters
-    if not registry.add(project, body.lora_name, base, path.resolve(), replace=body.load_inplace, created=now()):
+    if not adapters.add(project, body.lora_name, base, path.resolve(), replace=body.load_inplace, created=now()):
         raise InvalidRequest(
             f"The lora adapter '{body.lora_name}' has already been loaded.", param="lora_name", code="adapter_already_loaded"
         )
-    return f"Success: LoRA adapter '{body.lora_name}' added successfully."
+    return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
 
-@router.post("/unload_lora_adapter", response_class=PlainTextResponse)
-def unload_lora_adapter(request: Request, project: Project, body: UnloadLoraAdapterRequest):
+@router.post("/unload_lora_adapter", **_TEXT_ANSWER)
+def unload_lora_adapter(adapters: LoadedAdapters, project: Project, body: UnloadLoraAdapterRequest):
     """Stop serving an adapter loaded with /v1/load_lora_adapter."""
-    if not request.app.state.runtime_adapters.remove(project, body.lora_name):
+    if not adapters.remove(project, body.lora_name):
         raise NotFound(f"The lora adapter '{body.lora_name}' cannot be found.", param="lora_name", code="adapter_not_found")
-    return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
+    return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
 
 # -- the proxy ------------------------------------------------------------------------------
@@ -97,21 +106,20 @@ async def _json_body(request: Request, schema: type[BaseModel]) -> dict:
     return body
 
 
-def _own_adapter(request: Request, project: str, model: str) -> Path | None:
+def _own_adapter(catalog: ModelCatalog, project: str, model: str) -> Path | None:
     """A fine-tuned model (or checkpoint) must be the caller's: 404 otherwise, before anything is sent.
     Other names (the upstream's base models and adapters) are the upstream's to resolve."""
     if not model.startswith("ft:"):
         return None
-    _base, adapter = request.app.state.catalog.lookup(project, model)
+    _base, adapter = catalog.lookup(project, model)
     return adapter
 
 
-async def _proxy(request: Request, project: str, path: str, schema: type[BaseModel]):
+async def _proxy(request: Request, upstream: Upstream, catalog: ModelCatalog, project: str, path: str, schema: type[BaseModel]):
     from starlette.concurrency import run_in_threadpool
 
     body = await _json_body(request, schema)
-    upstream = request.app.state.upstream
-    adapter = await run_in_threadpool(_own_adapter, request, project, body["model"])
+    adapter = await run_in_threadpool(_own_adapter, catalog, project, body["model"])
     for attempt in (0, 1):
         try:
             if body.get("stream"):
@@ -131,13 +139,18 @@ async def _proxy(request: Request, project: str, path: str, schema: type[BaseMod
     raise AssertionError("unreachable")
 
 
-@proxy_router.post("/chat/completions")
-async def chat_completions(request: Request, project: Project):
+# The body is read raw (it goes on as it came), so OpenAPI documents only the answers; vLLM's have OpenAI's shape.
+def _answers(answer: type[BaseModel], streamed: str) -> dict:
+    return {"response_model": answer, "responses": {**streamed_as_events(streamed), **error_responses(400, 401, 404, 502)}}
+
+
+@proxy_router.post("/chat/completions", **_answers(ChatCompletion, "chat.completion.chunk events"))
+async def chat_completions(request: Request, upstream: UpstreamServer, catalog: Catalog, project: Project):
     """Chat completions, answered by the upstream inference server (the request JSON is passed as it is)."""
-    return await _proxy(request, project, "/v1/chat/completions", ChatCompletionRequest)
+    return await _proxy(request, upstream, catalog, project, "/v1/chat/completions", ChatCompletionRequest)
 
 
-@proxy_router.post("/completions")
-async def completions(request: Request, project: Project):
+@proxy_router.post("/completions", **_answers(Completion, "text_completion events"))
+async def completions(request: Request, upstream: UpstreamServer, catalog: Catalog, project: Project):
     """Text completions, answered by the upstream inference server."""
-    return await _proxy(request, project, "/v1/completions", CompletionRequest)
+    return await _proxy(request, upstream, catalog, project, "/v1/completions", CompletionRequest)

@@ -20,25 +20,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
-from tuneserve.api.deps import Project
+from tuneserve.api.deps import Jobs, Project
+from tuneserve.api.responses import error_responses
 from tuneserve.errors import InvalidRequest, NotFound
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 
-@router.get("/{job_id}/download")
+@router.get(
+    "/{job_id}/download",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}},
+        **error_responses(400, 401, 404),
+    },
+)
 def download_model(
-    request: Request,
+    jobs: Jobs,
     project: Project,
     job_id: str,
     type: Literal["adapter", "merged"] = Query("adapter", description="adapter (PEFT tar.gz) or merged (full weights)"),
     checkpoint_step: int | None = Query(None, ge=1, description="a checkpoint's step instead of the final model"),
 ):
     """Download the fine-tuned model as a tar.gz: its adapter, or merged full weights (a tuneserve extension)."""
-    jobs = request.app.state.jobs
     job = jobs.get(project, job_id)  # NotFound for another project's job
     if job.status != "succeeded":
         raise InvalidRequest(

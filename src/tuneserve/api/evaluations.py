@@ -9,15 +9,14 @@ with `auto_evaluate: true` and a validation file gets one when it succeeds (`fin
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from tuneserve.api.deps import Project
-from tuneserve.api.schemas import list_object
-from tuneserve.store.tables import Evaluation
+from tuneserve.api.deps import Evaluations, Project
+from tuneserve.api.responses import Page, WireObject, error_responses
 
 router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
 
@@ -41,50 +40,93 @@ class CreateEvaluation(BaseModel):
     metadata: dict[str, str] | None = None
 
 
-def evaluation_object(row: Evaluation) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "object": "evaluation",
-        "created_at": row.created_at,
-        "started_at": row.started_at,
-        "finished_at": row.finished_at,
-        "status": row.status,
-        "models": row.models,
-        "dataset_file": row.dataset_file,
-        "judge_model": row.judge_model,
-        "judge_base_url": row.judge_base_url,
-        "fine_tuning_job_id": row.fine_tuning_job_id,
-        "progress": {"done": row.progress_done, "total": row.progress_total},  # answers (items x models)
-        "summary": row.summary,
-        "error": row.error,
-        "metadata": row.user_metadata,
-        **{k: row.params.get(k) for k in ("max_tokens", "temperature", "concurrency", "max_items")},
-    }
+class Progress(BaseModel):
+    done: int = Field(description="answers given (items x models)")
+    total: int
 
 
-@router.post("")
-def create_evaluation(request: Request, project: Project, body: CreateEvaluation):
+class Evaluation(WireObject):
+    id: str
+    object: Literal["evaluation"] = "evaluation"
+    created_at: int
+    started_at: int | None
+    finished_at: int | None
+    status: str = Field(description="queued, running, succeeded, failed or cancelled")
+    models: list[str]
+    dataset_file: str
+    judge_model: str | None
+    judge_base_url: str | None
+    fine_tuning_job_id: str | None = Field(description="the job whose auto_evaluate made it")
+    progress: Progress
+    summary: dict[str, Any] | None = Field(description="per model, per metric: mean with a 95% bootstrap interval")
+    error: dict[str, Any] | None
+    metadata: dict[str, str] | None
+    max_tokens: int | None
+    temperature: float | None
+    concurrency: int | None
+    max_items: int | None
+
+    @classmethod
+    def of(cls, evaluation) -> Evaluation:
+        params = evaluation.params
+        return cls(
+            id=evaluation.id,
+            created_at=evaluation.created_at,
+            started_at=evaluation.started_at,
+            finished_at=evaluation.finished_at,
+            status=evaluation.status,
+            models=evaluation.models,
+            dataset_file=evaluation.dataset_file,
+            judge_model=evaluation.judge_model,
+            judge_base_url=evaluation.judge_base_url,
+            fine_tuning_job_id=evaluation.fine_tuning_job_id,
+            progress=Progress(done=evaluation.progress_done, total=evaluation.progress_total),
+            summary=evaluation.summary,
+            error=evaluation.error,
+            metadata=evaluation.user_metadata,
+            **{k: params.get(k) for k in ("max_tokens", "temperature", "concurrency", "max_items")},
+        )
+
+
+class EvaluationList(Page[Evaluation]):
+    pass
+
+
+class EvaluationItem(BaseModel):
+    index: int
+    question: str
+    reference: str
+    answers: dict[str, dict[str, Any]] = Field(
+        description="per model: {text, rouge1, rouge2, rougeL, exact_match, judge: {verdict, reason} | null, error, judge_error}"
+    )
+
+
+class EvaluationItemList(Page[EvaluationItem]):
+    pass
+
+
+@router.post("", response_model=Evaluation, responses=error_responses(400, 401, 404))
+def create_evaluation(evaluations: Evaluations, project: Project, body: CreateEvaluation):
     """Queue an evaluation. The models and the dataset are checked now: a bad line is a 400 naming it."""
-    row = request.app.state.evaluations.create(project, body.model_dump())
-    return evaluation_object(row)
+    return Evaluation.of(evaluations.create(project, body.model_dump()))
 
 
-@router.get("")
-def list_evaluations(request: Request, project: Project, after: str | None = None, limit: int = Query(20, ge=1, le=1000)):
+@router.get("", response_model=EvaluationList, responses=error_responses(400, 401))
+def list_evaluations(evaluations: Evaluations, project: Project, after: str | None = None, limit: int = Query(20, ge=1, le=1000)):
     """List evaluations, newest first, with cursor pagination (`after`, `limit`, `has_more`)."""
-    rows, has_more = request.app.state.evaluations.list(project, after=after, limit=limit)
-    return list_object([evaluation_object(r) for r in rows], has_more)
+    rows, has_more = evaluations.list(project, after=after, limit=limit)
+    return EvaluationList.of([Evaluation.of(r) for r in rows], has_more)
 
 
-@router.get("/{evaluation_id}")
-def retrieve_evaluation(request: Request, project: Project, evaluation_id: str):
+@router.get("/{evaluation_id}", response_model=Evaluation, responses=error_responses(401, 404))
+def retrieve_evaluation(evaluations: Evaluations, project: Project, evaluation_id: str):
     """One evaluation: status, progress, and the summary once it has succeeded."""
-    return evaluation_object(request.app.state.evaluations.get(project, evaluation_id))
+    return Evaluation.of(evaluations.get(project, evaluation_id))
 
 
-@router.get("/{evaluation_id}/items")
+@router.get("/{evaluation_id}/items", response_model=EvaluationItemList, responses=error_responses(400, 401, 404))
 def list_items(
-    request: Request,
+    evaluations: Evaluations,
     project: Project,
     evaluation_id: str,
     after: str | None = Query(None, description="the last index seen"),
@@ -92,17 +134,21 @@ def list_items(
 ):
     """Per item, in dataset order: {index, question, reference, answers: {MODEL: {text, rouge1, rouge2,
     rougeL, exact_match, judge: {verdict, reason} | null, error, judge_error}}}. Empty until it has succeeded."""
-    items, has_more = request.app.state.evaluations.items(project, evaluation_id, after=after, limit=limit)
-    return list_object(items, has_more)
+    items, has_more = evaluations.items(project, evaluation_id, after=after, limit=limit)
+    return EvaluationItemList.of([EvaluationItem.model_validate(item) for item in items], has_more)
 
 
-@router.get("/{evaluation_id}/report.html")
-def report_html(request: Request, project: Project, evaluation_id: str):
+@router.get(
+    "/{evaluation_id}/report.html",
+    response_class=FileResponse,
+    responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}, **error_responses(400, 401, 404)},
+)
+def report_html(evaluations: Evaluations, project: Project, evaluation_id: str):
     """The self-contained HTML report: a chart of the metrics and the answers side by side."""
-    return FileResponse(request.app.state.evaluations.report_html(project, evaluation_id), media_type="text/html")
+    return FileResponse(evaluations.report_html(project, evaluation_id), media_type="text/html")
 
 
-@router.post("/{evaluation_id}/cancel")
-def cancel_evaluation(request: Request, project: Project, evaluation_id: str):
+@router.post("/{evaluation_id}/cancel", response_model=Evaluation, responses=error_responses(400, 401, 404))
+def cancel_evaluation(evaluations: Evaluations, project: Project, evaluation_id: str):
     """Cancel a queued or running evaluation (a running one stops after the answers in flight)."""
-    return evaluation_object(request.app.state.evaluations.cancel(project, evaluation_id))
+    return Evaluation.of(evaluations.cancel(project, evaluation_id))

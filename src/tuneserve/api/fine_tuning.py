@@ -4,69 +4,78 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Header, Query, Request
 
-from tuneserve.api.deps import Project
-from tuneserve.api.schemas import CreateFineTuningJob, checkpoint_object, event_object, job_object, list_object
+from tuneserve.api import opea
+from tuneserve.api.deps import Jobs, Project
+from tuneserve.api.responses import (
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobCheckpointList,
+    FineTuningJobEvent,
+    FineTuningJobEventList,
+    FineTuningJobList,
+    error_responses,
+)
+from tuneserve.api.schemas import CreateFineTuningJob
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 
-@router.post("")
+@router.post("", response_model=FineTuningJob, responses=error_responses(400, 401, 404))
 def create_job(
-    request: Request,
+    jobs: Jobs,
     project: Project,
     body: CreateFineTuningJob,
     idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
 ):
     """Create a job. A retry with the same Idempotency-Key returns the first job instead of a second one."""
-    job = request.app.state.jobs.create(project, body.to_service_request(), idempotency_key=idempotency_key)
-    return job_object(job)
+    job = jobs.create(project, opea.job_request(body), idempotency_key=idempotency_key)
+    return FineTuningJob.of(job)
 
 
-@router.get("")
-def list_jobs(request: Request, project: Project, after: str | None = None, limit: int = Query(20, ge=1, le=1000)):
-    """List jobs, newest first, with cursor pagination (`after`, `limit`, `has_more`)."""
+@router.get("", response_model=FineTuningJobList, responses=error_responses(400, 401))
+def list_jobs(request: Request, jobs: Jobs, project: Project, after: str | None = None, limit: int = Query(20, ge=1, le=1000)):
+    """List jobs, newest first, with cursor pagination (`after`, `limit`, `has_more`).
+    `metadata[KEY]=VALUE` query parameters keep only the jobs whose metadata has those pairs."""
     metadata = {
         k[len("metadata[") : -1]: v for k, v in request.query_params.items() if k.startswith("metadata[") and k.endswith("]")
     }
-    jobs, has_more = request.app.state.jobs.list(project, after=after, limit=limit, metadata=metadata or None)
-    return list_object([job_object(j) for j in jobs], has_more)
+    rows, has_more = jobs.list(project, after=after, limit=limit, metadata=metadata or None)
+    return FineTuningJobList.of([FineTuningJob.of(j) for j in rows], has_more)
 
 
-@router.get("/{job_id}")
-def retrieve_job(request: Request, project: Project, job_id: str):
+@router.get("/{job_id}", response_model=FineTuningJob, responses=error_responses(401, 404))
+def retrieve_job(jobs: Jobs, project: Project, job_id: str):
     """One job."""
-    return job_object(request.app.state.jobs.get(project, job_id))
+    return FineTuningJob.of(jobs.get(project, job_id))
 
 
-@router.post("/{job_id}/cancel")
-def cancel_job(request: Request, project: Project, job_id: str):
+@router.post("/{job_id}/cancel", response_model=FineTuningJob, responses=error_responses(400, 401, 404))
+def cancel_job(jobs: Jobs, project: Project, job_id: str):
     """Cancel a job; a running job's process group is stopped within seconds."""
-    return job_object(request.app.state.jobs.cancel(project, job_id))
+    return FineTuningJob.of(jobs.cancel(project, job_id))
 
 
-@router.post("/{job_id}/pause")
-def pause_job(request: Request, project: Project, job_id: str):
+@router.post("/{job_id}/pause", response_model=FineTuningJob, responses=error_responses(400, 401, 404))
+def pause_job(jobs: Jobs, project: Project, job_id: str):
     """Pause a queued or running job; a running one writes a checkpoint at its next step, then stops."""
-    return job_object(request.app.state.jobs.pause(project, job_id))
+    return FineTuningJob.of(jobs.pause(project, job_id))
 
 
-@router.post("/{job_id}/resume")
-def resume_job(request: Request, project: Project, job_id: str):
+@router.post("/{job_id}/resume", response_model=FineTuningJob, responses=error_responses(400, 401, 404))
+def resume_job(jobs: Jobs, project: Project, job_id: str):
     """Resume a paused job: it is queued again and continues from its last checkpoint."""
-    return job_object(request.app.state.jobs.resume(project, job_id))
+    return FineTuningJob.of(jobs.resume(project, job_id))
 
 
-@router.get("/{job_id}/events")
-def list_events(request: Request, project: Project, job_id: str, after: str | None = None, limit: int = Query(20, ge=1, le=1000)):
+@router.get("/{job_id}/events", response_model=FineTuningJobEventList, responses=error_responses(400, 401, 404))
+def list_events(jobs: Jobs, project: Project, job_id: str, after: str | None = None, limit: int = Query(20, ge=1, le=1000)):
     """The job's events, newest first: status changes, messages, and metrics per logging step."""
-    events, has_more = request.app.state.jobs.events(project, job_id, after=after, limit=limit)
-    return list_object([event_object(e) for e in events], has_more)
+    events, has_more = jobs.events(project, job_id, after=after, limit=limit)
+    return FineTuningJobEventList.of([FineTuningJobEvent.of(e) for e in events], has_more)
 
 
-@router.get("/{job_id}/checkpoints")
-def list_checkpoints(
-    request: Request, project: Project, job_id: str, after: str | None = None, limit: int = Query(10, ge=1, le=1000)
-):
+@router.get("/{job_id}/checkpoints", response_model=FineTuningJobCheckpointList, responses=error_responses(400, 401, 404))
+def list_checkpoints(jobs: Jobs, project: Project, job_id: str, after: str | None = None, limit: int = Query(10, ge=1, le=1000)):
     """The job's checkpoints (one per epoch), newest first, each usable as a model."""
-    ckpts, has_more = request.app.state.jobs.checkpoints(project, job_id, after=after, limit=limit)
-    return list_object([checkpoint_object(c) for c in ckpts], has_more, with_ids=True)
+    ckpts, has_more = jobs.checkpoints(project, job_id, after=after, limit=limit)
+    return FineTuningJobCheckpointList.of([FineTuningJobCheckpoint.of(c) for c in ckpts], has_more)

@@ -14,10 +14,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from tuneserve.api.deps import Project
+from tuneserve.api.deps import Catalog, LocalInference, Project
+from tuneserve.api.responses import ChatCompletion, Completion, error_responses, streamed_as_events
 from tuneserve.api.schemas import ChatCompletionRequest, CompletionRequest, ResponseFormat, SamplingFields
 from tuneserve.api.tool_calls import parse_tool_calls
 from tuneserve.errors import InvalidRequest
@@ -54,16 +55,6 @@ def check_response_format(value: ResponseFormat | None) -> bool:
             code="invalid_value",
         )
     return kind == "json_object"
-
-
-def _engine(request: Request):
-    state = request.app.state
-    with state.engine_lock:
-        if state.engine is None:
-            from tuneserve.inference.engine import Engine
-
-            state.engine = Engine()
-        return state.engine
 
 
 def _params(body: SamplingFields, index: int, *, logprobs: bool = False, top_logprobs: int = 0, json_mode: bool = False):
@@ -149,12 +140,18 @@ def _chat_message(text: str, tools_given: bool) -> tuple[dict[str, Any], bool]:
     return {"role": "assistant", "content": text, "refusal": None}, False
 
 
-@router.post("/chat/completions")
-def chat_completions(request: Request, project: Project, body: ChatCompletionRequest):
+# The answers are built as dicts and sent with only the keys they have (a message has `tool_calls` only when it called).
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    response_model_exclude_unset=True,
+    responses={**streamed_as_events("chat.completion.chunk events, then [DONE]"), **error_responses(400, 401, 404)},
+)
+def chat_completions(catalog: Catalog, local_engine: LocalInference, project: Project, body: ChatCompletionRequest):
     """Chat with a base model or a fine-tuned model (`ft:...`), optionally streamed."""
     json_mode = check_response_format(body.response_format)  # a 400 before the model is looked up or loaded
-    base, adapter = request.app.state.catalog.lookup(project, body.model)
-    engine = _engine(request)
+    base, adapter = catalog.lookup(project, body.model)
+    engine = local_engine.get()
     messages = [m.as_template_message() for m in body.messages]
     tools = body.tools if body.tools and body.tool_choice != "none" else None
     want_logprobs = body.logprobs or bool(body.top_logprobs)
@@ -231,12 +228,17 @@ def _chat_chunks(head: dict, streams: list, tools_given: bool, body: ChatComplet
         yield {**chunk, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)}
 
 
-@router.post("/completions")
-def completions(request: Request, project: Project, body: CompletionRequest):
+@router.post(
+    "/completions",
+    response_model=Completion,
+    response_model_exclude_unset=True,
+    responses={**streamed_as_events("text_completion events, then [DONE]"), **error_responses(400, 401, 404)},
+)
+def completions(catalog: Catalog, local_engine: LocalInference, project: Project, body: CompletionRequest):
     """Plain text completion (no chat template) with a base or fine-tuned model."""
     json_mode = check_response_format(body.response_format)
-    base, adapter = request.app.state.catalog.lookup(project, body.model)
-    engine = _engine(request)
+    base, adapter = catalog.lookup(project, body.model)
+    engine = local_engine.get()
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     jobs = [(p, i) for p in prompts for i in range(body.n)]
     want = body.logprobs is not None

@@ -17,35 +17,14 @@ from tuneserve.errors import InvalidRequest, NotFound
 from tuneserve.ids import new_id, now
 from tuneserve.jobs import states
 from tuneserve.jobs.catalog import ModelCatalog
+from tuneserve.jobs.lifecycle import add_event, transition
 from tuneserve.jobs.names import checkpoint_model_name, fine_tuned_model_name
+from tuneserve.jobs.requests import JobRequest
 from tuneserve.models import check_model
 from tuneserve.store.files import FileService
 from tuneserve.store.pagination import page_after
 from tuneserve.store.tables import Checkpoint, Job, JobEvent
 from tuneserve.training.spec import OPTIMIZATION_KEYS, LoraSpec, Optimization, TrainingSpec, resolve_hyperparameters
-
-
-def add_event(
-    session: Session,
-    job_id: str,
-    message: str,
-    *,
-    level: str = "info",
-    type: str = "message",
-    data: dict | None = None,
-    created_at: int | None = None,
-) -> None:
-    session.add(
-        JobEvent(
-            id=new_id("ftevent"),
-            job_id=job_id,
-            created_at=created_at or now(),
-            level=level,
-            message=message,
-            type=type,
-            data=data,
-        )
-    )
 
 
 class JobService:
@@ -67,7 +46,7 @@ class JobService:
         return self.jobs_dir / job_id
 
     # -- create -------------------------------------------------------------------------
-    def create(self, project: str, request: dict[str, Any], idempotency_key: str | None = None) -> Job:
+    def create(self, project: str, request: JobRequest, idempotency_key: str | None = None) -> Job:
         """Validate the request, resolve it into a TrainingSpec, save the job as queued."""
         if idempotency_key:
             with self.sessions() as session:
@@ -75,14 +54,12 @@ class JobService:
             if existing is not None:
                 return existing
 
-        base, init_adapter = self._resolve_model(project, request["model"])
+        base, init_adapter = self._resolve_model(project, request.model)
         method_type, hp_request = _method_and_hyperparameters(request)
-        training_type = request.get("training_type") or "lora"
-        check_training_type(training_type, request.get("lora"))
-        training = self.files.find(project, request["training_file"], "training_file")
-        validation = (
-            self.files.find(project, request["validation_file"], "validation_file") if request.get("validation_file") else None
-        )
+        training_type = request.training_type or "lora"
+        check_training_type(training_type, request.lora)
+        training = self.files.find(project, request.training_file, "training_file")
+        validation = self.files.find(project, request.validation_file, "validation_file") if request.validation_file else None
         for param, file in (("training_file", training), ("validation_file", validation)):
             if file is not None and file.purpose != "fine-tune":
                 raise InvalidRequest(f"{file.id} has purpose {file.purpose!r}; upload it with purpose 'fine-tune'", param=param)
@@ -107,22 +84,20 @@ class JobService:
                 param="training_file",
                 code="too_few_examples",
             )
-        if request.get("auto_evaluate") and validation is None:
+        if request.auto_evaluate and validation is None:
             raise InvalidRequest(
                 "auto_evaluate compares the result with its base on the validation file: give a validation_file",
                 param="auto_evaluate",
             )
-        wandb = _wandb_settings(request.get("integrations"))
+        wandb = _wandb_settings(request.integrations)
 
         job_id = new_id("ftjob")
         try:
-            if request.get("learning_rate") is not None:
-                hp_request["learning_rate"] = request["learning_rate"]
+            if request.learning_rate is not None:
+                hp_request["learning_rate"] = request.learning_rate
             hyperparameters = resolve_hyperparameters(hp_request, training.n_examples or 0, training_type, method_type)
-            seed = (
-                int(request["seed"]) if request.get("seed") is not None else int.from_bytes(job_id.encode()[-4:], "big") % (2**31)
-            )
-            optional = {key: request[key] for key in _SPEC_OPTIONS if request.get(key) is not None}
+            seed = request.seed if request.seed is not None else int.from_bytes(job_id.encode()[-4:], "big") % (2**31)
+            optional = request.model_dump(include=set(_SPEC_OPTIONS), exclude_none=True)
             if optional.get("train_on_inputs") == "auto":
                 optional.pop("train_on_inputs")
             spec = TrainingSpec(
@@ -132,8 +107,8 @@ class JobService:
                 method=method_type,
                 training_type=training_type,
                 hyperparameters=hyperparameters,
-                lora=LoraSpec(**(request.get("lora") or {})),
-                optimization=Optimization(**{k: request[k] for k in OPTIMIZATION_KEYS if request.get(k) is not None}),
+                lora=LoraSpec(**(request.lora or {})),
+                optimization=Optimization(**request.model_dump(include=set(OPTIMIZATION_KEYS), exclude_none=True)),
                 seed=seed,
                 init_adapter=init_adapter,
                 wandb=wandb,
@@ -158,16 +133,16 @@ class JobService:
         job = Job(
             id=job_id,
             project=project,
-            model=request["model"],
+            model=request.model,
             training_file=training.id,
             validation_file=validation.id if validation else None,
             status=states.VALIDATING,
             hyperparameters=hp_public,
             method={"type": method_type, method_type: {"hyperparameters": hp_public}},
             spec=spec.model_dump(mode="json"),
-            suffix=request.get("suffix"),
+            suffix=request.suffix,
             seed=seed,
-            user_metadata=request.get("metadata"),
+            user_metadata=request.metadata,
             result_files=[],
             created_at=now(),
             idempotency_key=idempotency_key,
@@ -235,16 +210,16 @@ class JobService:
             job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
             if job.status == states.CANCELLED:
                 return job
-            if job.status not in states.CANCELLABLE:
+            # From any status that may be cancelled (states.MOVES); refused once the job has ended.
+            if not transition(
+                session, job_id, states.CANCELLED, "Fine-tuning job cancelled", finished_at=now(), estimated_finish=None
+            ):
+                status = session.scalar(select(Job.status).where(Job.id == job_id))
                 raise InvalidRequest(
-                    f"Job {job_id} has already {job.status}; it cannot be cancelled",
+                    f"Job {job_id} has already {status}; it cannot be cancelled",
                     param="fine_tuning_job_id",
                     code="job_not_cancellable",
                 )
-            job.status = states.CANCELLED
-            job.finished_at = now()
-            job.estimated_finish = None
-            add_event(session, job_id, "Fine-tuning job cancelled")
         return self.get(project, job_id)
 
     def pause(self, project: str, job_id: str) -> Job:
@@ -275,15 +250,13 @@ class JobService:
             job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
             if job.status == target:
                 return job
-            if job.status not in allowed:
+            if not transition(session, job_id, target, message, from_=allowed, estimated_finish=None):
+                status = session.scalar(select(Job.status).where(Job.id == job_id))
                 raise InvalidRequest(
-                    f"Job {job_id} is {job.status}; only a job that is {' or '.join(sorted(allowed))} can become {target}",
+                    f"Job {job_id} is {status}; only a job that is {' or '.join(sorted(allowed))} can become {target}",
                     param="fine_tuning_job_id",
                     code=code,
                 )
-            job.status = target
-            job.estimated_finish = None
-            add_event(session, job_id, message)
         return self.get(project, job_id)
 
 
@@ -359,16 +332,16 @@ def checkpoint_name_for(job: Job, step: int) -> str:
     return checkpoint_model_name(model_name_for(job), step)
 
 
-def _method_and_hyperparameters(request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Both OpenAI forms: top-level `hyperparameters` (deprecated) and `method.{type}.hyperparameters`."""
-    hp = dict(request.get("hyperparameters") or {})
-    method = request.get("method") or {}
-    method_type = method.get("type") or "supervised"
+def _method_and_hyperparameters(request: JobRequest) -> tuple[str, dict[str, Any]]:
+    """Both OpenAI forms: top-level `hyperparameters` (deprecated) and `method.{type}.hyperparameters` (which win)."""
+    hp = request.hyperparameters.model_dump(exclude_none=True) if request.hyperparameters else {}
+    method_type = request.method.type if request.method else "supervised"
     if method_type not in ("supervised", "dpo"):
         raise InvalidRequest(
             f"method.type {method_type!r} is not supported; use 'supervised' or 'dpo'",
             param="method.type",
             code="unsupported_method",
         )
-    hp.update({k: v for k, v in ((method.get(method_type) or {}).get("hyperparameters") or {}).items() if v is not None})
+    if request.method:
+        hp.update(request.method.hyperparameters())
     return method_type, hp

@@ -30,7 +30,7 @@ BASE_LEARNING_RATE = {
     ("dpo", "full"): 1e-6,
 }
 
-# The limits of every hyperparameter, here once: the API's request schema (api/schemas.py) uses them too.
+# The limits of every hyperparameter, here once: the API's request schema (jobs/requests.py) uses them too.
 MAX_EPOCHS = 50
 MAX_BATCH_SIZE = 256
 MAX_LR_MULTIPLIER = 100.0

@@ -245,7 +245,7 @@ def test_the_api_accepts_exactly_the_limits_the_training_spec_has():
     """One set of limits: a request's hyperparameters are refused where the training spec would refuse them."""
     from pydantic import ValidationError
 
-    from tuneserve.api.schemas import RequestedHyperparameters
+    from tuneserve.jobs.requests import RequestedHyperparameters
     from tuneserve.training.spec import MAX_BATCH_SIZE, MAX_DPO_BETA, MAX_EPOCHS, MAX_LR_MULTIPLIER
 
     limits = {

@@ -8,9 +8,9 @@ import json
 import pytest
 from sqlalchemy import select
 
-from tuneserve.api.schemas import CreateFineTuningJob
 from tuneserve.errors import InvalidRequest
 from tuneserve.jobs import states
+from tuneserve.jobs.requests import JobRequest
 from tuneserve.store.tables import Job, JobEvent
 from tuneserve.training.spec import BASE_LEARNING_RATE, TrainingSpec
 
@@ -18,7 +18,7 @@ TINY = "tuneserve/tiny-random"
 
 
 def request(training_file, **extra):
-    return {"model": TINY, "training_file": training_file, **extra}
+    return JobRequest(**{"model": TINY, "training_file": training_file, **extra})
 
 
 @pytest.fixture
@@ -154,26 +154,6 @@ def test_auto_evaluate_needs_a_validation_file(jobs, training_file):
     with pytest.raises(InvalidRequest) as info:
         jobs.create("proj", request(training_file.id, auto_evaluate=True))
     assert info.value.param == "auto_evaluate"
-
-
-def test_opea_sections_map_onto_the_request():
-    body = CreateFineTuningJob(
-        model=TINY,
-        training_file="file-x",
-        General={"lora_config": None, "task": "dpo", "enable_gradient_checkpointing": True},
-        Training={
-            "num_training_workers": 2,
-            "resources_per_worker": {"CPU": 1},
-            "dpo_beta": 0.2,
-            "gradient_accumulation_steps": 4,
-            "lr_scheduler": "cosine",
-        },
-    )
-    req = body.to_service_request()
-    assert req["training_type"] == "full" and req["method"]["type"] == "dpo"
-    assert req["method"]["dpo"]["hyperparameters"]["beta"] == 0.2
-    assert (req["num_workers"], req["resources_per_worker"], req["gradient_accumulation_steps"]) == (2, {"CPU": 1}, 4)
-    assert req["lr_scheduler_type"] == "cosine" and req["gradient_checkpointing"] is True
 
 
 def _status(sessions, job_id):
