@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.api.test_auth import create_key
-from tests.conftest import TINY, chat_jsonl, start_server, wait_for_status
+from tests.conftest import TINY, chat_jsonl, start_server, wait_for, wait_for_status
 
 QA = "".join(json.dumps({"question": f"What is the capital of country {i}?", "answer": f"City {i}."}) + "\n" for i in range(3))
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -27,13 +27,11 @@ def get(client, path: str, **query) -> dict:
 
 
 def wait_for_evaluation(client, evaluation_id: str, timeout_s: float = 180) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def ended() -> dict | None:
         evaluation = get(client, f"/evaluations/{evaluation_id}")
-        if evaluation["status"] in TERMINAL:
-            return evaluation
-        time.sleep(0.5)
-    raise AssertionError(f"evaluation {evaluation_id} still {evaluation['status']} after {timeout_s}s")
+        return evaluation if evaluation["status"] in TERMINAL else None
+
+    return wait_for(ended, timeout_s, f"evaluation {evaluation_id} to end", interval_s=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +99,12 @@ def test_a_fine_tuning_job_with_auto_evaluate_is_compared_with_its_base(client, 
     job = wait_for_status(client, job.id, {"succeeded", "failed"}, timeout_s=240)
     assert job.status == "succeeded", job.error
 
-    deadline = time.monotonic() + 30
-    mine: list[dict] = []
-    while not mine and time.monotonic() < deadline:
-        mine = [e for e in get(client, "/evaluations", limit=100)["data"] if e["fine_tuning_job_id"] == job.id]
-        time.sleep(0.5)
-    assert len(mine) == 1, "the succeeded job got no evaluation"
+    mine = wait_for(
+        lambda: [e for e in get(client, "/evaluations", limit=100)["data"] if e["fine_tuning_job_id"] == job.id],
+        30,
+        "the succeeded job's evaluation",
+    )
+    assert len(mine) == 1
     evaluation = wait_for_evaluation(client, mine[0]["id"])
     assert evaluation["status"] == "succeeded", evaluation["error"]
     assert evaluation["models"] == [TINY, job.fine_tuned_model] and evaluation["dataset_file"] == validation.id

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import TINY, chat_jsonl, wait_for_status
+from tests.conftest import TINY, chat_jsonl, wait_for, wait_for_status
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +111,10 @@ def test_cancel_running_job_stops_its_process(client, training_file, server):
     )
     wait_for_status(client, job.id, {"running"}, timeout_s=120)
     events_file = server.data_dir / "jobs" / job.id / "events.jsonl"
-    deadline = time.monotonic() + 60
-    while "metrics" not in (events_file.read_text() if events_file.exists() else "") and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1)  # the scheduler ingests the first metrics within a poll interval
-    running = client.fine_tuning.jobs.retrieve(job.id)
+    # The scheduler ingests the first metrics, which give the estimate.
+    running = wait_for(
+        lambda: (now := client.fine_tuning.jobs.retrieve(job.id)).estimated_finish is not None and now, 60, "an estimate"
+    )
     assert running.status == "running" and running.estimated_finish is not None
     assert running.estimated_finish >= running.created_at
     cancelled = client.fine_tuning.jobs.cancel(job.id)

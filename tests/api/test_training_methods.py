@@ -10,7 +10,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.conftest import TINY, chat_jsonl, wait_for_status
+from tests.conftest import TINY, chat_jsonl, wait_for, wait_for_status
 
 DPO_SUBSET = Path(__file__).resolve().parents[1] / "unit" / "training" / "data" / "dpo_en_demo_8.json"
 
@@ -25,17 +25,21 @@ def test_pause_checkpoints_and_resume_finishes(client):
         model=TINY, training_file=file.id, suffix="pause", hyperparameters={"n_epochs": 8, "batch_size": 1}
     )  # 384 short steps
     wait_for_status(client, job.id, {"running"}, timeout_s=120)
-    deadline = time.monotonic() + 60
-    while not metrics_events(client, job.id) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: metrics_events(client, job.id), 60, "the first metrics")
     paused = client.fine_tuning.jobs.pause(job.id)
     assert paused.status == "paused"
-    deadline = time.monotonic() + 60  # the process finishes its step, writes the checkpoint and exits
-    while not (checkpoints := client.fine_tuning.jobs.checkpoints.list(job.id).data) and time.monotonic() < deadline:
-        time.sleep(0.3)
-    steps_at_pause = max(e.data["step"] for e in metrics_events(client, job.id))
+
+    def pause_checkpoint():
+        """The newest checkpoint once it is at the last step trained. An epoch's checkpoint (step 48)
+        may come first, when the pause lands after it: wait for the pause's own."""
+        checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+        last_step = max(e.data["step"] for e in metrics_events(client, job.id))
+        return checkpoints[0] if checkpoints and checkpoints[0].step_number == last_step else None
+
+    # The process finishes its step, writes the checkpoint and exits: pause takes a checkpoint.
+    checkpoint = wait_for(pause_checkpoint, 60, "the pause checkpoint at the last step", interval_s=0.3)
+    steps_at_pause = checkpoint.step_number
     assert steps_at_pause < 384
-    assert checkpoints and checkpoints[0].step_number == steps_at_pause  # pause takes a checkpoint
     time.sleep(1.5)
     assert max(e.data["step"] for e in metrics_events(client, job.id)) == steps_at_pause  # really stopped
     assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"

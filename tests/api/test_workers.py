@@ -14,14 +14,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from tests.api.test_postgres_server import pg_url  # noqa: F401  (fixture: a fresh schema of the real PostgreSQL)
-from tests.conftest import TINY, chat_jsonl, start_server, training_pids, wait_for_status
+from tests.conftest import TINY, chat_jsonl, start_server, training_pids, wait_for, wait_for_status
 from tuneserve.store.db import make_engine
 
 pytestmark = pytest.mark.postgres
@@ -92,21 +91,20 @@ def test_workers_share_ten_jobs_and_take_back_a_killed_workers_job(tmp_path, pg_
             workers[worker.pid] = worker
 
         long_dir = data_dir / "jobs" / long.id
-        deadline = time.monotonic() + 180
-        while not (long_dir / "checkpoints" / "step-30").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert (long_dir / "checkpoints" / "step-30").exists(), "no first checkpoint"
+        wait_for(lambda: (long_dir / "checkpoints" / "step-30").exists(), 180, "the first checkpoint", interval_s=0.1)
         holder = holders(pg_url, [long.id])[long.id]
         victim = workers.pop(int(holder.split(":")[1]))
         victim.send_signal(signal.SIGKILL)
         victim.wait()
-        time.sleep(1)
-        assert training_pids(long_dir) == []  # its training process died with it: nothing runs until the job is taken back
+        # Its training process dies with it: nothing runs until the job is taken back.
+        wait_for(lambda: training_pids(long_dir) == [], 10, "the killed worker's training process to die")
         vanished = f"Worker {holder} vanished; the job is queued again and resumes from its last checkpoint"
-        deadline = time.monotonic() + 60
-        while vanished not in [e.message for e in client.fine_tuning.jobs.list_events(long.id, limit=100)]:
-            assert time.monotonic() < deadline, "the killed worker's job was not taken back"
-            time.sleep(0.3)
+        wait_for(
+            lambda: vanished in [e.message for e in client.fine_tuning.jobs.list_events(long.id, limit=100)],
+            60,
+            "the killed worker's job to be taken back",
+            interval_s=0.3,
+        )
         replacement = start_worker(data_dir, pg_url, "worker-2")
         workers[replacement.pid] = replacement
 

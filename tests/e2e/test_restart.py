@@ -2,11 +2,10 @@
 nothing is lost, and no training process runs twice."""
 
 import signal
-import time
 
 import pytest
 
-from tests.conftest import SMOLLM2, start_server, training_pids, wait_for_status
+from tests.conftest import SMOLLM2, start_server, training_pids, wait_for, wait_for_status
 from tests.e2e.test_smollm2_flow import facts_jsonl
 
 pytestmark = pytest.mark.e2e
@@ -20,15 +19,12 @@ def test_sigkill_mid_training_then_restart_succeeds(tmp_path):
     job = client.fine_tuning.jobs.create(model=SMOLLM2, training_file=file.id, hyperparameters={"n_epochs": 3, "batch_size": 4})
     job_dir = data_dir / "jobs" / job.id
 
-    deadline = time.monotonic() + 600  # wait for the first epoch's checkpoint, then kill mid-epoch-2
-    while not list((job_dir / "checkpoints").glob("step-4")) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert (job_dir / "checkpoints" / "step-4" / "adapter_config.json").exists()
+    # The first epoch's checkpoint, then a kill mid-epoch-2.
+    wait_for(lambda: (job_dir / "checkpoints" / "step-4" / "adapter_config.json").exists(), 600, "the first checkpoint")
     assert training_pids(job_dir)
     server.process.send_signal(signal.SIGKILL)
     server.process.wait()
-    time.sleep(2)
-    assert training_pids(job_dir) == []  # the training process died with the server
+    wait_for(lambda: training_pids(job_dir) == [], 10, "the training process to die with the server")
 
     server = start_server(data_dir)
     try:

@@ -59,14 +59,15 @@ def bare_engine(request, tmp_path):
 
 
 @pytest.fixture
-def engine(bare_engine):
+def migrated_engine(bare_engine):
+    """The database engine at the newest schema (the inference engine's fixture is inference_engine)."""
     migrate(bare_engine)
     return bare_engine
 
 
 @pytest.fixture
-def sessions(engine):
-    return make_sessionmaker(engine)
+def sessions(migrated_engine):
+    return make_sessionmaker(migrated_engine)
 
 
 @pytest.fixture

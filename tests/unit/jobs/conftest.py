@@ -1,7 +1,7 @@
 """Job fixtures: a JobService over real stores (SQLite tmp file and the real PostgreSQL, a schema per
 test), a tmp jobs dir, and the tiny test model found through the model cache (no torch work).
 
-The database fixtures (engine, sessions, files) come from tests/unit/conftest.py.
+The database fixtures (migrated_engine, sessions, files) come from tests/unit/conftest.py.
 """
 
 from __future__ import annotations
