@@ -57,3 +57,12 @@ class UpstreamUnavailable(TuneserveError):
 class Conflict(TuneserveError):
     status = 409
     default_code = "conflict"
+
+
+class InsufficientStorage(TuneserveError, OSError):
+    """The disk (or quota) of the data dir is full. Still an OSError, so code that handles a failed
+    write as an OSError keeps doing so; the API answers it as a 507 instead of a 500."""
+
+    status = 507
+    type = "server_error"
+    default_code = "insufficient_storage"

@@ -10,7 +10,8 @@ the store of a data directory) and the `tuneserve export` command.
 Does not own: training (training/), serving (inference/), HTTP (api/downloads.py), the job store.
 
 Every artifact is written under a temporary name and renamed into place, so a crash or a
-concurrent reader never sees half a tarball or half a model. Tarballs list their files in sorted
+concurrent reader never sees half a tarball or half a model; a full disk removes the temporary
+copy and raises errors.InsufficientStorage (a 507 from the download route, exit 1 from the CLI). Tarballs list their files in sorted
 order with fixed owners and a zero gzip timestamp, so the same adapter exports to the same bytes.
 torch, transformers and peft are imported only inside the functions that need them.
 """
@@ -26,6 +27,9 @@ import sys
 import tarfile
 import threading
 from pathlib import Path
+
+from tuneserve.atomic import disk_full_is_insufficient_storage
+from tuneserve.errors import InsufficientStorage
 
 ADAPTER_CONFIG = "adapter_config.json"
 # In checkpoint directories only: the optimizer, schedule and RNG to resume training; not part of the model.
@@ -54,8 +58,14 @@ def _tar_name(out: Path) -> str:
 def _write_tarball(src_dir: Path, out: Path, top: str, *, skip: frozenset[str] = frozenset()) -> Path:
     """Pack `src_dir` as `top/...` into `out` (tmp file, then rename). Sorted names, no owners, gzip mtime 0."""
     files = sorted(p for p in src_dir.rglob("*") if p.is_file() and p.name not in skip and not p.name.startswith("."))
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(out)
+    with disk_full_is_insufficient_storage(f"writing {out}"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _pack(files, src_dir, tmp, out, top)
+    return out
+
+
+def _pack(files: list[Path], src_dir: Path, tmp: Path, out: Path, top: str) -> None:
     try:
         with (
             open(tmp, "wb") as raw,
@@ -73,7 +83,6 @@ def _write_tarball(src_dir: Path, out: Path, top: str, *, skip: frozenset[str] =
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return out
 
 
 def check_adapter_dir(adapter_dir: Path) -> Path:
@@ -355,7 +364,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             project=args.project,
             dtype=args.dtype,
         )
-    except ExportError as exc:
+    except (ExportError, InsufficientStorage) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(written)

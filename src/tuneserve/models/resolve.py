@@ -8,12 +8,17 @@ convert the built-in GGUF to safetensors, build the tiny test model, or download
 from __future__ import annotations
 
 import fcntl
+import functools
 import importlib.util
+import logging
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from tuneserve.errors import NotFound
+
+log = logging.getLogger("tuneserve.models")
 
 BUILTIN_SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TINY_RANDOM = "tuneserve/tiny-random"
@@ -30,8 +35,30 @@ class ModelNotFound(NotFound, LookupError):
 
 
 def cache_dir() -> Path:
-    """Where converted and built models live: $TUNESERVE_MODEL_CACHE or ~/.cache/tuneserve/models."""
-    return Path(os.environ.get("TUNESERVE_MODEL_CACHE") or Path.home() / ".cache" / "tuneserve" / "models")
+    """Where converted and built models live: $TUNESERVE_MODEL_CACHE, else $XDG_CACHE_HOME/tuneserve/models,
+    else ~/.cache/tuneserve/models, else (no home: HOME unset and a uid with no passwd entry, as a
+    container run with an arbitrary --user has) a per-user directory under the temporary directory."""
+    if configured := os.environ.get("TUNESERVE_MODEL_CACHE"):
+        return Path(configured)
+    if xdg := os.environ.get("XDG_CACHE_HOME"):
+        return Path(xdg) / "tuneserve" / "models"
+    try:
+        return Path.home() / ".cache" / "tuneserve" / "models"
+    except RuntimeError:  # "Could not determine home directory"
+        fallback = Path(tempfile.gettempdir()) / f"tuneserve-{os.getuid()}" / "models"
+        _warn_no_home(fallback)
+        return fallback
+
+
+@functools.cache
+def _warn_no_home(fallback: Path) -> None:
+    """Once per process: the fallback is lost with the temporary directory, so models are rebuilt."""
+    log.warning(
+        "no home directory (HOME is unset and uid %d has no passwd entry): caching models in %s; "
+        "set TUNESERVE_MODEL_CACHE to a persistent directory",
+        os.getuid(),
+        fallback,
+    )
 
 
 def _cache_path(ref: str) -> Path:

@@ -13,6 +13,7 @@ from typing import Any, BinaryIO, Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from tuneserve.atomic import disk_full_is_insufficient_storage
 from tuneserve.errors import InvalidRequest, NotFound, PayloadTooLarge
 from tuneserve.ids import new_id, now
 from tuneserve.store.blobs import BlobStore, BlobTooLarge
@@ -36,7 +37,8 @@ class FileService:
     def create(self, project: str, filename: str, purpose: str, stream: BinaryIO) -> File:
         """Store the bytes under a new id, check fine-tune data, then record the file.
 
-        A file that fails the check is not kept: the caller gets a 400 that names the line.
+        A file that fails the check is not kept: the caller gets a 400 that names the line. Nor is
+        one that does not fit on the disk: InsufficientStorage (a 507), with no bytes left behind.
         """
         if purpose not in PURPOSES:
             raise InvalidRequest(f"purpose must be one of {', '.join(PURPOSES)}", param="purpose", code="invalid_purpose")
@@ -45,6 +47,14 @@ class FileService:
             size = self.blobs.write(file_id, stream, max_bytes=self.max_upload_bytes)
         except BlobTooLarge:
             raise PayloadTooLarge(f"the file is larger than the limit of {self.max_upload_bytes} bytes", param="file") from None
+        try:
+            row = self._record(project, file_id, filename, purpose, size)
+        except BaseException:
+            self.blobs.delete(file_id)  # never keep bytes that no record points to
+            raise
+        return row
+
+    def _record(self, project: str, file_id: str, filename: str, purpose: str, size: int) -> File:
         row = File(
             id=file_id,
             project=project,
@@ -58,7 +68,6 @@ class FileService:
         if purpose == "fine-tune":
             report = self.check(self.blobs.path(file_id), name=filename)
             if not report.ok:
-                self.blobs.delete(file_id)
                 first = report.errors[0] if report.errors else None
                 raise InvalidRequest(
                     f"Invalid training file {filename!r}: {report.summary()}",
@@ -69,7 +78,8 @@ class FileService:
             row.kind = getattr(report, "kind", "sft")
             row.status_details = report.summary()
             row.report = report.as_dict()
-        with self.sessions.begin() as session:
+        # SQLite on the same full disk fails the insert with "database or disk is full".
+        with disk_full_is_insufficient_storage("recording the uploaded file"), self.sessions.begin() as session:
             session.add(row)
         return row
 
