@@ -36,7 +36,7 @@ class CreateEvaluation(BaseModel):
     max_tokens: int = Field(256, ge=1, le=32768)
     temperature: float = Field(0.0, ge=0, le=2)
     concurrency: int | None = Field(None, ge=1, le=64, description="answers requested at once (default 4)")
-    max_items: int | None = Field(None, ge=1, description="use only the first N items (default: all)")
+    max_items: int | None = Field(None, ge=1, le=2**31 - 1, description="use only the first N items (default: all)")
     metadata: dict[str, str] | None = None
 
 

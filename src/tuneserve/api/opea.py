@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from tuneserve.api.deps import Jobs, Project
 from tuneserve.api.responses import FineTuningJob, FineTuningJobCheckpoint, HealthCheck, error_responses
-from tuneserve.api.schemas import CreateFineTuningJob, JobIdBody
+from tuneserve.api.schemas import CreateFineTuningJob, JobIdBody, OpeaGeneral
 from tuneserve.jobs.requests import JobRequest
 
 router = APIRouter(tags=["opea"])
@@ -55,13 +55,13 @@ def job_request(body: CreateFineTuningJob) -> JobRequest:
             request.setdefault(ours, training[theirs])
     if (body.Dataset or {}).get("max_length"):
         request["max_seq_length"] = body.Dataset["max_length"]
-    general = body.General or {}
-    if general.get("task") == "dpo":
+    general = body.General or OpeaGeneral()
+    if general.task == "dpo":
         request["method"] = {"type": "dpo", "dpo": {"hyperparameters": request.pop("hyperparameters", {})}}
-    if general.get("enable_gradient_checkpointing"):
+    if general.enable_gradient_checkpointing:
         request.setdefault("gradient_checkpointing", True)
-    if "lora_config" in general:
-        lora = general["lora_config"]
+    if "lora_config" in general.model_fields_set:
+        lora = general.lora_config
         if lora is None:  # OPEA's way of asking for full fine-tuning
             request.setdefault("training_type", "full")
         else:

@@ -14,12 +14,23 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tuneserve.jobs.requests import JobRequest
 
 
+class OpeaGeneral(BaseModel):
+    """OPEA's General section. The keys api/opea.py reads are typed, so a bad one is a 400 naming it
+    (a string `lora_config` was a 500); the others are accepted and ignored. Training's and Dataset's
+    values are checked as the JobRequest fields they become."""
+
+    model_config = ConfigDict(extra="allow")
+    task: str | None = None
+    enable_gradient_checkpointing: bool | None = None
+    lora_config: dict[str, Any] | None = Field(None, description="null asks for full fine-tuning")
+
+
 class CreateFineTuningJob(JobRequest):
     """OpenAI's create request (the job service's JobRequest), plus the OPEA micro-service's
     General/Dataset/Training sections, which api/opea.py maps onto it."""
 
     model_config = ConfigDict(extra="allow")  # unknown OpenAI fields are accepted and ignored
-    General: dict[str, Any] | None = None
+    General: OpeaGeneral | None = None
     Dataset: dict[str, Any] | None = None
     Training: dict[str, Any] | None = None
 
@@ -58,7 +69,8 @@ class SamplingFields(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = Field(1, ge=1, le=8)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # OpenAI's documented range: the seed reaches torch's 64-bit generator (a larger one was a 500).
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     stream: bool = False
@@ -77,10 +89,18 @@ class SamplingFields(BaseModel):
         return (self.stop,) if isinstance(self.stop, str) else tuple(s for s in self.stop if s)
 
 
+class ContentPart(BaseModel):
+    """One part of a message's content. Only text parts reach the model; others are accepted and skipped."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     name: str | None = None
@@ -89,7 +109,7 @@ class ChatMessage(BaseModel):
         text = (
             self.content
             if isinstance(self.content, str) or self.content is None
-            else "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+            else "".join(part.text or "" for part in self.content if part.type == "text")
         )
         message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": text or ""}
         if self.tool_calls:
@@ -111,6 +131,13 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str]
+    prompt: str | list[str] = Field(description='A prompt or a list of them; "" starts from the beginning-of-text token.')
     logprobs: int | None = Field(None, ge=0, le=5)  # the legacy API: how many alternatives per token
     response_format: ResponseFormat | None = None  # not in OpenAI's legacy API; vLLM's has it
+
+    @field_validator("prompt")
+    @classmethod
+    def _some_prompt(cls, value):
+        if isinstance(value, list) and not value:  # nothing to complete (it was a 500)
+            raise ValueError("prompt must be a string or a non-empty list of strings")
+        return value

@@ -72,13 +72,7 @@ class _Row:
     @property
     def simple_greedy(self) -> bool:
         p = self.req.params
-        return (
-            p.temperature <= 0
-            and not p.logprobs
-            and self.json_state is None
-            and p.presence_penalty == 0
-            and p.frequency_penalty == 0
-        )
+        return p.greedy and not p.logprobs and self.json_state is None and p.presence_penalty == 0 and p.frequency_penalty == 0
 
 
 @dataclass(eq=False)

@@ -86,7 +86,7 @@ class Engine:
         return self._stream(base_model, adapter_dir, params, lambda tok: _chat_ids(tok, messages, tools))
 
     def stream_complete(self, base_model, adapter_dir, prompt, params) -> Iterator[Delta | Generation]:
-        return self._stream(base_model, adapter_dir, params, lambda tok: tok(prompt)["input_ids"])
+        return self._stream(base_model, adapter_dir, params, lambda tok: _completion_ids(tok, prompt))
 
     def loaded(self) -> dict:
         with self._lock:
@@ -248,6 +248,18 @@ def _chat_ids(tokenizer, messages: list[dict], tools: list[dict] | None = None) 
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
     # The template writes the special tokens itself; adding them again would double the BOS.
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _completion_ids(tokenizer, prompt: str) -> list[int]:
+    """The prompt's ids. An empty prompt (OpenAI accepts "") starts from the beginning-of-text token, as
+    OpenAI's models start from <|endoftext|>: the model needs one token to attend to (none was a 500)."""
+    ids = tokenizer(prompt)["input_ids"]
+    if ids:
+        return ids
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise InvalidRequest("the prompt is empty and this model has no beginning-of-text token to start from", param="prompt")
+    return [start]
 
 
 def _max_new_tokens(params: SamplingParams, prompt_tokens: int, context: int) -> int:

@@ -116,7 +116,7 @@ def choose(
     """
     import torch
 
-    greedy = params.temperature <= 0
+    greedy = params.greedy
     scaled = logits if greedy else logits / params.temperature
     if json_state is not None:
         token, json_state = _choose_json(scaled, greedy, params.top_p, generator, json_state, vocab, tokens_left)

@@ -13,12 +13,16 @@ from dataclasses import dataclass
 
 REPLACEMENT_CHAR = "\ufffd"  # what a byte-level tokenizer decodes half of a multi-byte character to
 MAX_TOP_LOGPROBS = 20
+# Below this temperature sampling is greedy: float32 logits divided by a smaller one overflow to inf,
+# and the softmax of inf is NaN (a temperature of 1e-300 was a 500). The argmax is what such a
+# temperature samples anyway.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int | None = None  # None -> min(512, context left)
-    temperature: float = 1.0  # 0 -> greedy
+    temperature: float = 1.0  # 0 (or below GREEDY_BELOW_TEMPERATURE) -> greedy
     top_p: float = 1.0
     stop: tuple[str, ...] = ()  # output is cut before the first one, finish_reason "stop"
     seed: int | None = None  # same seed + same request -> same output, whatever else shares the batch
@@ -27,6 +31,10 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0  # 0..20 alternatives per token (needs logprobs)
     json_mode: bool = False  # response_format {"type": "json_object"}: the text is one JSON object
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
     def __post_init__(self):
         if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
