@@ -103,7 +103,7 @@ def test_routes_behind_a_key_document_401_and_lookups_404(openapi):
                 assert "401" in operation["responses"], f"{method} {path}"
             if "{" in path:
                 assert "404" in operation["responses"], f"{method} {path}"
-    assert set(openapi["paths"]["/v1/files"]["post"]["responses"]) >= {"200", "400", "401", "413"}
+    assert set(openapi["paths"]["/v1/files"]["post"]["responses"]) >= {"200", "400", "401", "413", "507"}
     assert "403" in openapi["paths"]["/v1/models/{model}"]["delete"]["responses"]
 
 

@@ -35,7 +35,7 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
     response_class=FileResponse,
     responses={
         200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}},
-        **error_responses(400, 401, 404),
+        **error_responses(400, 401, 404, 507),
     },
 )
 def download_model(

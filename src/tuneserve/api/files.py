@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1/files", tags=["files"])
 _BYTES = {"schema": {"type": "string", "format": "binary"}}
 
 
-@router.post("", response_model=FileObject, responses=error_responses(400, 401, 413))
+@router.post("", response_model=FileObject, responses=error_responses(400, 401, 413, 507))
 def upload_file(files: Files, project: Project, file: UploadFile, purpose: str = Form()):
     """Upload a file. For purpose `fine-tune` the data is checked first; a bad line is a 400 naming it."""
     # The name is kept as metadata only; bytes are stored under the new file id.

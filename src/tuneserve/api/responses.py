@@ -44,6 +44,7 @@ _ERROR_DESCRIPTIONS = {
     404: "No such resource in the caller's project",
     413: "The upload is larger than the server's limit",
     502: "The upstream inference server (--inference-backend vllm) cannot be reached",
+    507: "The server's disk is full: nothing was kept; free space and retry",
 }
 
 
