@@ -2,13 +2,15 @@
 
 import csv
 import io
+import os
+import signal
 import time
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import TINY, chat_jsonl, wait_for, wait_for_status
+from tests.conftest import TINY, chat_jsonl, training_pids, wait_for, wait_for_status
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +218,22 @@ def test_file_gone_before_validation_fails_the_job_with_reason(client, server):
     job = wait_for_status(client, job.id, {"failed", "queued"}, timeout_s=60)
     client.fine_tuning.jobs.cancel(blocker.id)
     assert job.status == "failed" and job.error.param == "training_file" and "No such file" in job.error.message
+
+
+def test_a_training_process_killed_mid_step_fails_the_job_saying_so(client, training_file, server):
+    """kill -9 (or the out-of-memory killer) on the training process: the job fails with a message that
+    says what happened, nothing is left running, and the server goes on serving."""
+    job = client.fine_tuning.jobs.create(
+        model=TINY, training_file=training_file.id, hyperparameters={"n_epochs": 50, "batch_size": 1}
+    )
+    job_dir = server.data_dir / "jobs" / job.id
+    wait_for(lambda: "metrics" in client.fine_tuning.jobs.list_events(job.id, limit=100).data[0].type, 120, "training steps")
+    pids = training_pids(job_dir)
+    assert pids
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    failed = wait_for_status(client, job.id, {"failed", "succeeded", "cancelled"}, timeout_s=60)
+    assert failed.status == "failed"
+    assert "killed by SIGKILL" in failed.error.message, failed.error.message
+    assert training_pids(job_dir) == []
+    assert [m.id for m in client.models.list().data if m.id == TINY] == [TINY]  # the server is healthy

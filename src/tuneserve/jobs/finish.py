@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import signal
 from pathlib import Path
 
 from sqlalchemy import select
@@ -160,7 +161,18 @@ def failure_reason(job_dir: Path, returncode: int | None, detail: str) -> str:
         return errors[-1][-2000:]
     if returncode == 0:  # it ended without its result event: e.g. stopped by a second SIGTERM
         return "the run ended without a result" + (f": {detail}" if detail else "")
+    if returncode is not None and returncode < 0:  # subprocess's way of saying a signal ended it
+        return _killed_by(-returncode) + (f": {detail}" if detail else "")
     return f"the training program exited with code {returncode}" + (f": {detail}" if detail else "")
+
+
+def _killed_by(signum: int) -> str:
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    why = " (the kernel's out-of-memory killer, or a kill -9)" if signum == signal.SIGKILL else ""
+    return f"the training process was killed by {name}{why}"
 
 
 def results_csv(metrics: list[dict | None]) -> bytes:
