@@ -227,7 +227,7 @@ def test_a_training_process_killed_mid_step_fails_the_job_saying_so(client, trai
         model=TINY, training_file=training_file.id, hyperparameters={"n_epochs": 50, "batch_size": 1}
     )
     job_dir = server.data_dir / "jobs" / job.id
-    wait_for(lambda: "metrics" in client.fine_tuning.jobs.list_events(job.id, limit=100).data[0].type, 120, "training steps")
+    wait_for(lambda: client.fine_tuning.jobs.list_events(job.id, limit=100).data[0].type == "metrics", 120, "training steps")
     pids = training_pids(job_dir)
     assert pids
     for pid in pids:

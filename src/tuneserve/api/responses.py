@@ -18,7 +18,8 @@ T = TypeVar("T")
 
 class WireObject(BaseModel):
     # Every field is on the wire, the defaulted ones (`object`) too: the output schema says they are required.
-    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+    # from_attributes: a model whose fields are named as the service object's reads them straight off it.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True, from_attributes=True)
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -217,14 +218,7 @@ class FineTuningJobEvent(WireObject):
 
     @classmethod
     def of(cls, event) -> FineTuningJobEvent:
-        return cls(
-            id=event.id,
-            created_at=event.created_at,
-            level=event.level,
-            message=event.message,
-            type=event.type,
-            data=event.data,
-        )
+        return cls.model_validate(event)
 
 
 class FineTuningJobEventList(Page[FineTuningJobEvent]):
