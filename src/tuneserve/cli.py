@@ -54,6 +54,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.run_scheduler:  # --api-only shares the data dir with a server by design
+        _lock_data_dir(settings.data_dir)  # its descriptor stays open: held until this process ends, however it ends
     engine = make_engine(settings.db_url)
     migrate(engine)
     has_keys = KeyService(make_sessionmaker(engine)).any()
@@ -73,6 +75,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
     return 0
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    from tuneserve.store.lock import DataDirInUse, lock_data_dir
+
+    try:
+        return lock_data_dir(data_dir)
+    except DataDirInUse as exc:
+        raise CommandError(f"{exc}; stop it first, or serve another --data-dir") from None
 
 
 def _add_store_arguments(parser: argparse.ArgumentParser, *, shared: bool = False) -> None:
