@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneserve import __version__
@@ -27,7 +28,7 @@ from tuneserve.jobs.service import JobService
 from tuneserve.jobs.worker import runner_from
 from tuneserve.settings import Settings
 from tuneserve.store.blobs import BlobStore
-from tuneserve.store.db import make_engine, make_sessionmaker, migrate
+from tuneserve.store.db import database_unavailable, make_engine, make_sessionmaker, migrate
 from tuneserve.store.files import FileService
 from tuneserve.store.keys import KeyService
 
@@ -199,5 +200,14 @@ def build_app(settings: Settings) -> FastAPI:
         return JSONResponse(
             error_body(f"internal error: {type(exc).__name__}", type="server_error", code="internal_error"), status_code=500
         )
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError):
+        # The database down or restarting is a 503 (the pool reconnects by itself); any other database error is a bug.
+        unavailable = database_unavailable(exc)
+        if unavailable is None:
+            return await server_error(request, exc)
+        log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc.orig)
+        return await domain_error(request, unavailable)
 
     return app

@@ -66,3 +66,11 @@ class InsufficientStorage(TuneserveError, OSError):
     status = 507
     type = "server_error"
     default_code = "insufficient_storage"
+
+
+class ServiceUnavailable(TuneserveError):
+    """Something the server needs is down for now (the database restarting): try again shortly."""
+
+    status = 503
+    type = "server_error"
+    default_code = "service_unavailable"

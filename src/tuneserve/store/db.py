@@ -7,7 +7,10 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+
+from tuneserve.errors import ServiceUnavailable
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -42,3 +45,25 @@ def migrate(engine: Engine) -> None:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def database_unavailable(exc: BaseException) -> ServiceUnavailable | None:
+    """The 503 to answer when `exc` says the database cannot be reached (PostgreSQL stopped, restarting,
+    or the connection cut under a query), else None: any other database error is a bug, not an outage.
+    The pool's pre-ping reconnects by itself once the database is back, so a retry then succeeds."""
+    if not isinstance(exc, DBAPIError):
+        return None
+    if not exc.connection_invalidated and not _is_connection_error(exc.orig):
+        return None
+    # The driver's text names the host and port; the log keeps it, the client gets no more than this.
+    return ServiceUnavailable("The database is unavailable; try again shortly.", code="database_unavailable")
+
+
+def _is_connection_error(orig: BaseException | None) -> bool:
+    try:
+        import psycopg
+    except ImportError:  # no PostgreSQL driver: SQLite has no connection to lose
+        return False
+    # OperationalError is what psycopg raises for a refused, cut or not yet accepted connection
+    # (AdminShutdown, CannotConnectNow are its subclasses); a bad query is a ProgrammingError.
+    return isinstance(orig, psycopg.OperationalError)
