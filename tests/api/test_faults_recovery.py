@@ -4,9 +4,12 @@ server started on its data dir, and clients that leave mid-stream or mid-upload.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import httpx
 import openai
@@ -136,5 +139,93 @@ def test_a_second_server_on_a_data_dir_is_refused_and_a_killed_ones_lock_does_no
         assert (data_dir / "serve.lock").exists()
         server = start_server(data_dir)
         assert [f.id for f in server.client().files.list()] == [file.id]
+    finally:
+        server.stop()
+
+
+def engine_status(server) -> dict:
+    status = httpx.get(f"{server.base_url}/v1/engine/status").json()
+    return {"running": status["running_requests"], "waiting": status["waiting_requests"]}
+
+
+def open_stream(http: httpx.Client, server, max_tokens: int):
+    """A streamed chat completion, read up to its first event (the assistant's role): (response, its lines)."""
+    body = {"model": TINY, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": max_tokens, "stream": True}
+    response = http.send(http.build_request("POST", f"{server.base_url}/v1/chat/completions", json=body), stream=True)
+    assert response.status_code == 200, response.read()
+    lines = response.iter_lines()
+    assert next(line for line in lines if line.startswith("data:"))
+    return response, lines
+
+
+def test_clients_that_leave_a_stream_free_the_engine_at_once(tmp_path, tiny_model_ready):
+    """One place in the batch: A generates, B waits for the place. B's client leaves, then A's: each request
+    leaves the engine when its client does (B's used to wait for A's 2000 tokens, then generate for no one)."""
+    server = start_server(tmp_path / "data", "--engine-max-batch-size", "1")
+    try:
+        client = server.client()
+        client.chat.completions.create(model=TINY, messages=[{"role": "user", "content": "Hi"}], max_tokens=1)  # loaded
+        with httpx.Client(timeout=30) as a_http, httpx.Client(timeout=30) as b_http:
+            a, a_lines = open_stream(a_http, server, max_tokens=2000)  # tens of seconds of tokens on a CPU
+            b, _ = open_stream(b_http, server, max_tokens=2000)
+            wait_for(lambda: engine_status(server) == {"running": 1, "waiting": 1}, 10, "A running and B waiting")
+
+            b.close()
+            wait_for(lambda: engine_status(server)["waiting"] == 0, 5, "B's request to leave the queue")
+            assert engine_status(server) == {"running": 1, "waiting": 0}
+            assert json.loads(next(line for line in a_lines if line.startswith("data:")).removeprefix("data: "))["choices"]
+
+            a.close()
+            wait_for(lambda: engine_status(server) == {"running": 0, "waiting": 0}, 5, "A's row to leave the batch")
+        with httpx.Client(timeout=10) as http:  # the next request has the place at once
+            body = {"model": TINY, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+            assert http.post(f"{server.base_url}/v1/chat/completions", json=body).status_code == 200
+    finally:
+        server.stop()
+
+
+def open_files_under(pid: int, directory) -> list[str]:
+    """The paths of the files process `pid` holds open under `directory` (an unlinked temp file's too)."""
+    paths = []
+    for fd in (Path("/proc") / str(pid) / "fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith(f"{directory}/"):
+            paths.append(target)
+    return paths
+
+
+def test_a_client_that_leaves_mid_upload_leaves_no_file_behind(tmp_path, tiny_model_ready):
+    """The upload announces 20 MB and sends 3, then its socket closes: the spooled part (on disk past 1 MB) is
+    closed and gone, nothing reached the blob store, no file is listed, and the next upload is stored."""
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    server = start_server(tmp_path / "data", env={"TMPDIR": str(spool)})
+    try:
+        boundary = "tuneserve-test-boundary"
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        )
+        request = (
+            f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {20 * 2**20}\r\n\r\n{head}"
+        )
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(request.encode())
+            for _ in range(3):
+                sock.sendall(b'{"custom_id": "x"}\n' * (2**20 // 19))
+            wait_for(lambda: open_files_under(server.process.pid, spool), 10, "the upload to spool to a temporary file")
+
+        wait_for(lambda: not open_files_under(server.process.pid, spool), 10, "the spooled part to be closed")
+        assert list(spool.iterdir()) == []
+        assert list((server.data_dir / "files" / ".partial").iterdir()) == []
+        client = server.client()
+        assert client.files.list().data == []
+        stored = client.files.create(file=("small.jsonl", b'{"custom_id": "x"}\n'), purpose="batch")
+        assert [f.id for f in client.files.list().data] == [stored.id]
     finally:
         server.stop()

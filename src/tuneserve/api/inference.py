@@ -12,13 +12,13 @@ import json
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from tuneserve.api.deps import Catalog, LocalInference, Project
-from tuneserve.api.responses import ChatCompletion, Completion, error_responses, streamed_as_events
+from tuneserve.api.responses import ChatCompletion, Completion, WireObject, error_responses, streamed_as_events
 from tuneserve.api.schemas import ChatCompletionRequest, CompletionRequest, ResponseFormat, SamplingFields
 from tuneserve.api.tool_calls import parse_tool_calls
 from tuneserve.errors import InvalidRequest
@@ -57,6 +57,21 @@ def check_response_format(value: ResponseFormat | None) -> bool:
     return kind == "json_object"
 
 
+class EngineStatus(WireObject):
+    """What the local inference engine holds now: every streamed answer whose client left is freed from both."""
+
+    object: Literal["engine.status"] = "engine.status"
+    running_requests: int  # rows in the batch being generated
+    waiting_requests: int  # submitted, waiting for a place in the batch
+
+
+@router.get("/engine/status", response_model=EngineStatus, responses=error_responses(401))
+def engine_status(local_engine: LocalInference, _project: Project):
+    """A tuneserve extension: the local engine's running and waiting requests (0 and 0 when idle)."""
+    activity = local_engine.get().activity()
+    return EngineStatus(running_requests=activity["running"], waiting_requests=activity["waiting"])
+
+
 def _params(body: SamplingFields, index: int, *, logprobs: bool = False, top_logprobs: int = 0, json_mode: bool = False):
     from tuneserve.inference.engine import SamplingParams
 
@@ -91,16 +106,39 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def _sse(chunks: Iterator[dict[str, Any]], close) -> StreamingResponse:
+class _EventStream(StreamingResponse):
+    """Server-sent events that stop generating (`close`) when the client leaves, at the disconnect itself.
+
+    Starlette's own response stops only once the thread that reads the engine returns, and closes the body
+    when it is garbage collected: a request still waiting for a place in a full batch has no token coming,
+    so its place in the queue (and that thread) would be held until the batch drained, then it would
+    generate for no one."""
+
+    def __init__(self, body: Iterator[str], close: Callable[[], None]):
+        super().__init__(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self._close = close
+
+    async def listen_for_disconnect(self, receive) -> None:
+        await super().listen_for_disconnect(receive)
+        self._close()
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._close()  # sent to the end, failed, or cancelled: the engine's rows end with it
+
+
+def _sse(chunks: Iterator[dict[str, Any]], close: Callable[[], None]) -> StreamingResponse:
     def body():
         try:
             for chunk in chunks:
                 yield f"data: {json.dumps(chunk)}\n\n"
             yield "data: [DONE]\n\n"
         finally:
-            close()  # the client went away or the answer ended: stop generating
+            close()
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return _EventStream(body(), close)
 
 
 def _chat_logprobs(items) -> dict[str, Any]:

@@ -122,6 +122,7 @@ class Batcher:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._prefilling = 0  # rows being prefilled: out of the queue, not yet in the batch
         self.steps = 0  # decode steps run (for tests and benchmarks)
         self.max_rows_seen = 0
         _LIVE.add(self)
@@ -150,7 +151,11 @@ class Batcher:
 
     def active_rows(self) -> int:
         batch = self._batch
-        return len(batch.rows) if batch is not None else 0
+        return (len(batch.rows) if batch is not None else 0) + self._prefilling
+
+    def waiting_requests(self) -> int:
+        """Requests submitted and not yet in the batch (read from other threads: a moment's count)."""
+        return len(self._waiting) + sum(isinstance(item, Request) for item in list(self._inbox.queue))
 
     def close(self, timeout: float = 10.0) -> None:
         self._closed = True
@@ -231,6 +236,7 @@ class Batcher:
         return True
 
     def _admit(self) -> None:
+        self._drop_cancelled()
         batch = self._batch
         if batch is not None and not batch.joinable:
             return
@@ -238,17 +244,24 @@ class Batcher:
         take: list[Request] = []
         while self._waiting and room > 0:
             request = self._waiting[0]
-            if request.cancel.is_set():
-                self._waiting.popleft()
-                request.out.put(Generation("", "length", len(request.prompt_ids), 0, () if request.params.logprobs else None))
-                continue
             base = batch.base if batch is not None else (take[0].base if take else request.base)
             if request.base is not base:
                 break  # FIFO: another base model's request waits for this batch to drain
             take.append(self._waiting.popleft())
             room -= 1
         if take:
-            self._prefill(take)
+            self._prefilling = len(take)
+            try:
+                self._prefill(take)
+            finally:
+                self._prefilling = 0
+
+    def _drop_cancelled(self) -> None:
+        """Answer (empty) the waiting requests whose consumer left, at every step: with the batch full they would
+        otherwise wait for a place, then generate for no one, and their consumer's thread wait with them."""
+        for request in [r for r in self._waiting if r.cancel.is_set()]:
+            self._waiting.remove(request)
+            request.out.put(Generation("", "length", len(request.prompt_ids), 0, () if request.params.logprobs else None))
 
     def _prefill(self, requests: list[Request]) -> None:
         import torch
@@ -307,8 +320,8 @@ class Batcher:
         import torch
         import torch.nn.functional as F
 
-        self.max_rows_seen = max(self.max_rows_seen, len(rows) + self.active_rows())
         batch = self._batch
+        self.max_rows_seen = max(self.max_rows_seen, len(rows) + (len(batch.rows) if batch is not None else 0))
         if batch is None:
             self._batch = _Batch(base, rows, cache, mask, logits)
             return

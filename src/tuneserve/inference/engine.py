@@ -94,6 +94,10 @@ class Engine:
             bases = sorted(ref for ref, path in self._paths.items() if path in self._bases)
         return {"base_models": bases, "adapters": self._adapters.paths(), "adapter_bytes": self._adapters.total_bytes()}
 
+    def activity(self) -> dict[str, int]:
+        """Rows generating now and requests waiting for a place: a client that left must hold neither."""
+        return {"running": self._batcher.active_rows(), "waiting": self._batcher.waiting_requests()}
+
     def unload_adapter(self, adapter_dir) -> None:
         """Stop serving an adapter: unloaded now, or when the rows that use it finish."""
         path = Path(adapter_dir).expanduser().resolve()
