@@ -1,19 +1,26 @@
 """SIGKILL the server mid-training, restart it on the same data dir: the job still succeeds,
-nothing is lost, and no training process runs twice."""
+nothing is lost, and no training process runs twice. On SQLite (in the data dir) and on PostgreSQL."""
 
 import signal
 
 import pytest
 
+from tests.api.test_postgres_server import pg_url  # noqa: F401  (fixture: a fresh schema of the real PostgreSQL)
 from tests.conftest import SMOLLM2, start_server, training_pids, wait_for, wait_for_status
 from tests.e2e.test_smollm2_flow import facts_jsonl
 
 pytestmark = pytest.mark.e2e
 
 
-def test_sigkill_mid_training_then_restart_succeeds(tmp_path):
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_flags(request) -> list[str]:
+    """The server's flags for each database: none for SQLite in the data dir, --database-url for PostgreSQL."""
+    return [] if request.param == "sqlite" else ["--database-url", request.getfixturevalue("pg_url")]
+
+
+def test_sigkill_mid_training_then_restart_succeeds(tmp_path, database_flags):
     data_dir = tmp_path / "data"
-    server = start_server(data_dir)
+    server = start_server(data_dir, *database_flags)
     client = server.client()
     file = client.files.create(file=("capitals.jsonl", facts_jsonl(4)), purpose="fine-tune")  # 16 examples
     job = client.fine_tuning.jobs.create(model=SMOLLM2, training_file=file.id, hyperparameters={"n_epochs": 3, "batch_size": 4})
@@ -26,7 +33,7 @@ def test_sigkill_mid_training_then_restart_succeeds(tmp_path):
     server.process.wait()
     wait_for(lambda: training_pids(job_dir) == [], 10, "the training process to die with the server")
 
-    server = start_server(data_dir)
+    server = start_server(data_dir, *database_flags)  # the killed server's serve lock died with it
     try:
         client = server.client()
         job = wait_for_status(client, job.id, {"succeeded", "failed"}, timeout_s=900)
