@@ -13,7 +13,8 @@ one small job (16 chat lines, 1 epoch) on the model, warms up (one request of ea
 Prints errors, p50 and p99 latency per kind, the reads' p99 over those sent while a chat was in
 flight (the engine busy), and the server's RSS (VmRSS) at start, after warm-up and after the run.
 Goals, printed as PASS/FAIL lines: 0 errors; reads under 100 ms p99 while the engine is busy; RSS
-after the run within 10% of its level after warm-up.
+after the run within 10% of its level after warm-up. `--rounds N` runs the mix N times and reports
+the last, with the RSS after each round (a plateau is allocator arenas of new threads; a leak climbs).
 
 Part 2 (`--big-upload`): a second server with --max-upload-bytes raised takes one `--big-upload-mb`
 (default 1024) upload, streamed from a generator (this process never holds it). Prints the server's
@@ -261,10 +262,19 @@ async def mix_part(args, url: str, pid: int, setup: tuple[str, str, str]) -> dic
         kinds = [kind for kind, weight in MIX.items() for _ in range(weight)]
         kinds = (kinds * (args.requests // len(kinds) + 1))[: args.requests]
         random.Random(args.seed).shuffle(kinds)
-        start = time.perf_counter()
-        records = await run_mix(mix, kinds, args.concurrency, args.ramp_s)
-        wall = time.perf_counter() - start
-    return {"records": records, "rss_warm": rss_warm, "rss_after": memory_mb(pid), "wall_s": wall}
+        rounds = []  # (records, wall s, RSS after): the figures are the last round's; the RSS of each shows a leak's trend
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            records = await run_mix(mix, kinds, args.concurrency, args.ramp_s)
+            rounds.append((records, time.perf_counter() - start, memory_mb(pid)))
+    records, wall, rss_after = rounds[-1]
+    return {
+        "records": records,
+        "rss_warm": rss_warm,
+        "rss_rounds": [r[2] for r in rounds],
+        "rss_after": rss_after,
+        "wall_s": wall,
+    }
 
 
 def summarize(records: list[dict]) -> dict:
@@ -362,7 +372,8 @@ def print_mix(result: dict, summary: dict) -> None:
         print(f"{kind:<14}{row['n']:>5}{row['errors']:>8}{row['p50_ms']:>10.1f}{row['p99_ms']:>10.1f}")
     print(f"wall {result['wall_s']:.1f}s; reads sent while a chat was in flight: {summary['busy_reads']}")
     print(
-        f"RSS: start {result['rss_start']:.0f} MB, after warm-up {result['rss_warm']:.0f} MB, after the run {result['rss_after']:.0f} MB"
+        f"RSS: start {result['rss_start']:.0f} MB, after warm-up {result['rss_warm']:.0f} MB, "
+        f"after the run {result['rss_after']:.0f} MB (each round: {', '.join(f'{mb:.0f}' for mb in result['rss_rounds'])})"
     )
     for r in result["records"]:
         if not r["ok"]:
@@ -390,6 +401,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--ramp-s", type=float, default=1.0, help="start the workers evenly over this many seconds (0: a burst)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=1, help="run the mix this many times; the last round is reported")
     parser.add_argument("--timeout", type=float, default=120, help="seconds per request")
     parser.add_argument("--fine-tune-timeout", type=float, default=900)
     parser.add_argument("--big-upload", action="store_true", help="also upload one --big-upload-mb file to a second server")
