@@ -4,7 +4,9 @@ OpenAI's envelope, once."""
 
 from __future__ import annotations
 
+import copy
 import logging
+import re
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -66,7 +68,37 @@ def _openapi_without_422(app: FastAPI) -> dict:
                 operation.get("responses", {}).pop("422", None)
         for name in ("HTTPValidationError", "ValidationError"):
             schema.get("components", {}).get("schemas", {}).pop(name, None)
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "an API key of `tuneserve keys create`"}
+        }
     return app.openapi_schema
+
+
+def _openapi(app: FastAPI) -> dict:
+    """The document as the server is now: once an API key exists, every route that answers 401 requires a bearer
+    key (`security`); with none, no route does (loopback only). Clients and fuzzers read auth from it."""
+    schema = _openapi_without_422(app)
+    keys = getattr(app.state, "keys", None)
+    if keys is None or not keys.any():
+        return schema
+    keyed = copy.deepcopy(schema)
+    for operations in keyed["paths"].values():
+        for operation in operations.values():
+            if "401" in operation.get("responses", {}):
+                operation["security"] = [{"bearer": []}]
+    return keyed
+
+
+def documented_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the OpenAPI document lists for `path`, by its most specific entry: a literal path's own
+    (/v1/fine_tuning/jobs/retrieve is OPEA's POST, not a job id), else the template with the most literal
+    text that matches, a parameter taking slashes too (/v1/models/{model} serves `org/name` models)."""
+    paths = _openapi_without_422(app)["paths"]
+    matches = [template for template in paths if re.fullmatch(re.sub(r"\\\{[^}]*\\\}", ".+", re.escape(template)), path)]
+    if not matches:
+        return []
+    best = max(matches, key=lambda template: len(re.sub(r"\{[^}]*\}", "", template)))
+    return sorted(method.upper() for method in paths[best])
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -143,7 +175,7 @@ def build_app(settings: Settings) -> FastAPI:
         # Answers go through json.dumps as they always did (pydantic's own JSON writes 1e-05 as 1e-5): the bytes stay the same.
         default_response_class=JSONResponse,
     )
-    app.openapi = lambda: _openapi_without_422(app)
+    app.openapi = lambda: _openapi(app)
     for module in (files, fine_tuning, downloads, opea, models, adapters, console):
         app.include_router(module.router)
     app.include_router(evaluations_api.router)
@@ -173,8 +205,10 @@ def build_app(settings: Settings) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError):
         errors = exc.errors() or [{"loc": (), "msg": "invalid request", "type": ""}]
-        # A union ("auto" | number) reports one error per member; the number's says what is wrong.
-        first = next((e for e in errors if not any("literal[" in str(p) for p in e.get("loc", ()))), errors[0])
+        # A union ("auto" | number, str | list) reports one error per member: the number's, not the literal's, and
+        # the member whose type the value has (a list too short, a number too big), not a bare "should be a string".
+        members = [e for e in errors if not any("literal[" in str(p) for p in e.get("loc", ()))] or errors
+        first = next((e for e in members if not str(e.get("type", "")).endswith("_type")), members[0])
         if first.get("type") == "json_invalid":
             return JSONResponse(
                 error_body(
@@ -190,9 +224,13 @@ def build_app(settings: Settings) -> FastAPI:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException):
+    async def http_error(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return JSONResponse(error_body(str(exc.detail), param=None, code=code), status_code=exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405 and (methods := documented_methods(app, request.url.path)):
+            # RFC 9110: Allow lists every method of the path; Starlette names only the first route's.
+            headers["Allow"] = ", ".join(methods)
+        return JSONResponse(error_body(str(exc.detail), param=None, code=code), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def server_error(_request: Request, exc: Exception):

@@ -92,14 +92,14 @@ def test_merged_download_loads_in_plain_transformers(server, tuned, tmp_path):
     assert (server.data_dir / "jobs" / tuned.id / "exports" / f"{tuned.id}-merged.tar.gz").is_file()
 
 
-def test_unfinished_and_cancelled_jobs_are_400(server, tuned):
+def test_unfinished_and_cancelled_jobs_are_409(server, tuned):
     client = server.client()
     job = client.fine_tuning.jobs.create(model=TINY, training_file=tuned.training_file, hyperparameters={"n_epochs": 1})
     early = download(server, job.id)  # validating, queued or running: not yet a model
-    assert early.status_code == 400 and early.json()["error"]["code"] == "job_not_succeeded"
+    assert early.status_code == 409 and early.json()["error"]["code"] == "job_not_succeeded"
     client.fine_tuning.jobs.cancel(job.id)
     cancelled = download(server, job.id, type="merged")
-    assert cancelled.status_code == 400
+    assert cancelled.status_code == 409
     error = cancelled.json()["error"]
     assert error["code"] == "job_not_succeeded" and "cancelled" in error["message"]
 

@@ -146,7 +146,7 @@ def test_cancel_and_what_a_cancelled_or_unknown_evaluation_answers(client, serve
     time.sleep(1.5)  # a worker that had already claimed it stops; the status stays cancelled
     assert get(client, f"/evaluations/{created['id']}")["status"] == "cancelled"
     response = httpx.get(f"{server.base_url}/v1/evaluations/{created['id']}/report.html")
-    assert response.status_code == 400 and response.json()["error"]["code"] == "report_not_ready"
+    assert response.status_code == 409 and response.json()["error"]["code"] == "report_not_ready"
     with pytest.raises(openai.NotFoundError):
         get(client, "/evaluations/eval-nope")
     with pytest.raises(openai.NotFoundError):

@@ -54,8 +54,8 @@ def test_pause_checkpoints_and_resume_finishes(client):
     assert sorted(set(steps)) == list(range(1, 385))  # every step once: none lost, none repeated
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000)]
     assert any(m.startswith(f"Resumed from checkpoint step-{steps_at_pause}") for m in messages)
-    with pytest.raises(openai.BadRequestError) as info:
-        client.fine_tuning.jobs.pause(job.id)  # succeeded: nothing to pause
+    with pytest.raises(openai.ConflictError) as info:
+        client.fine_tuning.jobs.pause(job.id)  # succeeded: nothing to pause (409)
     assert info.value.body["code"] == "job_not_pausable"
 
 

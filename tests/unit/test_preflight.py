@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tuneserve.errors import InvalidRequest
+from tuneserve.errors import InvalidRequest, NotFound
 from tuneserve.jobs.preflight import (
     CODE,
     LORA_MODULES,
@@ -136,11 +136,13 @@ def test_adapter_dir_passes_and_is_refused_by_the_same_rules(tmp_path):
     assert refused(check_adapter_dir_for_vllm, _adapter_dir(tmp_path / "i", peft_type="IA3"), 16).param == "peft_type"
 
 
-def test_a_missing_adapter_dir_or_config_is_a_400_on_lora_path(tmp_path):
-    assert refused(check_adapter_dir_for_vllm, tmp_path / "missing", 16).param == "lora_path"
+def test_a_missing_adapter_dir_or_config_is_a_404_on_lora_path(tmp_path):
+    """No adapter there is a reference to nothing (404, as schemathesis expects of a well-formed request)."""
     (tmp_path / "empty").mkdir()
-    error = refused(check_adapter_dir_for_vllm, tmp_path / "empty", 16)
-    assert (error.param, error.code) == ("lora_path", "adapter_not_found")
+    for where in (tmp_path / "missing", tmp_path / "empty"):
+        with pytest.raises(NotFound) as info:
+            check_adapter_dir_for_vllm(where, 16)
+        assert (info.value.status, info.value.param, info.value.code) == (404, "lora_path", "adapter_not_found")
 
 
 def _spec(**kwargs) -> TrainingSpec:

@@ -12,7 +12,7 @@ succeeded job's model in two forms:
 
 Both come as `application/gzip` named `{job_id}-{type}.tar.gz` with a Content-Length, under one
 top-level folder of the same name. The job must belong to the caller's project (404 otherwise)
-and have succeeded (400 `job_not_succeeded` otherwise). Exporting (torch) is imported on first use.
+and have succeeded (409 `job_not_succeeded` otherwise: its state, not the request, is at fault). Exporting (torch) is imported on first use.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse
 
 from tuneserve.api.deps import Jobs, Project
 from tuneserve.api.responses import error_responses
-from tuneserve.errors import InvalidRequest, NotFound
+from tuneserve.errors import Conflict, NotFound
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
@@ -35,7 +35,7 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
     response_class=FileResponse,
     responses={
         200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}},
-        **error_responses(400, 401, 404, 507),
+        **error_responses(400, 401, 404, 409, 507),
     },
 )
 def download_model(
@@ -48,7 +48,7 @@ def download_model(
     """Download the fine-tuned model as a tar.gz: its adapter, or merged full weights (a tuneserve extension)."""
     job = jobs.get(project, job_id)  # NotFound for another project's job
     if job.status != "succeeded":
-        raise InvalidRequest(
+        raise Conflict(
             f"Job {job_id} has status {job.status!r}; only a succeeded job can be downloaded",
             param="fine_tuning_job_id",
             code="job_not_succeeded",

@@ -24,7 +24,10 @@ router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
 class CreateEvaluation(BaseModel):
     model_config = ConfigDict(extra="forbid")
     models: list[Annotated[str, Field(min_length=1)]] = Field(
-        min_length=1, max_length=8, description="the models to compare, e.g. a base and a fine-tuned model"
+        min_length=1,
+        max_length=8,
+        description="the models to compare, e.g. a base and a fine-tuned model",
+        json_schema_extra={"uniqueItems": True},  # the service refuses a repeated model with a 400
     )
     dataset_file: str = Field(
         min_length=1,
@@ -129,7 +132,7 @@ def list_items(
     evaluations: Evaluations,
     project: Project,
     evaluation_id: str,
-    after: str | None = Query(None, description="the last index seen"),
+    after: int | None = Query(None, ge=0, description="the index of the last item seen"),
     limit: int = Query(20, ge=1, le=1000),
 ):
     """Per item, in dataset order: {index, question, reference, answers: {MODEL: {text, rouge1, rouge2,
@@ -141,14 +144,14 @@ def list_items(
 @router.get(
     "/{evaluation_id}/report.html",
     response_class=FileResponse,
-    responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}, **error_responses(400, 401, 404)},
+    responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}, **error_responses(400, 401, 404, 409)},
 )
 def report_html(evaluations: Evaluations, project: Project, evaluation_id: str):
     """The self-contained HTML report: a chart of the metrics and the answers side by side."""
     return FileResponse(evaluations.report_html(project, evaluation_id), media_type="text/html")
 
 
-@router.post("/{evaluation_id}/cancel", response_model=Evaluation, responses=error_responses(400, 401, 404))
+@router.post("/{evaluation_id}/cancel", response_model=Evaluation, responses=error_responses(400, 401, 404, 409))
 def cancel_evaluation(evaluations: Evaluations, project: Project, evaluation_id: str):
     """Cancel a queued or running evaluation (a running one stops after the answers in flight)."""
     return Evaluation.of(evaluations.cancel(project, evaluation_id))

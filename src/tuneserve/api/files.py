@@ -12,6 +12,7 @@ from tuneserve.api.responses import FileDeleted, FileList, FileObject, FilePrevi
 from tuneserve.data import DataError
 from tuneserve.errors import InvalidRequest
 from tuneserve.models import check_model
+from tuneserve.store.files import PURPOSES
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -19,7 +20,7 @@ _BYTES = {"schema": {"type": "string", "format": "binary"}}
 
 
 @router.post("", response_model=FileObject, responses=error_responses(400, 401, 413, 507))
-def upload_file(files: Files, project: Project, file: UploadFile, purpose: str = Form()):
+def upload_file(files: Files, project: Project, file: UploadFile, purpose: Literal[PURPOSES] = Form()):
     """Upload a file. For purpose `fine-tune` the data is checked first; a bad line is a 400 naming it."""
     # The name is kept as metadata only; bytes are stored under the new file id.
     filename = (file.filename or "upload").replace("\\", "/").rsplit("/", 1)[-1][:255] or "upload"

@@ -49,19 +49,19 @@ def retrieve_job(jobs: Jobs, project: Project, job_id: str):
     return FineTuningJob.of(jobs.get(project, job_id))
 
 
-@router.post("/{job_id}/cancel", response_model=FineTuningJob, responses=error_responses(400, 401, 404))
+@router.post("/{job_id}/cancel", response_model=FineTuningJob, responses=error_responses(400, 401, 404, 409))
 def cancel_job(jobs: Jobs, project: Project, job_id: str):
     """Cancel a job; a running job's process group is stopped within seconds."""
     return FineTuningJob.of(jobs.cancel(project, job_id))
 
 
-@router.post("/{job_id}/pause", response_model=FineTuningJob, responses=error_responses(400, 401, 404))
+@router.post("/{job_id}/pause", response_model=FineTuningJob, responses=error_responses(400, 401, 404, 409))
 def pause_job(jobs: Jobs, project: Project, job_id: str):
     """Pause a queued or running job; a running one writes a checkpoint at its next step, then stops."""
     return FineTuningJob.of(jobs.pause(project, job_id))
 
 
-@router.post("/{job_id}/resume", response_model=FineTuningJob, responses=error_responses(400, 401, 404))
+@router.post("/{job_id}/resume", response_model=FineTuningJob, responses=error_responses(400, 401, 404, 409))
 def resume_job(jobs: Jobs, project: Project, job_id: str):
     """Resume a paused job: it is queued again and continues from its last checkpoint."""
     return FineTuningJob.of(jobs.resume(project, job_id))

@@ -75,7 +75,8 @@ def engine_status(local_engine: LocalInference, _project: Project):
 def _params(body: SamplingFields, index: int, *, logprobs: bool = False, top_logprobs: int = 0, json_mode: bool = False):
     from tuneserve.inference.engine import SamplingParams
 
-    seed = body.seed + index if body.seed is not None else None
+    # torch's generator takes 0 .. 2**64 - 1 (a seed past 64 bits was a 500); each choice gets the next seed.
+    seed = (body.seed + index) % 2**64 if body.seed is not None else None
     return SamplingParams(
         max_tokens=body.max_completion_tokens or body.max_tokens,
         temperature=body.temperature,

@@ -84,7 +84,7 @@ def opea_retrieve(jobs: Jobs, project: Project, body: JobIdBody):
     return FineTuningJob.of(jobs.get(project, body.fine_tuning_job_id))
 
 
-@router.post("/v1/fine_tuning/jobs/cancel", response_model=FineTuningJob, responses=error_responses(400, 401, 404))
+@router.post("/v1/fine_tuning/jobs/cancel", response_model=FineTuningJob, responses=error_responses(400, 401, 404, 409))
 def opea_cancel(jobs: Jobs, project: Project, body: JobIdBody):
     """OPEA: cancel a job by `fine_tuning_job_id`."""
     return FineTuningJob.of(jobs.cancel(project, body.fine_tuning_job_id))

@@ -39,10 +39,11 @@ class ErrorResponse(BaseModel):
 
 
 _ERROR_DESCRIPTIONS = {
-    400: "Invalid request: a bad field or value, or an action the resource's state does not allow (`param` names the field)",
+    400: "Invalid request: a bad field or value (`param` names the field)",
     401: "No API key, or a wrong one (once any key exists, every request needs one)",
     403: "Not allowed on this resource",
     404: "No such resource in the caller's project",
+    409: "The resource's state does not allow it now (a finished job cannot be cancelled, paused or resumed)",
     413: "The upload is larger than the server's limit",
     502: "The upstream inference server (--inference-backend vllm) cannot be reached",
     507: "The server's disk is full: nothing was kept; free space and retry",
@@ -374,5 +375,11 @@ class Completion(BaseModel):
 
 
 def streamed_as_events(what: str) -> dict[int | str, dict[str, Any]]:
-    """`responses=` entry documenting the `stream: true` form of a 200 answer."""
-    return {200: {"content": {"text/event-stream": {"schema": {"type": "string", "description": what}}}}}
+    """`responses=` entry documenting the `stream: true` form of a 200 answer. Before OpenAPI 3.2 (itemSchema), a
+    text/event-stream's `schema` describes one event: its `data` line is a JSON chunk, or `[DONE]` to end."""
+    event = {
+        "type": "object",
+        "properties": {"data": {"type": "string", "description": f"{what}: one JSON object each"}, "event": {"type": "string"}},
+        "required": ["data"],
+    }
+    return {200: {"content": {"text/event-stream": {"schema": event}}}}

@@ -7,7 +7,7 @@ api/responses.py's.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -55,9 +55,14 @@ class StreamOptions(BaseModel):
 
 class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="allow")
-    # Any string parses; api/inference.check_response_format answers 400 (param response_format) for what is not
-    # served: "json_schema" (no schema-constrained decoding yet) and unknown types.
-    type: str = Field("text", description="'text' or 'json_object' ('json_schema' is not supported yet: 400)")
+    # Any string parses, so that api/inference.check_response_format can answer what is not served with its own 400
+    # (param response_format): "json_schema" (no schema-constrained decoding yet, and how to do without) and unknown
+    # types. The document lists what is served; the vLLM proxy forwards json_schema, which vLLM serves.
+    type: str = Field(
+        "text",
+        description="'text' or 'json_object' ('json_schema' is not supported yet: 400)",
+        json_schema_extra={"enum": ["text", "json_object"]},
+    )
 
 
 class SamplingFields(BaseModel):
@@ -68,20 +73,14 @@ class SamplingFields(BaseModel):
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = Field(1, ge=1, le=8)
-    stop: str | list[str] | None = None
-    # OpenAI's documented range: the seed reaches torch's 64-bit generator (a larger one was a 500).
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None  # OpenAI's limit, in the schema
+    # Any integer: the sampler takes it modulo 2**64 (api/inference._params), the range of torch's generator.
+    # A bound here would be checked by clients in float64, where 2**63 - 1 and 2**63 + 191 are one number.
+    seed: int | None = Field(None, description="any integer; the same seed and request give the same answer")
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     stream: bool = False
     stream_options: StreamOptions | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_limit(cls, value):
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return value
 
     def stops(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -131,13 +130,9 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] = Field(description='A prompt or a list of them; "" starts from the beginning-of-text token.')
+    # An empty list is nothing to complete (it was a 500): the schema says so, and pydantic answers it.
+    prompt: str | Annotated[list[str], Field(min_length=1)] = Field(
+        description='A prompt or a list of them; "" starts from the beginning-of-text token.'
+    )
     logprobs: int | None = Field(None, ge=0, le=5)  # the legacy API: how many alternatives per token
     response_format: ResponseFormat | None = None  # not in OpenAI's legacy API; vLLM's has it
-
-    @field_validator("prompt")
-    @classmethod
-    def _some_prompt(cls, value):
-        if isinstance(value, list) and not value:  # nothing to complete (it was a 500)
-            raise ValueError("prompt must be a string or a non-empty list of strings")
-        return value

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuneserve.data.records import DataError
-from tuneserve.errors import InvalidRequest, NotFound, TuneserveError
+from tuneserve.errors import Conflict, InvalidRequest, NotFound, TuneserveError
 from tuneserve.evaluation.dataset import load_eval_items
 from tuneserve.ids import new_id, now
 from tuneserve.jobs import leases, states
@@ -170,26 +170,21 @@ class EvaluationService:
                 session, select(Evaluation).where(Evaluation.project == project), Evaluation, after=after, limit=limit
             )
 
-    def items(self, project: str, evaluation_id: str, *, after: str | None = None, limit: int = 20) -> tuple[list[dict], bool]:
+    def items(self, project: str, evaluation_id: str, *, after: int | None = None, limit: int = 20) -> tuple[list[dict], bool]:
         """Per-item answers and scores, in dataset order; `after` is the last index seen. Empty until it succeeds."""
         row = self.get(project, evaluation_id)
         report = self.report_dir(row.id) / "report.json"
         if row.status != states.SUCCEEDED or not report.exists():
             return [], False
         items = json.loads(report.read_text(encoding="utf-8"))["items"]
-        start = 0
-        if after is not None:
-            if not after.lstrip("-").isdigit():
-                raise InvalidRequest("after must be the index of an item", param="after", code="invalid_value")
-            start = int(after) + 1
-        page = items[max(0, start) : max(0, start) + limit]
-        return page, max(0, start) + limit < len(items)
+        start = 0 if after is None else max(0, after + 1)
+        return items[start : start + limit], start + limit < len(items)
 
     def report_html(self, project: str, evaluation_id: str) -> Path:
         row = self.get(project, evaluation_id)
         path = self.report_dir(row.id) / "report.html"
         if not path.exists():
-            raise InvalidRequest(
+            raise Conflict(  # 409: the evaluation's state, not the request
                 f"Evaluation {evaluation_id} is {row.status}; its report is written when it has run",
                 param="evaluation_id",
                 code="report_not_ready",
@@ -201,7 +196,7 @@ class EvaluationService:
         """Cancel; a running evaluation stops after the answers in flight (within seconds)."""
         row = self.get(project, evaluation_id)
         if row.status in (states.SUCCEEDED, states.FAILED):
-            raise InvalidRequest(
+            raise Conflict(  # 409: the evaluation's state refuses it
                 f"Evaluation {evaluation_id} has already {row.status}; it cannot be cancelled",
                 param="evaluation_id",
                 code="evaluation_not_cancellable",

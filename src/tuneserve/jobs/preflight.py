@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from tuneserve.errors import InvalidRequest
+from tuneserve.errors import InvalidRequest, NotFound
 
 CODE = "adapter_rejected_by_upstream"
 
@@ -162,14 +162,15 @@ def model_type_of(ref: str) -> str | None:
 
 
 def read_adapter_config(adapter_dir: str | os.PathLike, param: str = "lora_path") -> dict:
-    """adapter_config.json of a PEFT adapter directory; InvalidRequest (400) if it is missing or unreadable."""
+    """adapter_config.json of a PEFT adapter directory: NotFound (404) where there is no adapter, InvalidRequest
+    (400) where its config cannot be read."""
     path = Path(adapter_dir) / "adapter_config.json"
     if not Path(adapter_dir).is_dir():
-        raise InvalidRequest(f"No adapter directory at {adapter_dir}", param=param, code="adapter_not_found")
+        raise NotFound(f"No adapter directory at {adapter_dir}", param=param, code="adapter_not_found")
     try:
         config = json.loads(path.read_text())
     except OSError:
-        raise InvalidRequest(
+        raise NotFound(
             f"No adapter_config.json in {adapter_dir}: not a PEFT adapter directory", param=param, code="adapter_not_found"
         ) from None
     except ValueError as exc:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from tuneserve.errors import InvalidRequest, NotFound
+from tuneserve.errors import Conflict, InvalidRequest, NotFound
 from tuneserve.ids import new_id, now
 from tuneserve.jobs import states
 from tuneserve.jobs.catalog import ModelCatalog
@@ -215,7 +215,7 @@ class JobService:
                 session, job_id, states.CANCELLED, "Fine-tuning job cancelled", finished_at=now(), estimated_finish=None
             ):
                 status = session.scalar(select(Job.status).where(Job.id == job_id))
-                raise InvalidRequest(
+                raise Conflict(  # 409: the request is fine, the job's state refuses it
                     f"Job {job_id} has already {status}; it cannot be cancelled",
                     param="fine_tuning_job_id",
                     code="job_not_cancellable",
@@ -252,7 +252,7 @@ class JobService:
                 return job
             if not transition(session, job_id, target, message, from_=allowed, estimated_finish=None):
                 status = session.scalar(select(Job.status).where(Job.id == job_id))
-                raise InvalidRequest(
+                raise Conflict(
                     f"Job {job_id} is {status}; only a job that is {' or '.join(sorted(allowed))} can become {target}",
                     param="fine_tuning_job_id",
                     code=code,

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tuneserve.errors import InvalidRequest, NotFound
+from tuneserve.errors import Conflict, InvalidRequest, NotFound
 from tuneserve.evaluation.service import AUTO_EVALUATE_MAX_ITEMS, EvaluationService
 from tuneserve.evaluation.worker import InternalTokens, self_base_url
 from tuneserve.ids import new_id, now
@@ -119,9 +119,9 @@ def test_claim_progress_finish_items_and_listing(service, dataset):
     service.set_progress(first.id, "here", 1, 2)
     assert service.get("proj", first.id).progress_done == 1
     assert service.items("proj", first.id) == ([], False)  # nothing until it has succeeded
-    with pytest.raises(InvalidRequest, match="running") as info:
+    with pytest.raises(Conflict, match="running") as info:
         service.report_html("proj", first.id)
-    assert info.value.code == "report_not_ready"
+    assert (info.value.status, info.value.code) == (409, "report_not_ready")
 
     items = [{"index": i, "question": f"q{i}", "reference": "r", "answers": {}} for i in range(5)]
     directory = service.report_dir(first.id)
@@ -134,10 +134,10 @@ def test_claim_progress_finish_items_and_listing(service, dataset):
     assert done.status == "succeeded" and done.summary == {TINY: {"n": 2}} and done.finished_at is not None
     page, has_more = service.items("proj", first.id, limit=2)
     assert [i["index"] for i in page] == [0, 1] and has_more
-    page, has_more = service.items("proj", first.id, after="3", limit=2)
+    page, has_more = service.items("proj", first.id, after=3, limit=2)
     assert [i["index"] for i in page] == [4] and not has_more
     assert service.report_html("proj", first.id).name == "report.html"
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(Conflict):
         service.cancel("proj", first.id)  # already succeeded
 
 

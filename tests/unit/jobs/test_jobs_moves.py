@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tuneserve.errors import InvalidRequest
+from tuneserve.errors import Conflict
 from tuneserve.jobs import states
 from tests.unit.jobs.test_leases import add_jobs, row
 from tests.unit.jobs.test_lifecycle import events
@@ -41,7 +41,7 @@ def test_pause_resume_and_cancel_write_their_events(jobs, sessions):
 )
 def test_a_move_the_state_machine_lacks_is_refused_and_changes_nothing(jobs, sessions, status, move, code):
     (job_id,) = add_jobs(sessions, 1, project="proj", status=status)
-    with pytest.raises(InvalidRequest) as info:
+    with pytest.raises(Conflict) as info:  # 409: a well-formed request the job's state refuses
         getattr(jobs, move)("proj", job_id)
     assert info.value.code == code and status in info.value.message
     assert row(sessions, job_id).status == status and events(sessions, job_id) == []

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import select, update
 
-from tuneserve.errors import InvalidRequest, NotFound
+from tuneserve.errors import Conflict, InvalidRequest, NotFound
 from tuneserve.jobs import states
 from tuneserve.jobs.names import checkpoint_model_name
 from tuneserve.jobs.requests import JobRequest
@@ -214,9 +214,9 @@ def test_cancel_finished_job_is_refused(jobs, training_file, sessions):
     job = jobs.create("proj", request(training_file.id))
     with sessions.begin() as session:
         session.execute(update(Job).where(Job.id == job.id).values(status=states.SUCCEEDED))
-    with pytest.raises(InvalidRequest) as info:
+    with pytest.raises(Conflict) as info:
         jobs.cancel("proj", job.id)
-    assert info.value.code == "job_not_cancellable"
+    assert (info.value.status, info.value.code) == (409, "job_not_cancellable")
     assert jobs.get("proj", job.id).status == states.SUCCEEDED
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from sqlalchemy import select
 
-from tuneserve.errors import InvalidRequest
+from tuneserve.errors import Conflict, InvalidRequest
 from tuneserve.jobs import states
 from tuneserve.jobs.requests import JobRequest
 from tuneserve.store.tables import Job, JobEvent
@@ -163,7 +163,7 @@ def _status(sessions, job_id):
 
 def test_pause_and_resume_transitions(jobs, sessions, training_file):
     job = jobs.create("proj", request(training_file.id))
-    with pytest.raises(InvalidRequest) as info:  # still validating its files
+    with pytest.raises(Conflict) as info:  # still validating its files: 409, the job's state refuses it
         jobs.pause("proj", job.id)
     assert info.value.code == "job_not_pausable"
     with sessions.begin() as session:
@@ -173,7 +173,7 @@ def test_pause_and_resume_transitions(jobs, sessions, training_file):
     assert jobs.resume("proj", job.id).status == states.QUEUED
     with sessions.begin() as session:
         session.get(Job, job.seq).status = states.RUNNING
-    with pytest.raises(InvalidRequest) as info:
+    with pytest.raises(Conflict) as info:
         jobs.resume("proj", job.id)  # running, not paused
     assert info.value.code == "job_not_resumable"
     jobs.pause("proj", job.id)
