@@ -54,8 +54,10 @@ class Engine:
         adapter_budget_bytes: int = 512 * 2**20,
         max_batch_size: int = 16,
         batch_window_s: float = 0.005,
+        default_max_tokens: int = DEFAULT_MAX_TOKENS,
     ):
         self._resolve = resolve_model
+        self._default_max_tokens = default_max_tokens  # an answer's length when the request names none
         self._adapters = AdapterCache(max_adapters, adapter_budget_bytes)
         self._batcher = Batcher(self._adapters, max_batch_size=max_batch_size, window_s=batch_window_s)
         self._bases: dict[Path, LoadedBase] = {}
@@ -131,7 +133,7 @@ class Engine:
         # The adapter dir's tokenizer when it has a chat template (training saved it), else the base's.
         tokenizer = adapter_tokenizer if adapter_tokenizer is not None and adapter_tokenizer.chat_template else base.tokenizer
         prompt_ids = list(encode(tokenizer))
-        max_new = _max_new_tokens(params, len(prompt_ids), base.context_length)
+        max_new = _max_new_tokens(params, len(prompt_ids), base.context_length, self._default_max_tokens)
         if path is not None and self._adapters.lookup(base, path) is None:
             # Load now (on the worker, between two steps), so a broken adapter fails this call.
             self._batcher.call(lambda: self._adapters.get(base, path, self._batcher.in_use(), tokenizer=adapter_tokenizer))
@@ -266,12 +268,12 @@ def _completion_ids(tokenizer, prompt: str) -> list[int]:
     return [start]
 
 
-def _max_new_tokens(params: SamplingParams, prompt_tokens: int, context: int) -> int:
+def _max_new_tokens(params: SamplingParams, prompt_tokens: int, context: int, default: int = DEFAULT_MAX_TOKENS) -> int:
     left = context - prompt_tokens
     if left < 1:
         raise ContextLengthExceeded(f"the prompt has {prompt_tokens} tokens; this model's context is {context}")
     if params.max_tokens is None:
-        return min(DEFAULT_MAX_TOKENS, left)
+        return min(default, left)
     if params.max_tokens < 1:
         raise ValueError("max_tokens must be at least 1")
     if params.max_tokens > left:

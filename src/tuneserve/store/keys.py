@@ -23,6 +23,7 @@ def hash_key(key: str) -> str:
 class KeyService:
     def __init__(self, sessions: sessionmaker[Session]):
         self.sessions = sessions
+        self._some_key = False  # once a key exists it stays (keys are never deleted): no query per request after
 
     def create(self, project: str) -> str:
         key = "ts-" + secrets.token_urlsafe(32)
@@ -31,8 +32,12 @@ class KeyService:
         return key
 
     def any(self) -> bool:
-        with self.sessions() as session:
-            return bool(session.scalar(select(exists().where(ApiKey.seq > 0))))
+        """Whether any key exists. Only True is remembered: a key created by `tuneserve keys create` in another
+        process while the server runs must take effect at once, so False is asked again each time."""
+        if not self._some_key:
+            with self.sessions() as session:
+                self._some_key = bool(session.scalar(select(exists().where(ApiKey.seq > 0))))
+        return self._some_key
 
     def project_of(self, key: str) -> str | None:
         with self.sessions() as session:
