@@ -262,6 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-upload-bytes", type=int, default=None, help="default 536870912, 512 MiB ($TUNESERVE_MAX_UPLOAD_BYTES)"
     )
     serve.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=None,
+        help="any other request body's limit (JSON), default 16777216, 16 MiB ($TUNESERVE_MAX_REQUEST_BYTES)",
+    )
+    serve.add_argument(
+        "--cors-origins",
+        default=None,
+        help="comma-separated origins whose pages may call the API from a browser, default none: "
+        "the console is same-origin ($TUNESERVE_CORS_ORIGINS)",
+    )
+    serve.add_argument(
         "--insecure", action="store_true", default=None, help="allow a non-loopback host with no API key ($TUNESERVE_INSECURE=1)"
     )
     serve.add_argument("--log-level", default="info")

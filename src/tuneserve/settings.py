@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -23,6 +24,13 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in the data dir.")
     max_concurrent_jobs: int = Field(1, ge=1)
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1)
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024, ge=1, description="A request body's limit (JSON and any other); uploads have max_upload_bytes."
+    )
+    # NoDecode: the variable is comma-separated (as the flag is), not the JSON list pydantic-settings expects.
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Origins whose browser pages may call the API (CORS); none by default: the console is same-origin."
+    )
     insecure: bool = Field(False, description="Allow a non-loopback host with no API key.")
     poll_interval_s: float = Field(0.5, gt=0)
     run_scheduler: bool = Field(
@@ -78,6 +86,24 @@ class Settings(BaseSettings):
         ):
             return value
         return url.set(database=str(Path(url.database).expanduser().resolve())).render_as_string(hide_password=False)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return tuple(part.strip() for part in value.split(",") if part.strip()) if isinstance(value, str) else value
+
+    @field_validator("cors_origins", mode="after")
+    @classmethod
+    def _origins_are_origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        """A browser sends `Origin: scheme://host[:port]`, nothing more: a path (or a typo) would never match, silently."""
+        checked = []
+        for origin in origins:
+            origin = origin.rstrip("/")
+            parts = urlsplit(origin)
+            if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query):
+                raise ValueError(f"{origin!r} is not an origin: give scheme://host[:port], e.g. https://app.example.com, or *")
+            checked.append(origin)
+        return tuple(checked)
 
     @model_validator(mode="after")
     def _backend_needs_url(self) -> "Settings":

@@ -140,3 +140,18 @@ def test_the_server_builds_its_engine_with_those_knobs(tmp_path):
             assert engine._adapters.budget_bytes == 512 * 2**20
         finally:
             engine.close()
+
+
+def test_body_limit_and_cors_origins_from_flags_and_environment(in_tmp, monkeypatch):
+    settings = settings_for("serve")
+    assert (settings.max_request_bytes, settings.cors_origins) == (16 * 2**20, ())
+    monkeypatch.setenv("TUNESERVE_MAX_REQUEST_BYTES", "1000")
+    monkeypatch.setenv("TUNESERVE_CORS_ORIGINS", "https://a.example, http://b.example:8080/")
+    settings = settings_for("serve")
+    assert (settings.max_request_bytes, settings.cors_origins) == (1000, ("https://a.example", "http://b.example:8080"))
+    settings = settings_for("serve", "--max-request-bytes", "2000", "--cors-origins", "*")
+    assert (settings.max_request_bytes, settings.cors_origins) == (2000, ("*",))
+    with pytest.raises(CommandError, match="^--cors-origins / TUNESERVE_CORS_ORIGINS: 'https://a.example/app' is not an origin"):
+        settings_for("serve", "--cors-origins", "https://a.example/app")
+    with pytest.raises(CommandError, match="^--max-request-bytes / TUNESERVE_MAX_REQUEST_BYTES: "):
+        settings_for("serve", "--max-request-bytes", "0")
