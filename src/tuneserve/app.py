@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -19,6 +20,7 @@ from tuneserve import __version__
 from tuneserve.api import adapters, console, downloads, files, fine_tuning, inference, models, opea
 from tuneserve.api import evaluations as evaluations_api
 from tuneserve.api.deps import LocalEngine
+from tuneserve.api.limits import TOO_LARGE_RESPONSE, BodyLimit
 from tuneserve.data import validate_file
 from tuneserve.errors import TuneserveError
 from tuneserve.evaluation.service import EvaluationService
@@ -174,6 +176,8 @@ def build_app(settings: Settings) -> FastAPI:
         description="Self-hosted fine-tuning with OpenAI's API: files, fine-tuning jobs, models, chat/completions.",
         # Answers go through json.dumps as they always did (pydantic's own JSON writes 1e-05 as 1e-5): the bytes stay the same.
         default_response_class=JSONResponse,
+        # Every route can answer 413 (api/limits.py refuses any body past its limit): the document says so.
+        responses=TOO_LARGE_RESPONSE,
     )
     app.openapi = lambda: _openapi(app)
     for module in (files, fine_tuning, downloads, opea, models, adapters, console):
@@ -182,21 +186,12 @@ def build_app(settings: Settings) -> FastAPI:
     # With an upstream vLLM, chat/completions are proxied to it; otherwise this process generates.
     app.include_router(adapters.proxy_router if settings.inference_backend == "vllm" else inference.router)
 
-    @app.middleware("http")
-    async def upload_limit(request: Request, call_next):
-        # Refuse an oversized upload before reading its body; the blob store checks streams without a length.
-        length = request.headers.get("content-length")
-        if request.method == "POST" and request.url.path == "/v1/files" and length and length.isdigit():
-            if int(length) > settings.max_upload_bytes + 64 * 1024:  # multipart framing allowance
-                return JSONResponse(
-                    error_body(
-                        f"the upload is larger than the limit of {settings.max_upload_bytes} bytes",
-                        param="file",
-                        code="file_too_large",
-                    ),
-                    status_code=413,
-                )
-        return await call_next(request)
+    # Pure ASGI middlewares (BaseHTTPMiddleware would cost every request a task and a copy of each message).
+    # Added last is outermost: CORS answers a preflight before any limit, and adds its headers to a 413 too.
+    app.add_middleware(BodyLimit, max_request_bytes=settings.max_request_bytes, max_upload_bytes=settings.max_upload_bytes)
+    if settings.cors_origins:
+        # Keys are bearer tokens, never cookies: no credentials mode, so no origin may read a browser's cookies here.
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"], allow_headers=["*"])
 
     @app.exception_handler(TuneserveError)
     async def domain_error(_request: Request, exc: TuneserveError):
