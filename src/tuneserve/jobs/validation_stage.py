@@ -67,10 +67,12 @@ class ValidationStage:
                 message, data, error = validate_job_files(spec)
             except Exception as exc:  # an unreadable file fails the job; it never retries forever
                 log.exception("validating %s failed", job_id)
+                # The client reads this reason: an OSError's text names the server's path, so only its strerror goes out.
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 message, data, error = (
                     "",
                     None,
-                    {"code": "invalid_training_file", "param": "training_file", "message": f"{type(exc).__name__}: {exc}"},
+                    {"code": "invalid_training_file", "param": "training_file", "message": f"{type(exc).__name__}: {reason}"},
                 )
             with self.sessions.begin() as session:
                 if error is None:

@@ -7,6 +7,7 @@ exit codes (training/__main__.py), or job bookkeeping on the server side (tunese
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,7 +40,7 @@ def train(
     try:
         events.message("Fine-tuning job started")
         # Print the resolved spec (every "auto" already made concrete), so a run explains itself.
-        events.message("Resolved spec:\n" + spec.model_dump_json(indent=2))
+        events.message("Resolved spec:\n" + _as_shown(spec))
         recipe = _recipe(spec)
         result = recipe(spec, job_dir, events, console=console, stop_requested=stop_requested)
         if result.get("type") == "result":
@@ -59,6 +60,16 @@ def job_dir_from_argv(argv: list[str] | None, usage: str) -> Path | None:
         print(usage, file=sys.stderr)
         return None
     return Path(args[0])
+
+
+def _as_shown(spec: TrainingSpec) -> str:
+    """The spec as the job's events show it to API clients: its files by their last part (an uploaded file's is its
+    id; a checkpoint's, its step), never the server's paths."""
+    shown = spec.model_dump(mode="json")
+    for field in ("training_file", "validation_file", "init_adapter"):
+        if shown[field]:
+            shown[field] = Path(shown[field]).name
+    return json.dumps(shown, indent=2)
 
 
 def _recipe(spec: TrainingSpec) -> Callable[..., dict[str, Any]]:
