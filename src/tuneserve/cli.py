@@ -113,6 +113,12 @@ def _add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         "--ray-address", default=None, help="the Ray cluster's Jobs API, i.e. its dashboard: http://RAY_HEAD:8265"
     )
     parser.add_argument(
+        "--ray-python",
+        default=None,
+        help="the interpreter Ray jobs run with on every node, with tuneserve installed "
+        "(default `python` from the PATH `ray start` had; $TUNESERVE_RAY_PYTHON)",
+    )
+    parser.add_argument(
         "--procs-per-job",
         type=int,
         default=None,

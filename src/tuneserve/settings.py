@@ -40,6 +40,9 @@ class Settings(BaseSettings):
         "local", description="local: processes on this machine; ray: Ray jobs on --ray-address."
     )
     ray_address: str | None = Field(None, description="The Ray cluster's Jobs API (its dashboard), e.g. http://ray-head:8265.")
+    ray_python: str = Field(
+        "python", min_length=1, description="The interpreter Ray jobs run with on the cluster's nodes (it must have tuneserve)."
+    )
     procs_per_job: int | None = Field(
         None, ge=1, description="Local runner: processes per job (default: one per visible GPU, 1 without GPUs)."
     )

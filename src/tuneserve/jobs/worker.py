@@ -28,7 +28,7 @@ def runner_from(settings: Settings) -> Runner:
     if settings.runner == "ray":
         from tuneserve.jobs.runners.ray import RayRunner
 
-        return RayRunner(settings.ray_address)
+        return RayRunner(settings.ray_address, python=settings.ray_python)
     from tuneserve.jobs.runners.local import LocalRunner
 
     return LocalRunner(settings.procs_per_job)
