@@ -317,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory the loaded adapters may take, default 512 MiB ($TUNESERVE_ENGINE_ADAPTER_BUDGET_MB)",
     )
     serve.add_argument(
+        "--engine-default-max-tokens",
+        type=int,
+        default=None,
+        help="an answer's length when a request gives no max_tokens, default 512 ($TUNESERVE_ENGINE_DEFAULT_MAX_TOKENS)",
+    )
+    serve.add_argument(
         "--api-only",
         action="store_true",
         help="serve the API but run no jobs: `tuneserve worker` processes on the same database run them",

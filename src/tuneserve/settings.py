@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     engine_max_batch_size: int = Field(16, ge=1, description="Requests decoded together in one batch.")
     engine_max_adapters: int = Field(8, ge=1, description="Fine-tuned adapters kept loaded at once (least recently used go).")
     engine_adapter_budget_mb: int = Field(512, ge=1, description="Memory the loaded adapters may take, in MiB.")
+    engine_default_max_tokens: int = Field(
+        512, ge=1, description="An answer's length in tokens when the request gives no max_tokens (at most the context left)."
+    )
 
     @field_validator("data_dir", mode="after")
     @classmethod
@@ -137,6 +140,7 @@ class Settings(BaseSettings):
             "max_batch_size": self.engine_max_batch_size,
             "max_adapters": self.engine_max_adapters,
             "adapter_budget_bytes": self.engine_adapter_budget_mb * 2**20,
+            "default_max_tokens": self.engine_default_max_tokens,
         }
 
     @property

@@ -117,11 +117,12 @@ def test_engine_knobs_from_flags_and_environment(in_tmp, monkeypatch):
         "max_batch_size": 16,
         "max_adapters": 8,
         "adapter_budget_bytes": 512 * 2**20,
+        "default_max_tokens": 512,
     }
     monkeypatch.setenv("TUNESERVE_ENGINE_MAX_BATCH_SIZE", "4")
     monkeypatch.setenv("TUNESERVE_ENGINE_ADAPTER_BUDGET_MB", "64")
-    options = settings_for("serve", "--engine-max-adapters", "2").engine_options()
-    assert options == {"max_batch_size": 4, "max_adapters": 2, "adapter_budget_bytes": 64 * 2**20}
+    options = settings_for("serve", "--engine-max-adapters", "2", "--engine-default-max-tokens", "16").engine_options()
+    assert options == {"max_batch_size": 4, "max_adapters": 2, "adapter_budget_bytes": 64 * 2**20, "default_max_tokens": 16}
     with pytest.raises(CommandError, match="--engine-max-batch-size / TUNESERVE_ENGINE_MAX_BATCH_SIZE"):
         settings_for("serve", "--engine-max-batch-size", "0")
 
@@ -131,13 +132,15 @@ def test_the_server_builds_its_engine_with_those_knobs(tmp_path):
 
     from tuneserve.app import build_app
 
-    settings = Settings(data_dir=tmp_path, run_scheduler=False, engine_max_batch_size=3, engine_max_adapters=2)
+    settings = Settings(
+        data_dir=tmp_path, run_scheduler=False, engine_max_batch_size=3, engine_max_adapters=2, engine_default_max_tokens=7
+    )
     app = build_app(settings)
     with TestClient(app):
         engine = app.state.engine.get()
         try:
             assert (engine._batcher.max_batch_size, engine._adapters.max_adapters) == (3, 2)
-            assert engine._adapters.budget_bytes == 512 * 2**20
+            assert engine._adapters.budget_bytes == 512 * 2**20 and engine._default_max_tokens == 7
         finally:
             engine.close()
 
