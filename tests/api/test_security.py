@@ -166,8 +166,9 @@ def test_an_uploaded_file_name_never_chooses_a_path_on_disk(server):
             assert set(response.json()["error"]) == {"message", "type", "param", "code"}
             continue
         file = response.json()
-        # The name is metadata only: its last part, with no separator, at most 255 characters.
+        # The name is metadata only: its last part, printable, with no separator, at most 255 characters.
         assert not {"/", "\\"} & set(file["filename"]) and 0 < len(file["filename"]) <= 255, what
+        assert file["filename"].isprintable(), what  # no NUL (PostgreSQL's text refuses it) nor control characters
         assert (files_dir / file["id"]).read_bytes() == content, what
         assert httpx.get(f"{server.base_url}/v1/files/{file['id']}/content").content == content
     # Nothing anywhere under the test's directory, nor where the names point, is named after them.

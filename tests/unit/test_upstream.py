@@ -55,7 +55,7 @@ def test_register_lists_the_adapter_with_its_base_and_unregister_removes_it(upst
 def test_register_errors_pass_through_with_their_status_and_code(upstream, tmp_path):
     with pytest.raises(UpstreamError) as info:
         upstream.register_adapter("ft:unit:missing", tmp_path / "nowhere")
-    assert info.value.status == 400 and info.value.param == "lora_path"
+    assert (info.value.status, info.value.param, info.value.code) == (404, "lora_path", "adapter_not_found")
     with pytest.raises(UpstreamError) as info:
         upstream.register_adapter("ft:unit:unknown-base", adapter_dir(tmp_path / "b", base="nobody/no-such-model-xyz"))
     assert (info.value.status, info.value.code) == (404, "model_not_found")

@@ -22,8 +22,10 @@ _BYTES = {"schema": {"type": "string", "format": "binary"}}
 @router.post("", response_model=FileObject, responses=error_responses(400, 401, 413, 507))
 def upload_file(files: Files, project: Project, file: UploadFile, purpose: Literal[PURPOSES] = Form()):
     """Upload a file. For purpose `fine-tune` the data is checked first; a bad line is a 400 naming it."""
-    # The name is kept as metadata only; bytes are stored under the new file id.
-    filename = (file.filename or "upload").replace("\\", "/").rsplit("/", 1)[-1][:255] or "upload"
+    # The name is kept as metadata only; bytes are stored under the new file id. Its last part, printable characters
+    # only: a NUL or a control character is no name (PostgreSQL's text refuses a NUL, a terminal shows the others).
+    name = (file.filename or "upload").replace("\\", "/").rsplit("/", 1)[-1]
+    filename = "".join(c for c in name if c.isprintable())[:255] or "upload"
     return FileObject.of(files.create(project, filename, purpose, file.file))
 
 
