@@ -35,8 +35,6 @@ import asyncio
 import json
 import os
 import random
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +42,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import local_server  # this folder: the scripts run as `python benchmarks/NAME.py`
 
 TINY = "tuneserve/tiny-random"
 READS = ("file_list", "file_retrieve", "job_list", "job_retrieve", "job_events")
@@ -54,49 +54,11 @@ MB = 1024 * 1024
 # ---- the server ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(work: Path, *flags: str) -> tuple[subprocess.Popen, str]:
     """`tuneserve serve` on loopback, its data dir and TMPDIR (multipart spools) under `work`."""
-    port, data, spool = free_port(), work / "data", work / "tmp"
+    spool = work / "tmp"
     spool.mkdir(parents=True, exist_ok=True)
-    log = work / "server.log"
-    command = [sys.executable, "-m", "tuneserve", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(
-        [*command, "--data-dir", str(data), "--log-level", "warning", *flags],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(spool)},
-    )
-    import httpx
-
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/v1/health_check", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"server did not start:\n{log.read_text()[-3000:]}")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    return local_server.start_server(work / "data", work / "server.log", *flags, env={"TMPDIR": str(spool)})
 
 
 def memory_mb(pid: int, field: str = "VmRSS") -> float:
@@ -360,7 +322,7 @@ def big_upload_part(args, work: Path) -> dict:
             "files_peak_mb": peaks["files"] / MB,
         }
     finally:
-        stop_server(process)
+        local_server.stop_server(process)
 
 
 # ---- main -------------------------------------------------------------------------------------------
@@ -422,7 +384,7 @@ def main() -> int:
                 print(f"{args.requests} requests at {args.concurrency} concurrent ...", flush=True)
                 result = asyncio.run(mix_part(args, url, process.pid, setup))
             finally:
-                stop_server(process)
+                local_server.stop_server(process)
             result["rss_start"] = rss_start
             summary = summarize(result["records"])
             print_mix(result, summary)

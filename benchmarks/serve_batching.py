@@ -23,16 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import local_server  # this folder: the scripts run as `python benchmarks/NAME.py`
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 QUESTIONS = [
@@ -47,46 +46,10 @@ QUESTIONS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(data_dir: Path) -> tuple[subprocess.Popen, str, Path]:
-    port = free_port()
     log = data_dir.parent / "server.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tuneserve", "serve", "--port", str(port), "--data-dir", str(data_dir), "--log-level", "warning"],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    import httpx
-
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/v1/health_check", timeout=1).status_code == 200:
-                return process, url, log
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"server did not start:\n{log.read_text()[-3000:]}")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    process, url = local_server.start_server(data_dir, log)
+    return process, url, log
 
 
 def measure(calls, repeat: int, label: str) -> dict:
@@ -154,7 +117,7 @@ def server_part(args, work: Path) -> dict:
         ask("Hello")()  # loads the model
         return measure([ask(q) for q in QUESTIONS], args.repeat, "server, 8 chat requests, base model")
     finally:
-        stop_server(process)
+        local_server.stop_server(process)
 
 
 def build_adapter(model_path: str, out: Path, seed: int) -> Path:
