@@ -6,10 +6,13 @@ the shared job directory."""
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
+import tuneserve
 from tests.conftest import TINY, chat_jsonl, start_server, wait_for, wait_for_status
 
 pytestmark = pytest.mark.ray
@@ -83,6 +86,9 @@ def test_two_ray_workers_train_pause_resume_and_succeed(ray_server, ray_cluster)
     assert ray_status(ray_cluster, f"{job.id}-attempt-2") == "SUCCEEDED"
     log = messages(client, job.id)
     assert f"Resumed from checkpoint step-{paused_step} (step {paused_step} of 96)" in log
+    # The preflight's report, in the events: the cluster's `python` is this venv's, with this tuneserve.
+    report = f"The Ray cluster runs 'python' as {Path(sys.executable).parent}/python, with tuneserve {tuneserve.__version__}"
+    assert report in log, [m for m in log if m.startswith("The Ray cluster")]
     # Both attempts trained on two Ray Train workers, sharded.
     assert sum("2 process(es) (FSDP)" in m for m in log if m.startswith("Training on")) == 2
     steps = sorted(c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id, limit=20))

@@ -15,6 +15,9 @@ FAILED `failed`, STOPPED `cancelled` (stopped by tuneserve, or by someone with `
 
 A Ray job lives on the cluster, not in the worker that submitted it: when that worker vanishes,
 another worker takes over watching the same run (`adopt`) instead of starting it again.
+Before its first job (and again after a failed check), the runner asks the cluster whether its
+interpreter imports the server's tuneserve (ray_preflight.py): a cluster that cannot run the
+training program fails the job at once, saying how to fix it, instead of failing every job in Ray.
 Ray is imported only when this runner is used (`pip install 'tuneserve[ray]'`).
 """
 
@@ -23,12 +26,14 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneserve.jobs.runners.ray_preflight import ClusterPython, run_check
 from tuneserve.jobs.runners.state import RunState
-from tuneserve.training.events import STOP_REQUEST_FILE
+from tuneserve.training.events import STOP_REQUEST_FILE, EventWriter
 
 log = logging.getLogger("tuneserve.ray")
 
@@ -75,6 +80,8 @@ class RayRunner:
             ) from exc
         self.dashboard = self.client.get_address().rstrip("/")
         self._last_error_log = 0.0
+        self.cluster: ClusterPython | None = None  # what the preflight found; None until one passes
+        self._check_lock = threading.Lock()
 
     @staticmethod
     def submission_id(job_id: str, attempt: int) -> str:
@@ -86,17 +93,39 @@ class RayRunner:
         return f"{self.dashboard}/#/jobs/{submission_id}"
 
     def start(self, job_id: str, job_dir: Path, attempt: int = 1) -> RayHandle:
+        """Submit the attempt; RayClusterNotReady (before submitting anything) if the cluster cannot run it."""
+        cluster = self.check_cluster()
         submission_id = self.submission_id(job_id, attempt)
         (job_dir / STOP_REQUEST_FILE).unlink(missing_ok=True)  # a pause's request is for the attempt it paused
-        env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        # Into the job's events (the scheduler reads this file from its last offset): which interpreter ran it.
+        writer = EventWriter(job_dir / "events.jsonl")
+        try:
+            writer.message(cluster.describe(self.python))
+        finally:
+            writer.close()
         self.client.submit_job(
             entrypoint=f"{self.python} -m tuneserve.training.ray_train {shlex.quote(str(job_dir.resolve()))}",
             submission_id=submission_id,
-            runtime_env={"env_vars": env},
+            runtime_env={"env_vars": self._env_vars()},
             metadata={"tuneserve_job_id": job_id, "attempt": str(attempt)},
         )
         return RayHandle(job_id, job_dir, submission_id, self.job_url(submission_id))
+
+    def check_cluster(self) -> ClusterPython:
+        """The preflight, once per runner: a passed check holds until the worker restarts (a node set up
+        later without tuneserve still fails in Ray, with Ray's message); a failed one runs again next job."""
+        with self._check_lock:
+            if self.cluster is None:
+                cluster = run_check(self.client, self.python, self._env_vars())
+                log.info("Ray preflight passed: %s", cluster.describe(self.python))
+                self.cluster = cluster
+            return self.cluster
+
+    @staticmethod
+    def _env_vars() -> dict[str, str]:
+        env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        return env
 
     def poll(self, handle: RayHandle) -> RunState:
         try:
