@@ -265,7 +265,10 @@ class Batcher:
 
     def _prefill(self, requests: list[Request]) -> None:
         import torch
-        from transformers import DynamicCache
+
+        from tuneserve.models.hf_imports import transformers_names
+
+        (DynamicCache,) = transformers_names("DynamicCache")
 
         base = requests[0].base
         rows: list[_Row] = []

@@ -223,9 +223,11 @@ def _results(request: Request) -> Iterator[Delta | Generation]:
 
 def _load_base(path: Path) -> LoadedBase:
     import torch
-    from transformers import AutoModelForCausalLM
 
     from tuneserve.models import load_tokenizer
+    from tuneserve.models.hf_imports import transformers_names
+
+    (AutoModelForCausalLM,) = transformers_names("AutoModelForCausalLM")
 
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda else torch.float32

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tuneserve.errors import NotFound
+from tuneserve.models.hf_imports import transformers_names
 
 log = logging.getLogger("tuneserve.models")
 
@@ -171,7 +172,7 @@ def _build_into(target: Path, build) -> None:
 
 
 def _load_smollm2_tokenizer():
-    from transformers import AutoTokenizer
+    (AutoTokenizer,) = transformers_names("AutoTokenizer")
 
     gguf = _smollm2_gguf()
     if gguf is None:
@@ -181,7 +182,7 @@ def _load_smollm2_tokenizer():
 
 def _convert_smollm2(out: Path) -> None:
     """Dequantize the packaged GGUF once and save it as ordinary safetensors."""
-    from transformers import AutoModelForCausalLM
+    (AutoModelForCausalLM,) = transformers_names("AutoModelForCausalLM")
 
     gguf = _smollm2_gguf()
     tokenizer = _load_smollm2_tokenizer()
@@ -200,7 +201,8 @@ def _convert_smollm2(out: Path) -> None:
 def _build_tiny(out: Path) -> None:
     """A randomly initialised 2-layer Llama with SmolLM2's tokenizer and chat template, for fast tests."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaConfig, LlamaForCausalLM = transformers_names("LlamaConfig", "LlamaForCausalLM")
 
     tokenizer = _load_smollm2_tokenizer()
     config = LlamaConfig(

@@ -50,6 +50,7 @@ def _stamp(directory: Path) -> tuple[int, ...]:
 @lru_cache(maxsize=_CACHE_SIZE)
 def _load(ref: str, stamp: tuple[int, ...] | None) -> Any:
     """A directory when `stamp` is given, else a reference to resolve (which may build or download it)."""
-    from transformers import AutoTokenizer
+    from tuneserve.models.hf_imports import transformers_names
 
+    (AutoTokenizer,) = transformers_names("AutoTokenizer")
     return AutoTokenizer.from_pretrained(Path(ref) if stamp is not None else resolve_model(ref))
