@@ -1,9 +1,9 @@
-"""What a client reads of a training process that died without its own error event (runners/local.last_error_line):
+"""What a client reads of a training process that died without its own error event (runners/state.last_error_line):
 the exception's line, never the traceback or the server's paths."""
 
 from __future__ import annotations
 
-from tuneserve.jobs.runners.local import last_error_line
+from tuneserve.jobs.runners.state import last_error_line
 
 CRASH = """Traceback (most recent call last):
   File "/srv/tuneserve/.venv/lib/python3.11/site-packages/torch/serialization.py", line 3, in load

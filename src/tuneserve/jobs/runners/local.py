@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -24,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuneserve.jobs.runners.state import RunState
+from tuneserve.jobs.runners.state import RunState, last_error_line
 
 _PR_SET_PDEATHSIG = 1
 
@@ -128,16 +127,6 @@ class LocalRunner:
     def describe(self, handle: LocalHandle) -> str:
         n = 1 + len(handle.others)
         return "the training process" if n == 1 else f"{n} training processes (one per GPU)"
-
-
-def last_error_line(stderr: str) -> str:
-    """What the client reads of a run that died without its own error event: the last line of its stderr that is
-    not a traceback frame (the exception, e.g. `RuntimeError: ...`), with directories cut from any path in it. The
-    traceback and the server's paths stay in the job's stderr.log, for the operator."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    message = next((line for line in reversed(lines) if not line.startswith(("File ", "Traceback", "^", "~"))), "")
-    message = re.sub(r"(?<![\w.])/(?:[^\s/'\"]+/)+", "", message)  # /a/b/c.py -> c.py
-    return f"{message[:500]} (the whole error is in the job's stderr.log on the server)" if message else ""
 
 
 def _spawn(command: list[str], env: dict[str, str], job_dir: Path, *, rank: int, group: int | None) -> subprocess.Popen:

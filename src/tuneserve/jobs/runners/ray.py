@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneserve.jobs.runners.ray_preflight import ClusterPython, run_check
-from tuneserve.jobs.runners.state import RunState
+from tuneserve.jobs.runners.state import RunState, last_error_line
 from tuneserve.training.events import STOP_REQUEST_FILE, EventWriter
 
 log = logging.getLogger("tuneserve.ray")
@@ -170,15 +170,15 @@ class RayRunner:
         return False
 
     def failure_detail(self, handle: RayHandle) -> str:
-        """Ray's own message and the end of the job's log (the driver's and the workers' output)."""
+        """Ray's own message and the error line of the job's log (the driver's and the workers' output)."""
         parts = []
         try:
             info = self.client.get_job_info(handle.ref)
             if info.message:
                 parts.append(info.message.strip())
-            logs = self.client.get_job_logs(handle.ref)
-            if logs:
-                parts.append(logs[-1500:].strip())
+            # The client reads the error's line; the whole log stays on the cluster (and its dashboard).
+            if error := last_error_line(self.client.get_job_logs(handle.ref)[-8000:], where="the Ray job's log"):
+                parts.append(error)
         except Exception as exc:
             parts.append(f"(Ray's logs are unavailable: {exc})")
         parts.append(f"Ray job: {handle.dashboard_url}")
