@@ -4,9 +4,11 @@ Owns: `export_adapter` (a tar.gz of a PEFT adapter directory: weights, adapter_c
 tokenizer, chat template; not the trainer's resume state), `export_merged` (base + adapter merged
 into plain safetensors, with the adapter directory's tokenizer and chat template and the base's
 generation_config, so the merged model formats and stops exactly as training and serving do),
-`merged_tarball` (the merged model packed, for the download route), `lookup_local_model` (what a
-model name means on this machine: an adapter directory, a base model, a job id or an ft: name in
-the store of a data directory) and the `tuneserve export` command.
+`merged_tarball` (the merged model packed, for the download route), `export_gguf` / `gguf_tarball`
+(the merged model as one GGUF file with an Ollama Modelfile beside it; the GGUF writing itself is
+gguf_export.py), `lookup_local_model` (what a model name means on this machine: an adapter
+directory, a base model, a job id or an ft: name in the store of a data directory) and the
+`tuneserve export` command.
 Does not own: training (training/), serving (inference/), HTTP (api/downloads.py), the job store.
 
 Every artifact is written under a temporary name and renamed into place, so a crash or a
@@ -32,6 +34,7 @@ from tuneserve.atomic import disk_full_is_insufficient_storage
 from tuneserve.errors import InsufficientStorage
 
 ADAPTER_CONFIG = "adapter_config.json"
+EXPORT_KINDS = ("adapter", "merged", "gguf")
 # In checkpoint directories only: the optimizer, schedule and RNG to resume training; not part of the model.
 TRAINING_ONLY_FILES = frozenset({"trainer_state.pt", "optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"})
 
@@ -55,21 +58,21 @@ def _tar_name(out: Path) -> str:
     return name
 
 
-def _write_tarball(src_dir: Path, out: Path, top: str, *, skip: frozenset[str] = frozenset()) -> Path:
+def _write_tarball(src_dir: Path, out: Path, top: str, *, skip: frozenset[str] = frozenset(), level: int = 9) -> Path:
     """Pack `src_dir` as `top/...` into `out` (tmp file, then rename). Sorted names, no owners, gzip mtime 0."""
     files = sorted(p for p in src_dir.rglob("*") if p.is_file() and p.name not in skip and not p.name.startswith("."))
     tmp = _tmp_sibling(out)
     with disk_full_is_insufficient_storage(f"writing {out}"):
         out.parent.mkdir(parents=True, exist_ok=True)
-        _pack(files, src_dir, tmp, out, top)
+        _pack(files, src_dir, tmp, out, top, level)
     return out
 
 
-def _pack(files: list[Path], src_dir: Path, tmp: Path, out: Path, top: str) -> None:
+def _pack(files: list[Path], src_dir: Path, tmp: Path, out: Path, top: str, level: int) -> None:
     try:
         with (
             open(tmp, "wb") as raw,
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=level) as gz,
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
         ):
             for path in files:
@@ -180,21 +183,74 @@ def merged_tarball(adapter_dir: Path, base_model: str, out: Path, *, top: str | 
     An inter-process lock beside `out` makes concurrent callers build it once; the unpacked
     merged directory is removed afterwards (the tarball is what is kept).
     """
+    out = Path(out)
+
+    def build(work: Path) -> None:
+        export_merged(adapter_dir, base_model, work, dtype=dtype)
+        _write_tarball(work, out, top or _tar_name(out))
+
+    return _build_once(out, build)
+
+
+def _build_once(out: Path, build) -> Path:
+    """`build(work_dir)` writes `out` unless it exists; an inter-process lock beside `out` makes it once; the work
+    directory is removed afterwards."""
     from tuneserve.models.resolve import file_lock
 
-    out = Path(out)
     if out.is_file():
         return out
     with file_lock(out):
         if out.is_file():
             return out
-        work = _tmp_sibling(out, "merged")
+        work = _tmp_sibling(out, "work")
         try:
-            export_merged(adapter_dir, base_model, work, dtype=dtype)
-            _write_tarball(work, out, top or _tar_name(out))
+            build(work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+# ---- GGUF (llama.cpp, Ollama, LM Studio) -----------------------------------------------------------
+
+
+def export_gguf(adapter_dir: Path, base_model: str, out: Path, *, quant: str = "f16", name: str | None = None) -> Path:
+    """The merged model as the single GGUF file `out` (f16 or q8_0), with an Ollama `Modelfile` beside it.
+
+    The merge is computed and kept in float32 (a temporary merged directory, removed after), so the only rounding is
+    the GGUF's own. Returns the .gguf path.
+    """
+    from tuneserve import gguf_export
+
+    gguf_export.check_quant(quant)
+    out = Path(out)
+    work = _tmp_sibling(out, "merged")
+    try:
+        export_merged(adapter_dir, base_model, work, dtype="float32")
+        gguf_export.write_gguf(work, out, quant=quant, name=name or out.stem)
+        modelfile = gguf_export.ollama_modelfile(work, out.name)
+        with disk_full_is_insufficient_storage(f"writing {out.parent / gguf_export.MODELFILE}"):
+            (out.parent / gguf_export.MODELFILE).write_text(modelfile)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def gguf_tarball(adapter_dir: Path, base_model: str, out: Path, *, quant: str = "f16", top: str | None = None) -> Path:
+    """A .tar.gz at `out` of `top/` holding `{top}.gguf` and its Modelfile, built once (an existing `out` is kept).
+
+    gzip level 1: f16 and q8_0 weights hardly compress, and level 9 would only spend the CPU.
+    """
+    from tuneserve import gguf_export
+
+    gguf_export.check_quant(quant)
+    out = Path(out)
+    top = top or _tar_name(out)
+
+    def build(work: Path) -> None:
+        export_gguf(adapter_dir, base_model, work / f"{top}.gguf", quant=quant, name=top)
+        _write_tarball(work, out, top, level=1)
+
+    return _build_once(out, build)
 
 
 # ---- what a name means on this machine (export and chat) ---------------------------------------
@@ -288,14 +344,23 @@ def export_command(
     database_url: str | None = None,
     project: str = "default",
     dtype: str | None = None,
+    quant: str | None = None,
 ) -> Path:
     """Export `target` (job id, ft: model or checkpoint name, or adapter directory) and return what was written.
 
     kind "adapter": `output` is the .tar.gz (or a directory to put `NAME-adapter.tar.gz` in).
     kind "merged": `output` is the model directory to create, or a .tar.gz to pack it into.
+    kind "gguf": `output` is the .gguf file (its Modelfile beside it), a directory to put `NAME-QUANT.gguf` and the
+    Modelfile in, or a .tar.gz to pack both into; `quant` is f16 (default) or q8_0.
     """
-    if kind not in ("adapter", "merged"):
-        raise ExportError(f"unknown export type {kind!r}; use adapter or merged")
+    if kind not in EXPORT_KINDS:
+        raise ExportError(f"unknown export type {kind!r}; use {', '.join(EXPORT_KINDS)}")
+    if quant is not None and kind != "gguf":
+        raise ExportError(f"--quant is for GGUF exports (--format gguf), not {kind}")
+    if kind == "gguf":
+        from tuneserve.gguf_export import check_quant
+
+        quant = check_quant(quant or "f16")  # before the lookup: a typo is reported at once
     base, adapter = lookup_local_model(target, data_dir=data_dir, database_url=database_url, project=project)
     if adapter is None:
         raise ExportError(f"{target!r} is a base model; export needs a fine-tuned model, a job id or an adapter directory")
@@ -306,10 +371,21 @@ def export_command(
         if output.is_dir():
             output = output / f"{name}-adapter.tar.gz"
         return export_adapter(adapter, output)
+    if kind == "gguf":
+        return _export_gguf_to(output, adapter, base, f"{name}-{quant}", quant)
     if packed:
         output.unlink(missing_ok=True)  # merged_tarball keeps an existing file; the CLI always rebuilds
         return merged_tarball(adapter, base, output, dtype=dtype)
     return export_merged(adapter, base, output, dtype=dtype)
+
+
+def _export_gguf_to(output: Path, adapter: Path, base: str, name: str, quant: str) -> Path:
+    if output.name.endswith((".tar.gz", ".tgz")):
+        output.unlink(missing_ok=True)  # gguf_tarball keeps an existing file; the CLI always rebuilds
+        return gguf_tarball(adapter, base, output, quant=quant)
+    if output.suffix != ".gguf":
+        output = output / f"{name}.gguf"
+    return export_gguf(adapter, base, output, quant=quant, name=output.stem)
 
 
 def _export_name(target: str, adapter: Path) -> str:
@@ -328,17 +404,26 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--type",
+        "--format",
         dest="kind",
-        choices=["adapter", "merged"],
+        choices=EXPORT_KINDS,
         default="adapter",
-        help="adapter: a tar.gz of the PEFT directory; merged: full safetensors weights that load without PEFT",
+        help="adapter: a tar.gz of the PEFT directory; merged: full safetensors weights that load without PEFT; "
+        "gguf: the merged model as one GGUF file for llama.cpp, Ollama and LM Studio, with an Ollama Modelfile",
     )
     parser.add_argument(
         "-o",
         "--output",
         type=Path,
         required=True,
-        help="adapter: the .tar.gz to write (or a directory for it); merged: the model directory (or a .tar.gz)",
+        help="adapter: the .tar.gz to write (or a directory for it); merged: the model directory (or a .tar.gz); "
+        "gguf: the .gguf file, or a directory for NAME-QUANT.gguf and the Modelfile (or a .tar.gz of both)",
+    )
+    parser.add_argument(
+        "--quant",
+        default=None,
+        metavar="{f16,q8_0}",
+        help="gguf: the weights' type (default f16; norms stay float32 either way)",
     )
     parser.add_argument(
         "--data-dir", type=Path, default=None, help="the server's data directory, to look job ids and ft: names up in"
@@ -363,6 +448,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             database_url=args.database_url,
             project=args.project,
             dtype=args.dtype,
+            quant=args.quant,
         )
     except (ExportError, InsufficientStorage) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -373,7 +459,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="tuneserve export", description="Export a fine-tuned model as its adapter or as merged weights."
+        prog="tuneserve export", description="Export a fine-tuned model as its adapter, as merged weights, or as GGUF."
     )
     add_export_arguments(parser)
     return cmd_export(parser.parse_args(argv))
