@@ -107,7 +107,7 @@ def test_unfinished_and_cancelled_jobs_are_409(server, tuned):
 def test_unknown_job_and_bad_type(server, tuned):
     missing = download(server, "ftjob-doesnotexist")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "job_not_found"
-    bad = download(server, tuned.id, type="gguf")
+    bad = download(server, tuned.id, type="onnx")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "type"
 
 

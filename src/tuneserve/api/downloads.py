@@ -1,18 +1,24 @@
 """GET /v1/fine_tuning/jobs/{job_id}/download: a fine-tuned model as a tar.gz (a tuneserve extension).
 
 OpenAI has no such route; Together offers one (`/v1/finetune/download`). tuneserve serves a
-succeeded job's model in two forms:
+succeeded job's model in three forms:
 
 - `type=adapter`: the PEFT adapter directory (adapter_model.safetensors, adapter_config.json,
   tokenizer and chat template) that vLLM and PEFT load as it is; `checkpoint_step=N` picks the
   checkpoint of step N instead of the final adapter;
 - `type=merged`: the base model with the adapter merged in, plain safetensors weights with the
   same tokenizer, chat template and generation_config, that `AutoModelForCausalLM.from_pretrained`
-  loads without PEFT. It is built once and cached in JOB_DIR/exports/.
+  loads without PEFT. It is built once and cached in JOB_DIR/exports/;
+- `type=gguf` (`quant=f16`, the default, or `q8_0`): the merged model as one GGUF file for llama.cpp,
+  Ollama and LM Studio, `{job_id}-gguf-{quant}.gguf`, with the Ollama `Modelfile` that goes beside it
+  (export.gguf_tarball). A tar.gz rather than the bare .gguf so that the Modelfile comes with it;
+  gzip level 1, as the weights hardly compress. Cached in JOB_DIR/exports/ like merged.
 
-Both come as `application/gzip` named `{job_id}-{type}.tar.gz` with a Content-Length, under one
-top-level folder of the same name. The job must belong to the caller's project (404 otherwise)
-and have succeeded (409 `job_not_succeeded` otherwise: its state, not the request, is at fault). Exporting (torch) is imported on first use.
+All come as `application/gzip` named `{job_id}-{type}.tar.gz` (`{job_id}-gguf-{quant}.tar.gz`) with a
+Content-Length, under one top-level folder of the same name. The job must belong to the caller's project
+(404 otherwise) and have succeeded (409 `job_not_succeeded` otherwise: its state, not the request, is at
+fault). `quant` belongs to gguf: with another type it is a 400, and so is type=gguf for a model the GGUF
+writer does not handle (the message says why). Exporting (torch) is imported on first use.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from fastapi.responses import FileResponse
 
 from tuneserve.api.deps import Jobs, Project
 from tuneserve.api.responses import error_responses
-from tuneserve.errors import Conflict, NotFound
+from tuneserve.errors import Conflict, InvalidRequest, NotFound
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
@@ -34,7 +40,11 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
     "/{job_id}/download",
     response_class=FileResponse,
     responses={
-        200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}},
+        200: {
+            "description": "A tar.gz under one folder: the PEFT adapter, the merged safetensors model, or (type=gguf) "
+            "the GGUF file and its Ollama Modelfile",
+            "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+        },
         **error_responses(400, 401, 404, 409, 507),
     },
 )
@@ -42,10 +52,17 @@ def download_model(
     jobs: Jobs,
     project: Project,
     job_id: str,
-    type: Literal["adapter", "merged"] = Query("adapter", description="adapter (PEFT tar.gz) or merged (full weights)"),
+    type: Literal["adapter", "merged", "gguf"] = Query(
+        "adapter",
+        description="adapter (PEFT tar.gz), merged (full safetensors weights), or gguf (merged, one GGUF file for "
+        "llama.cpp, Ollama and LM Studio, with an Ollama Modelfile)",
+    ),
+    quant: Literal["f16", "q8_0"] | None = Query(None, description="gguf only: the weights' type (default f16)"),
     checkpoint_step: int | None = Query(None, ge=1, description="a checkpoint's step instead of the final model"),
 ):
-    """Download the fine-tuned model as a tar.gz: its adapter, or merged full weights (a tuneserve extension)."""
+    """Download the fine-tuned model as a tar.gz: its adapter, merged full weights, or GGUF (a tuneserve extension)."""
+    if quant is not None and type != "gguf":
+        raise InvalidRequest(f"quant is for type=gguf, not type={type}", param="quant")
     job = jobs.get(project, job_id)  # NotFound for another project's job
     if job.status != "succeeded":
         raise Conflict(
@@ -65,11 +82,16 @@ def download_model(
 
     from tuneserve import export
 
-    name = f"{job_id}-{type}"
+    name = f"{job_id}-{type}" if type != "gguf" else f"{job_id}-gguf-{quant or 'f16'}"
     cached = job_dir / "exports" / (f"{name}.tar.gz" if checkpoint_step is None else f"{name}-step-{checkpoint_step}.tar.gz")
     if not cached.is_file():
         if type == "adapter":
             export.export_adapter(adapter, cached, top=name)
-        else:
+        elif type == "merged":
             export.merged_tarball(adapter, job.spec["model"], cached, top=name)
+        else:
+            try:
+                export.gguf_tarball(adapter, job.spec["model"], cached, quant=quant or "f16", top=name)
+            except export.ExportError as exc:  # a base GGUF export cannot write (not Llama, a sentencepiece vocabulary)
+                raise InvalidRequest(f"Job {job_id}'s model cannot be exported as GGUF: {exc}", param="type") from None
     return FileResponse(cached, media_type="application/gzip", filename=f"{name}.tar.gz")

@@ -1,0 +1,174 @@
+"""GET /v1/fine_tuning/jobs/{id}/download?type=gguf through a real server: a tar.gz of the GGUF and its Ollama Modelfile,
+that transformers' GGUF loader and (when llama-cpp-python is installed) llama.cpp itself answer exactly as the server."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import chat_jsonl, fine_tune_tiny
+
+# What the job was trained on (answered with its training answer) and one it was not.
+QUESTIONS = [
+    "Question 3: what is the capital of Zorbia?",
+    "Question 11: what is the capital of Zorbia?",
+    "What is the capital of Zorbia?",
+]
+MAX_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def tuned(server):
+    return fine_tune_tiny(server.client(), chat_jsonl(12), "gguf", n_epochs=2, learning_rate_multiplier=10)
+
+
+def download(server, job_id: str, **params) -> httpx.Response:
+    return httpx.get(f"{server.base_url}/v1/fine_tuning/jobs/{job_id}/download", params=params, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def served(server, tuned) -> list[str]:
+    """The server's own greedy answers to QUESTIONS."""
+    client = server.client()
+    return [
+        client.chat.completions.create(
+            model=tuned.fine_tuned_model,
+            messages=[{"role": "user", "content": q}],
+            temperature=0,
+            max_tokens=MAX_TOKENS,
+        )
+        .choices[0]
+        .message.content
+        for q in QUESTIONS
+    ]
+
+
+@pytest.fixture(scope="module")
+def gguf_download(server, tuned, tmp_path_factory) -> tuple[httpx.Response, Path]:
+    """The f16 GGUF download and the folder it unpacks to."""
+    reply = download(server, tuned.id, type="gguf")
+    assert reply.status_code == 200, reply.text
+    into = tmp_path_factory.mktemp("gguf")
+    with tarfile.open(fileobj=io.BytesIO(reply.content), mode="r:gz") as tar:
+        tar.extractall(into, filter="data")
+    return reply, into / f"{tuned.id}-gguf-f16"
+
+
+def test_gguf_download_is_a_gguf_and_its_modelfile_built_once(server, tuned, gguf_download):
+    reply, root = gguf_download
+    top = f"{tuned.id}-gguf-f16"
+    assert reply.headers["content-type"] == "application/gzip"
+    assert int(reply.headers["content-length"]) == len(reply.content)
+    assert f'filename="{top}.tar.gz"' in reply.headers["content-disposition"]
+    assert sorted(p.name for p in root.iterdir()) == ["Modelfile", f"{top}.gguf"]
+    assert (root / f"{top}.gguf").read_bytes()[:4] == b"GGUF"
+    modelfile = (root / "Modelfile").read_text()
+    assert f"FROM ./{top}.gguf" in modelfile and "<|im_start|>{{ .Role }}" in modelfile
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile
+
+    # Built once: cached in the job's exports/ and served again as the same bytes.
+    assert (server.data_dir / "jobs" / tuned.id / "exports" / f"{top}.tar.gz").is_file()
+    assert download(server, tuned.id, type="gguf", quant="f16").content == reply.content
+
+
+def test_gguf_download_answers_as_the_server_does_in_transformers(tuned, gguf_download, served):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, root = gguf_download
+    name = f"{tuned.id}-gguf-f16.gguf"
+    model = AutoModelForCausalLM.from_pretrained(root, gguf_file=name, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(root, gguf_file=name)
+    answers = []
+    for question in QUESTIONS:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=MAX_TOKENS,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        answers.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+    assert answers == served
+    assert "Quillton" in served[0]  # the fine-tuning took: the comparison is of a trained model
+
+
+def test_gguf_q8_0_and_refusals(server, tuned):
+    q8 = download(server, tuned.id, type="gguf", quant="q8_0")
+    assert q8.status_code == 200
+    assert f'filename="{tuned.id}-gguf-q8_0.tar.gz"' in q8.headers["content-disposition"]
+    with tarfile.open(fileobj=io.BytesIO(q8.content), mode="r:gz") as tar:
+        assert sorted(tar.getnames()) == [f"{tuned.id}-gguf-q8_0/Modelfile", f"{tuned.id}-gguf-q8_0/{tuned.id}-gguf-q8_0.gguf"]
+    bad_quant = download(server, tuned.id, type="gguf", quant="q4_0")
+    assert bad_quant.status_code == 400 and bad_quant.json()["error"]["param"] == "quant"
+    quant_without_gguf = download(server, tuned.id, type="merged", quant="q8_0")
+    assert quant_without_gguf.status_code == 400 and quant_without_gguf.json()["error"]["param"] == "quant"
+
+
+# ---- llama.cpp itself --------------------------------------------------------------------------------
+
+
+def _llama_cpp_python() -> str | None:
+    """An interpreter that imports llama_cpp: this one, or $TUNESERVE_LLAMA_CPP_PYTHON (llama-cpp-python compiles
+    llama.cpp, so it is kept out of the project's dependencies and may live in a venv of its own)."""
+    if importlib.util.find_spec("llama_cpp") is not None:
+        return sys.executable
+    return os.environ.get("TUNESERVE_LLAMA_CPP_PYTHON") or None
+
+
+# Run in its own process: llama.cpp's native code and its logging stay out of the test process.
+LLAMA_GREEDY = """
+import json, sys
+from llama_cpp import Llama
+path, prompts, max_tokens = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+llm = Llama(model_path=path, n_ctx=512, n_threads=1, seed=0, verbose=False)
+result = []
+for prompt in prompts:
+    ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+    out = []
+    llm.reset()
+    for token in llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0):
+        if token == llm.token_eos() or len(out) == max_tokens:
+            break
+        out.append(token)
+    result.append({"prompt_ids": ids, "answer_ids": out})
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.skipif(_llama_cpp_python() is None, reason="llama-cpp-python is not installed (or TUNESERVE_LLAMA_CPP_PYTHON)")
+def test_llama_cpp_answers_token_for_token_as_the_server(tuned, gguf_download, served):
+    from transformers import AutoTokenizer
+
+    _, root = gguf_download
+    gguf = root / f"{tuned.id}-gguf-f16.gguf"
+    tokenizer = AutoTokenizer.from_pretrained(root, gguf_file=gguf.name)
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+        for q in QUESTIONS
+    ]
+    done = subprocess.run(
+        [_llama_cpp_python(), "-c", LLAMA_GREEDY, str(gguf), json.dumps(prompts), str(MAX_TOKENS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for prompt, result, answer in zip(prompts, results, served, strict=True):
+        # llama.cpp cuts the chat prompt into the very tokens tuneserve does (template, special tokens, pre-tokenizer).
+        assert result["prompt_ids"] == tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        # And answers with the tokens of the server's greedy answer, one for one.
+        assert result["answer_ids"] == tokenizer(answer, add_special_tokens=False)["input_ids"]
