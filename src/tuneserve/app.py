@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneserve import __version__
-from tuneserve.api import adapters, console, downloads, files, fine_tuning, inference, models, opea
+from tuneserve.api import adapters, console, downloads, files, fine_tuning, inference, models, opea, together
 from tuneserve.api import evaluations as evaluations_api
 from tuneserve.api.deps import LocalEngine
 from tuneserve.api.limits import TOO_LARGE_RESPONSE, BodyLimit
@@ -183,6 +183,7 @@ def build_app(settings: Settings) -> FastAPI:
     for module in (files, fine_tuning, downloads, opea, models, adapters, console):
         app.include_router(module.router)
     app.include_router(evaluations_api.router)
+    app.include_router(together.router)  # Together's SDK: /v1/fine-tunes, its upload steps, /v1/finetune/download
     # With an upstream vLLM, chat/completions are proxied to it; otherwise this process generates.
     app.include_router(adapters.proxy_router if settings.inference_backend == "vllm" else inference.router)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Form, Query, UploadFile
+from fastapi import APIRouter, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 
 from tuneserve.api.deps import Files, Project
 from tuneserve.api.responses import FileDeleted, FileList, FileObject, FilePreview, error_responses
+from tuneserve.api.together_files import UPLOAD_REDIRECT, start_upload
 from tuneserve.data import DataError
 from tuneserve.errors import InvalidRequest
 from tuneserve.models import check_model
@@ -19,9 +20,24 @@ router = APIRouter(prefix="/v1/files", tags=["files"])
 _BYTES = {"schema": {"type": "string", "format": "binary"}}
 
 
-@router.post("", response_model=FileObject, responses=error_responses(400, 401, 413, 507))
-def upload_file(files: Files, project: Project, file: UploadFile, purpose: Literal[PURPOSES] = Form()):
-    """Upload a file. For purpose `fine-tune` the data is checked first; a bad line is a 400 naming it."""
+@router.post("", response_model=FileObject, responses={**UPLOAD_REDIRECT, **error_responses(400, 401, 413, 507)})
+def upload_file(
+    request: Request,
+    files: Files,
+    project: Project,
+    purpose: Literal[PURPOSES] = Form(),
+    file: UploadFile | None = None,
+    file_name: str | None = Form(None, description="Together's SDK: the name of a file whose bytes follow (a 302)"),
+):
+    """Upload a file. For purpose `fine-tune` the data is checked first; a bad line is a 400 naming it.
+
+    A form with `file_name` and no `file` is the first step of Together's upload (api/together_files.py)."""
+    if file is not None and file_name is not None:
+        raise InvalidRequest("give either file (the bytes) or file_name (Together's upload), not both", param="file_name")
+    if file is None:
+        if file_name:
+            return start_upload(request, files, project, purpose, file_name)
+        raise InvalidRequest("Invalid value for 'file': Field required", param="file", code="invalid_value")
     # The name is kept as metadata only; bytes are stored under the new file id. Its last part, printable characters
     # only: a NUL or a control character is no name (PostgreSQL's text refuses a NUL, a terminal shows the others).
     name = (file.filename or "upload").replace("\\", "/").rsplit("/", 1)[-1]

@@ -1,6 +1,6 @@
 """Request body limits, as a pure ASGI middleware: every body is refused past its limit with a 413 in OpenAI's
-error envelope. An upload (POST /v1/files) has --max-upload-bytes plus the multipart framing; any other body
-(JSON) has --max-request-bytes.
+error envelope. An upload (POST /v1/files, or the PUT of Together's upload) has --max-upload-bytes plus the
+multipart framing; any other body (JSON) has --max-request-bytes.
 
 A body with a Content-Length over the limit is refused before a byte of it is read. A body sent without one
 (chunked) is counted as the app reads it: past the limit the read fails, and whatever the app would answer to
@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tuneserve.api.responses import ErrorResponse
 
 UPLOAD_PATH = "/v1/files"
+TOGETHER_UPLOAD_PREFIX = "/together-uploads/"  # api/together_files.py: the PUT of the bytes
 MULTIPART_ALLOWANCE = 64 * 1024  # the form's boundaries, headers and the purpose field around the file's bytes
 
 # OpenAPI: the 413 any route can answer (the upload route documents its own, for the file).
@@ -43,7 +44,9 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        upload = scope["method"] == "POST" and scope["path"].rstrip("/") == UPLOAD_PATH
+        upload = (scope["method"] == "POST" and scope["path"].rstrip("/") == UPLOAD_PATH) or (
+            scope["method"] == "PUT" and scope["path"].startswith(TOGETHER_UPLOAD_PREFIX)  # Together's upload: raw bytes
+        )
         limit = self.max_upload_bytes + MULTIPART_ALLOWANCE if upload else self.max_request_bytes
         length = _content_length(scope)
         if length is not None:
