@@ -1,0 +1,209 @@
+"""The official `together` SDK (3.x), unmodified, against a real `tuneserve serve` on the tiny model.
+
+Together's SDK puts /v1 in its own paths (`/v1/files`, `/v1/fine-tunes`), so its base_url is the server's root:
+`Together(base_url="http://HOST:PORT", api_key=...)`. Answers are also checked against the SDK's pydantic types
+strictly (the SDK itself parses leniently), so a field Together's types require is never missing.
+"""
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY, chat_jsonl, wait_for
+
+together = pytest.importorskip("together")
+
+
+def preference_jsonl(n: int) -> bytes:
+    lines = [
+        {
+            "input": {"messages": [{"role": "user", "content": f"Question {i}: what is the capital of Zorbia?"}]},
+            "preferred_output": [{"role": "assistant", "content": "Quillton."}],
+            "non_preferred_output": [{"role": "assistant", "content": "I do not know."}],
+        }
+        for i in range(n)
+    ]
+    return ("\n".join(json.dumps(line) for line in lines) + "\n").encode()
+
+
+@pytest.fixture
+def tg(server):
+    return together.Together(base_url=server.base_url, api_key="no-key", max_retries=0)
+
+
+def upload(tg, tmp_path: Path, name: str, data: bytes, check: bool = True):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return tg.files.upload(file=path, purpose="fine-tune", check=check)
+
+
+def wait_until_done(tg, job_id: str, timeout_s: float = 300):
+    done = {"completed", "error", "cancelled"}
+    return wait_for(lambda: (job := tg.fine_tuning.retrieve(job_id)).status in done and job, timeout_s, f"job {job_id}", 0.5)
+
+
+def strict(model, raw) -> None:
+    """The raw answer validates in the SDK's type, strictly (not only as its lenient construct)."""
+    model.model_validate(raw.http_response.json())
+
+
+def tar_names(data: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        return tar.getnames()
+
+
+def test_files_upload_list_retrieve_content_delete(tg, tmp_path):
+    data = chat_jsonl(12)
+    uploaded = upload(tg, tmp_path, "train.jsonl", data)
+    assert uploaded.id.startswith("file-") and uploaded.filename == "train.jsonl" and uploaded.bytes == len(data)
+    assert uploaded.file_type == "jsonl" and uploaded.purpose == "fine-tune" and uploaded.processing_status == "COMPLETED"
+
+    assert uploaded.id in [f.id for f in tg.files.list().data]
+    got = tg.files.retrieve(uploaded.id)
+    assert (got.id, got.filename, got.bytes, got.purpose) == (uploaded.id, "train.jsonl", len(data), "fine-tune")
+    assert tg.files.content(uploaded.id).read() == data
+
+    deleted = tg.files.delete(uploaded.id)
+    assert deleted.id == uploaded.id and deleted.deleted is True
+    with pytest.raises(together.NotFoundError):
+        tg.files.retrieve(uploaded.id)
+
+
+def test_bad_training_data_is_refused_at_upload(tg, tmp_path):
+    """The PUT runs tuneserve's own check (the SDK's is skipped here): the 400 names the line."""
+    bad = chat_jsonl(3) + b'{"messages": [{"role": "user", "content": "no answer"}]}\n'
+    with pytest.raises(together.APIStatusError) as info:
+        upload(tg, tmp_path, "bad.jsonl", bad, check=False)
+    assert info.value.status_code == 400 and "line 4" in str(info.value)
+
+
+def test_fine_tune_with_together_parameters_then_chat_and_download(tg, tmp_path):
+    train = upload(tg, tmp_path, "train.jsonl", chat_jsonl(12))
+    valid = upload(tg, tmp_path, "valid.jsonl", chat_jsonl(4))
+    job = tg.fine_tuning.create(
+        model=TINY,
+        training_file=train.id,
+        validation_file=valid.id,
+        n_epochs=2,
+        n_checkpoints=2,
+        n_evals=1,
+        batch_size=4,
+        learning_rate=1e-3,
+        lr_scheduler_type="linear",
+        min_lr_ratio=0.1,
+        warmup_ratio=0.1,
+        max_grad_norm=0.5,
+        weight_decay=0.01,
+        max_seq_length=256,
+        suffix="together",
+        random_seed=7,
+        lora=True,
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.05,
+        lora_trainable_modules="all-linear",
+        train_on_inputs=False,
+    )
+    assert job.status in ("pending", "queued", "running") and job.model == TINY
+    raw = tg.fine_tuning.with_raw_response.retrieve(job.id)
+    strict(together.types.FinetuneResponse, raw)
+    got = raw.parse()
+    assert (got.n_epochs, got.batch_size, got.learning_rate, got.warmup_ratio, got.max_grad_norm) == (2, 4, 1e-3, 0.1, 0.5)
+    assert got.training_type.lora_r == 4 and got.training_type.lora_alpha == 8 and got.training_type.lora_dropout == 0.05
+    assert got.lr_scheduler.lr_scheduler_type == "linear" and got.lr_scheduler.lr_scheduler_args.min_lr_ratio == 0.1
+    assert got.training_method.method == "sft" and got.training_method.train_on_inputs is False
+    assert got.validation_file == valid.id and got.n_checkpoints == 2 and got.n_evals == 1
+    assert job.id in [j.id for j in tg.fine_tuning.list().data]
+    strict(together.types.FineTuningListResponse, tg.fine_tuning.with_raw_response.list())
+
+    done = wait_until_done(tg, job.id)
+    assert done.status == "completed", done
+    model = done.x_model_output_name
+    assert model.startswith(f"ft:{TINY}:") and ":together:" in model
+
+    raw = tg.fine_tuning.with_raw_response.list_events(job.id)
+    strict(together.types.FineTuningListEventsResponse, raw)
+    types = [e.type for e in raw.parse().data]
+    assert types[0] == "job_pending" and types[-1] == "job_complete" and "checkpoint_save" in types
+
+    raw = tg.fine_tuning.with_raw_response.list_checkpoints(job.id)
+    strict(together.types.FineTuningListCheckpointsResponse, raw)
+    checkpoints = raw.parse().data
+    assert checkpoints[0].checkpoint_type == "Final" and checkpoints[0].path == model
+    intermediate = [c for c in checkpoints if c.checkpoint_type != "Final"]
+    assert len(intermediate) == 2 and all(c.path.startswith(model + ":ckpt-step-") for c in intermediate)
+
+    # Downloads: the SDK's content() (the adapter of a checkpoint), and the CLI's ranged DownloadManager (merged).
+    step = intermediate[-1].step
+    adapter = tg.fine_tuning.content(ft_id=job.id, checkpoint="adapter", checkpoint_step=step).read()
+    assert any(name.endswith("adapter_config.json") for name in tar_names(adapter))
+    from together.lib import DownloadManager
+
+    path, size = DownloadManager(tg).download(
+        url=f"/v1/finetune/download?ft_id={job.id}&checkpoint=merged", output=tmp_path / "merged.tar.gz", fetch_metadata=True
+    )
+    names = tar_names(Path(path).read_bytes())
+    assert size > 0 and any(n.endswith("config.json") for n in names) and not any("adapter_config" in n for n in names)
+
+    # Chat and completions on the model's name as the Together job gives it, plain and streamed.
+    messages = [{"role": "user", "content": "Question 1: what is the capital of Zorbia?"}]
+    chat = tg.chat.completions.create(model=model, messages=messages, max_tokens=8)
+    assert chat.choices[0].message.role == "assistant" and chat.model == model and chat.usage.completion_tokens > 0
+    chunks = list(tg.chat.completions.create(model=model, messages=messages, max_tokens=8, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) != ""
+    text = tg.completions.create(model=model, prompt="The capital of Zorbia is", max_tokens=5)
+    assert text.choices[0].text and text.model == model
+    streamed = list(tg.completions.create(model=model, prompt="The capital of Zorbia is", max_tokens=5, stream=True))
+    assert "".join(c.choices[0].text or "" for c in streamed if c.choices) != ""
+
+    # Continue from a checkpoint (JOB_ID:STEP), then cancel it.
+    follow = tg.fine_tuning.create(training_file=train.id, from_checkpoint=f"{job.id}:{step}", n_epochs=1, batch_size=4)
+    assert follow.from_checkpoint == f"{job.id}:{step}"
+    raw = tg.fine_tuning.with_raw_response.cancel(follow.id)
+    strict(together.types.FineTuningCancelResponse, raw)
+    assert raw.parse().status == "cancelled"
+
+
+def test_dpo(tg, tmp_path):
+    pairs = upload(tg, tmp_path, "pairs.jsonl", preference_jsonl(10), check=False)
+    job = tg.fine_tuning.create(model=TINY, training_file=pairs.id, training_method="dpo", dpo_beta=0.2, batch_size=4)
+    assert job.training_method.method == "dpo" and job.training_method.dpo_beta == 0.2
+    done = wait_until_done(tg, job.id)
+    assert done.status == "completed", done
+
+
+@pytest.mark.parametrize(
+    "options, param",
+    [
+        ({"wandb_api_key": "secret"}, "wandb_key"),
+        ({"hf_output_repo_name": "me/model"}, "hf_output_repo_name"),
+        ({"training_method": "dpo", "rpo_alpha": 0.5}, "training_method.rpo_alpha"),
+        ({"scheduler_num_cycles": 2.0}, "lr_scheduler.lr_scheduler_args.num_cycles"),
+    ],
+)
+def test_parameter_tuneserve_cannot_honour_is_a_400_naming_it(tg, tmp_path, options, param):
+    train = upload(tg, tmp_path, "train.jsonl", chat_jsonl(12))
+    with pytest.raises(together.BadRequestError) as info:
+        tg.fine_tuning.create(model=TINY, training_file=train.id, **options)
+    error = info.value.body["error"] if "error" in info.value.body else info.value.body
+    assert error["param"] == param and "not supported by tuneserve" in error["message"]
+
+
+def test_full_fine_tuning_and_packing_off_then_cancel(tg, tmp_path):
+    train = upload(tg, tmp_path, "train.jsonl", chat_jsonl(12))
+    job = tg.fine_tuning.create(model=TINY, training_file=train.id, lora=False, packing=False, lr_scheduler_type="cosine")
+    assert job.training_type.type == "Full" and job.lr_scheduler.lr_scheduler_type == "cosine"
+    assert tg.fine_tuning.cancel(job.id).status == "cancelled"
+    with pytest.raises(together.APIStatusError) as info:  # only a completed job has a model to download
+        tg.fine_tuning.content(ft_id=job.id, checkpoint="merged").read()
+    assert info.value.status_code == 409
+
+
+def test_model_limits(tg):
+    limits = tg.fine_tuning.model_limits(model_name=TINY)
+    assert limits.lora_training.default_rank == 16 and limits.max_num_epochs == 50 and limits.supports_full_training
+    with pytest.raises(together.NotFoundError):
+        tg.fine_tuning.model_limits(model_name="ftjob-nosuchjob")
