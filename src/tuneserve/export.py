@@ -28,6 +28,7 @@ import shutil
 import sys
 import tarfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from tuneserve.atomic import disk_full_is_insufficient_storage
@@ -213,6 +214,16 @@ def _build_once(out: Path, build) -> Path:
 # ---- GGUF (llama.cpp, Ollama, LM Studio) -----------------------------------------------------------
 
 
+@contextmanager
+def _gguf_errors_as_export_errors():
+    from tuneserve.gguf_export import GGUFError
+
+    try:
+        yield
+    except GGUFError as exc:
+        raise ExportError(str(exc)) from None
+
+
 def export_gguf(adapter_dir: Path, base_model: str, out: Path, *, quant: str = "f16", name: str | None = None) -> Path:
     """The merged model as the single GGUF file `out` (f16 or q8_0), with an Ollama `Modelfile` beside it.
 
@@ -221,17 +232,18 @@ def export_gguf(adapter_dir: Path, base_model: str, out: Path, *, quant: str = "
     """
     from tuneserve import gguf_export
 
-    gguf_export.check_quant(quant)
-    out = Path(out)
-    work = _tmp_sibling(out, "merged")
-    try:
-        export_merged(adapter_dir, base_model, work, dtype="float32")
-        gguf_export.write_gguf(work, out, quant=quant, name=name or out.stem)
-        modelfile = gguf_export.ollama_modelfile(work, out.name)
-        with disk_full_is_insufficient_storage(f"writing {out.parent / gguf_export.MODELFILE}"):
-            (out.parent / gguf_export.MODELFILE).write_text(modelfile)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with _gguf_errors_as_export_errors():
+        gguf_export.check_quant(quant)
+        out = Path(out)
+        work = _tmp_sibling(out, "merged")
+        try:
+            export_merged(adapter_dir, base_model, work, dtype="float32")
+            gguf_export.write_gguf(work, out, quant=quant, name=name or out.stem)
+            modelfile = gguf_export.ollama_modelfile(work, out.name)
+            with disk_full_is_insufficient_storage(f"writing {out.parent / gguf_export.MODELFILE}"):
+                (out.parent / gguf_export.MODELFILE).write_text(modelfile)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return out
 
 
@@ -240,9 +252,10 @@ def gguf_tarball(adapter_dir: Path, base_model: str, out: Path, *, quant: str = 
 
     gzip level 1: f16 and q8_0 weights hardly compress, and level 9 would only spend the CPU.
     """
-    from tuneserve import gguf_export
+    from tuneserve.gguf_export import check_quant
 
-    gguf_export.check_quant(quant)
+    with _gguf_errors_as_export_errors():
+        check_quant(quant)
     out = Path(out)
     top = top or _tar_name(out)
 
@@ -360,7 +373,8 @@ def export_command(
     if kind == "gguf":
         from tuneserve.gguf_export import check_quant
 
-        quant = check_quant(quant or "f16")  # before the lookup: a typo is reported at once
+        with _gguf_errors_as_export_errors():
+            quant = check_quant(quant or "f16")  # before the lookup: a typo is reported at once
     base, adapter = lookup_local_model(target, data_dir=data_dir, database_url=database_url, project=project)
     if adapter is None:
         raise ExportError(f"{target!r} is a base model; export needs a fine-tuned model, a job id or an adapter directory")

@@ -9,7 +9,8 @@ tensor names from gguf's own HF->GGUF map, the hyperparameters llama.cpp's Llama
 permuted for llama.cpp's rotary layout (transformers' GGUF loader undoes it on read), norms kept in float32, and a
 "gpt2" (byte-level BPE) tokenizer with the pre-tokenizer named after what the tokenizer really does, so llama.cpp
 cuts text into the same tokens tuneserve trained on. Anything else (another architecture, a sentencepiece vocabulary,
-rope scaling, biases) is refused with an ExportError rather than written wrong.
+rope scaling, biases) is refused with a GGUFError rather than written wrong (export.py reports it as an ExportError;
+this module does not import export.py, which imports it).
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tuneserve.atomic import disk_full_is_insufficient_storage
-from tuneserve.export import ExportError
 
 QUANTS = ("f16", "q8_0")
 MODELFILE = "Modelfile"
+
+
+class GGUFError(Exception):
+    """The model (or the quantization asked for) cannot be written as GGUF: the message says why, for a person."""
+
 
 # The pre-tokenizer (tokenizer.json) -> llama.cpp's name for the same split rules (llama-vocab.cpp). Matched by
 # structure rather than by llama.cpp's hash of sample text: tuneserve's SmolLM2 tokenizer, rebuilt by transformers
@@ -36,7 +41,7 @@ _LLAMA3_SPLIT = (
 
 def check_quant(quant: str) -> str:
     if quant not in QUANTS:
-        raise ExportError(
+        raise GGUFError(
             f"unsupported GGUF quantization {quant!r}; supported: {', '.join(QUANTS)} "
             "(for smaller types, run llama.cpp's llama-quantize on the f16 file)"
         )
@@ -49,13 +54,13 @@ def check_quant(quant: str) -> str:
 def llama_hparams(config: dict) -> dict:
     """The numbers llama.cpp's Llama reads, from a transformers config.json; refuses what it would get wrong."""
     if config.get("model_type") != "llama":
-        raise ExportError(f"GGUF export supports Llama models (SmolLM2 and the like); this one is {config.get('model_type')!r}")
+        raise GGUFError(f"GGUF export supports Llama models (SmolLM2 and the like); this one is {config.get('model_type')!r}")
     rope = config.get("rope_parameters") or {}
     rope_type = rope.get("rope_type") or (config.get("rope_scaling") or {}).get("rope_type") or "default"
     if rope_type != "default" or config.get("rope_scaling"):
-        raise ExportError(f"GGUF export does not write rope scaling ({rope_type!r}) yet")
+        raise GGUFError(f"GGUF export does not write rope scaling ({rope_type!r}) yet")
     if config.get("attention_bias") or config.get("mlp_bias"):
-        raise ExportError("GGUF export does not write attention or MLP biases yet")
+        raise GGUFError("GGUF export does not write attention or MLP biases yet")
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     return {
@@ -104,7 +109,7 @@ def _hf_tensors(model_dir: Path) -> Iterator[tuple[str, object]]:
 
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
-        raise ExportError(f"no safetensors weights in {model_dir}")
+        raise GGUFError(f"no safetensors weights in {model_dir}")
     for path in files:
         with safe_open(str(path), framework="pt") as handle:
             for name in handle.keys():
@@ -121,7 +126,7 @@ def _gguf_tensors(model_dir: Path, hp: dict) -> Iterator[tuple[str, object]]:
             continue  # computed, not stored; or the same matrix as token_embd
         new_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
         if new_name is None:
-            raise ExportError(f"no GGUF name for the tensor {name!r}")
+            raise GGUFError(f"no GGUF name for the tensor {name!r}")
         if name.endswith("q_proj.weight"):
             data = rotary_permute(data, hp["head_count"])
         elif name.endswith("k_proj.weight"):
@@ -147,7 +152,7 @@ def _encode(gguf, name: str, data, quant: str):
 
 
 def pre_tokenizer_name(tokenizer_json: dict) -> str:
-    """llama.cpp's name for the tokenizer's pre-tokenizer; an ExportError for one llama.cpp would split differently."""
+    """llama.cpp's name for the tokenizer's pre-tokenizer; a GGUFError for one llama.cpp would split differently."""
     pre = tokenizer_json.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     kinds = [step.get("type") for step in steps]
@@ -157,7 +162,7 @@ def pre_tokenizer_name(tokenizer_json: dict) -> str:
         return "smollm"
     if kinds == ["Split", "ByteLevel"] and (steps[0].get("pattern") or {}).get("Regex") == _LLAMA3_SPLIT:
         return "llama-bpe"
-    raise ExportError(f"GGUF export does not know llama.cpp's name for this pre-tokenizer ({kinds}); not exported")
+    raise GGUFError(f"GGUF export does not know llama.cpp's name for this pre-tokenizer ({kinds}); not exported")
 
 
 def _token_table(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
@@ -167,7 +172,7 @@ def _token_table(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
 
     reverse = {index: token for token, index in tokenizer.get_vocab().items()}
     if max(reverse) >= vocab_size:
-        raise ExportError(f"the tokenizer has ids up to {max(reverse)} but the model only {vocab_size} embeddings")
+        raise GGUFError(f"the tokenizer has ids up to {max(reverse)} but the model only {vocab_size} embeddings")
     added = tokenizer.added_tokens_decoder
     tokens, types = [], []
     for index in range(vocab_size):
@@ -190,10 +195,10 @@ def _write_tokenizer(writer, model_dir: Path, vocab_size: int) -> None:
 
     tokenizer_file = model_dir / "tokenizer.json"
     if not tokenizer_file.is_file():
-        raise ExportError(f"GGUF export needs a fast tokenizer (tokenizer.json) in {model_dir}")
+        raise GGUFError(f"GGUF export needs a fast tokenizer (tokenizer.json) in {model_dir}")
     tokenizer_json = json.loads(tokenizer_file.read_text())
     if (tokenizer_json.get("model") or {}).get("type") != "BPE" or "ByteLevel" not in json.dumps(tokenizer_json.get("decoder")):
-        raise ExportError("GGUF export writes byte-level BPE tokenizers (gpt2); this one is not (a sentencepiece vocabulary?)")
+        raise GGUFError("GGUF export writes byte-level BPE tokenizers (gpt2); this one is not (a sentencepiece vocabulary?)")
     tokenizer = load_tokenizer(model_dir)
     tokens, types = _token_table(tokenizer, vocab_size)
     writer.add_tokenizer_model("gpt2")
@@ -202,7 +207,7 @@ def _write_tokenizer(writer, model_dir: Path, vocab_size: int) -> None:
     writer.add_token_types(types)
     merges = gguf.SpecialVocab(model_dir, load_merges=True, special_token_types=()).merges
     if not merges:
-        raise ExportError(f"no BPE merges in {tokenizer_file}")
+        raise GGUFError(f"no BPE merges in {tokenizer_file}")
     writer.add_token_merges(merges)
     for kind in ("bos", "eos", "unk", "pad"):
         token_id = getattr(tokenizer, f"{kind}_token_id", None)
@@ -306,7 +311,7 @@ def chatml_system(tokenizer) -> tuple[bool, str | None]:
 
 def _quoted(text: str) -> str:
     if '"""' in text:
-        raise ExportError('the text has """ in it, which an Ollama Modelfile cannot quote')
+        raise GGUFError('the text has """ in it, which an Ollama Modelfile cannot quote')
     return f'"""{text}"""'
 
 

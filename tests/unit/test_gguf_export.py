@@ -13,7 +13,7 @@ import torch
 from tests.conftest import TINY
 from tests.unit.test_export import adapter_dir  # noqa: F401  (the fixture: a LoRA adapter with non-zero weights)
 from tuneserve.export import ExportError, export_command, export_merged, main
-from tuneserve.gguf_export import CHATML_TEMPLATE, chatml_system, llama_hparams, pre_tokenizer_name
+from tuneserve.gguf_export import CHATML_TEMPLATE, GGUFError, chatml_system, llama_hparams, pre_tokenizer_name
 
 PROMPTS = ["Who are you?", "What is the capital of Zorbia?", "Add 1234 and 5678, then say 'done'."]
 # Against the float32 merged model: f16 keeps about 3 significant digits of each weight, q8_0 about 2 (one scale per
@@ -187,15 +187,15 @@ def test_only_f16_and_q8_0_and_only_for_gguf(adapter_dir, tmp_path, capsys):  # 
 def test_refuses_models_it_would_write_wrong(merged_dir):
     config = json.loads((merged_dir / "config.json").read_text())
     assert llama_hparams(config)["head_count_kv"] == 2
-    with pytest.raises(ExportError, match="Llama models"):
+    with pytest.raises(GGUFError, match="Llama models"):
         llama_hparams({**config, "model_type": "qwen2"})
-    with pytest.raises(ExportError, match="rope scaling"):
+    with pytest.raises(GGUFError, match="rope scaling"):
         llama_hparams({**config, "rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5}})
-    with pytest.raises(ExportError, match="biases"):
+    with pytest.raises(GGUFError, match="biases"):
         llama_hparams({**config, "attention_bias": True})
     tokenizer_json = json.loads((merged_dir / "tokenizer.json").read_text())
     assert pre_tokenizer_name(tokenizer_json) == "gpt-2"
     digits = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, {"type": "ByteLevel"}]}
     assert pre_tokenizer_name({"pre_tokenizer": digits}) == "smollm"
-    with pytest.raises(ExportError, match="pre-tokenizer"):
+    with pytest.raises(GGUFError, match="pre-tokenizer"):
         pre_tokenizer_name({"pre_tokenizer": {"type": "Metaspace"}})
