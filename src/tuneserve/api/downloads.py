@@ -17,8 +17,9 @@ succeeded job's model in three forms:
 All come as `application/gzip` named `{job_id}-{type}.tar.gz` (`{job_id}-gguf-{quant}.tar.gz`) with a
 Content-Length, under one top-level folder of the same name. The job must belong to the caller's project
 (404 otherwise) and have succeeded (409 `job_not_succeeded` otherwise: its state, not the request, is at
-fault). `quant` belongs to gguf: with another type it is a 400, and so is type=gguf for a model the GGUF
-writer does not handle (the message says why). Exporting (torch) is imported on first use.
+fault). `quant` belongs to gguf and is ignored with another type (a 400 there would refuse a request the
+schema allows); type=gguf for a model the GGUF writer does not handle is a 400 that says why. Exporting
+(torch) is imported on first use.
 """
 
 from __future__ import annotations
@@ -57,12 +58,12 @@ def download_model(
         description="adapter (PEFT tar.gz), merged (full safetensors weights), or gguf (merged, one GGUF file for "
         "llama.cpp, Ollama and LM Studio, with an Ollama Modelfile)",
     ),
-    quant: Literal["f16", "q8_0"] | None = Query(None, description="gguf only: the weights' type (default f16)"),
+    quant: Literal["f16", "q8_0"] | None = Query(
+        None, description="type=gguf: the weights' type (default f16); ignored for adapter and merged"
+    ),
     checkpoint_step: int | None = Query(None, ge=1, description="a checkpoint's step instead of the final model"),
 ):
     """Download the fine-tuned model as a tar.gz: its adapter, merged full weights, or GGUF (a tuneserve extension)."""
-    if quant is not None and type != "gguf":
-        raise InvalidRequest(f"quant is for type=gguf, not type={type}", param="quant")
     job = jobs.get(project, job_id)  # NotFound for another project's job
     if job.status != "succeeded":
         raise Conflict(
