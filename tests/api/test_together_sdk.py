@@ -129,6 +129,14 @@ def test_fine_tune_with_together_parameters_then_chat_and_download(tg, tmp_path)
     types = [e.type for e in raw.parse().data]
     assert types[0] == "job_pending" and types[-1] == "job_complete" and "checkpoint_save" in types
 
+    raw = tg.fine_tuning.with_raw_response.list_metrics(job.id)
+    strict(together.types.FineTuningListMetricsResponse, raw)
+    metrics = raw.parse().metrics
+    assert [m["global_step"] for m in metrics] == sorted(m["global_step"] for m in metrics) and "train_loss" in metrics[0]
+    assert len(tg.fine_tuning.list_metrics(job.id, resolution=2).metrics) == 2
+    assert all(m["global_step"] >= 2 for m in tg.fine_tuning.list_metrics(job.id, global_step_from=2).metrics)
+    assert tg.fine_tuning.list_metrics(job.id, logged_at_to="2001-01-01T00:00:00Z").metrics == []
+
     raw = tg.fine_tuning.with_raw_response.list_checkpoints(job.id)
     strict(together.types.FineTuningListCheckpointsResponse, raw)
     checkpoints = raw.parse().data

@@ -8,9 +8,12 @@ completions are the OpenAI routes themselves: Together's SDK uses the same paths
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from datetime import datetime, timezone
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
+from pydantic import BeforeValidator
 
 from tuneserve.api import downloads, together_files
 from tuneserve.api.deps import Files, Jobs, Project
@@ -29,6 +32,7 @@ from tuneserve.api.together_schemas import (
     TogetherEventList,
     TogetherJob,
     TogetherJobList,
+    TogetherMetrics,
     iso,
 )
 from tuneserve.jobs.names import fine_tuned_model_name
@@ -127,9 +131,57 @@ def cancel_fine_tune(jobs: Jobs, project: Project, job_id: str):
 
 @router.get("/v1/fine-tunes/{job_id}/events", response_model=TogetherEventList, responses=error_responses(401, 404))
 def list_fine_tune_events(jobs: Jobs, project: Project, job_id: str):
-    """The job's events, oldest first (per-step metrics are in the OpenAI events list, type `metrics`)."""
+    """The job's events, oldest first (per-step metrics are at /v1/fine-tunes/{job_id}/metrics)."""
     events, _ = jobs.events(project, job_id, limit=_ALL)
     return TogetherEventList(data=[TogetherEvent.of(e) for e in reversed(events) if e.type != "metrics"])
+
+
+def _iso_only(value):
+    # pydantic would take a number as Unix seconds; the document says an ISO-8601 date-time, and so does Together.
+    if isinstance(value, str) and not re.match(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("an ISO-8601 date-time is expected, e.g. 2026-01-01T00:00:00Z")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
+
+
+@router.get("/v1/fine-tunes/{job_id}/metrics", response_model=TogetherMetrics, responses=error_responses(400, 401, 404))
+def list_fine_tune_metrics(
+    jobs: Jobs,
+    project: Project,
+    job_id: str,
+    global_step_from: int | None = None,
+    global_step_to: int | None = None,
+    logged_at_from: IsoDateTime | None = None,
+    logged_at_to: IsoDateTime | None = None,
+    resolution: int | None = Query(None, ge=1, description="at most this many, evenly sampled"),
+):
+    """The job's metrics, one record per logged step, oldest first: its `metrics` events' numbers and `global_step`."""
+    events, _ = jobs.events(project, job_id, limit=_ALL)
+    start, end = _seconds(logged_at_from), _seconds(logged_at_to)
+    records = []
+    for event in reversed(events):
+        step = (event.data or {}).get("step")
+        if event.type != "metrics" or not isinstance(step, int):
+            continue
+        if (global_step_from is not None and step < global_step_from) or (global_step_to is not None and step > global_step_to):
+            continue
+        if (start is not None and event.created_at < start) or (end is not None and event.created_at > end):
+            continue
+        numbers = {k: float(v) for k, v in event.data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        records.append({**numbers, "global_step": float(step)})
+    if resolution is not None and len(records) > resolution:
+        last = len(records) - 1
+        records = [records[round(i * last / max(resolution - 1, 1))] for i in range(resolution)]
+    return TogetherMetrics(metrics=records)
+
+
+def _seconds(moment: datetime | None) -> float | None:
+    """Unix seconds; a time without a zone is UTC, as Together's timestamps are."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 @router.get("/v1/fine-tunes/{job_id}/checkpoints", response_model=TogetherCheckpointList, responses=error_responses(401, 404))

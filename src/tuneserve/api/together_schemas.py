@@ -234,7 +234,7 @@ class TogetherJobList(WireObject):
     data: list[TogetherJob]
 
 
-# Together's event types, by what tuneserve's events say (their first words); metrics are at /metrics, not here.
+# Together's event types, by what tuneserve's events say (their first words); metrics are at .../metrics, not here.
 _EVENT_TYPES = (
     ("Validating", "job_pending"),
     ("Fine-tuning job queued", "job_pending"),
@@ -266,6 +266,10 @@ class TogetherEvent(WireObject):
 class TogetherEventList(WireObject):
     object: Literal["list"] = "list"
     data: list[TogetherEvent]
+
+
+class TogetherMetrics(WireObject):
+    metrics: list[dict[str, float]] = Field(description="per logged step: global_step, train_loss, learning_rate, ...")
 
 
 class TogetherCheckpoint(WireObject):
