@@ -199,3 +199,16 @@ def test_refuses_models_it_would_write_wrong(merged_dir):
     assert pre_tokenizer_name({"pre_tokenizer": digits}) == "smollm"
     with pytest.raises(GGUFError, match="pre-tokenizer"):
         pre_tokenizer_name({"pre_tokenizer": {"type": "Metaspace"}})
+
+
+def test_export_command_writes_into_a_directory_or_a_tarball(adapter_dir, tmp_path):  # noqa: F811
+    import tarfile
+
+    written = export_command(str(adapter_dir), kind="gguf", output=tmp_path)
+    name = f"{adapter_dir.parent.name}-f16"
+    assert written == tmp_path / f"{name}.gguf" and written.read_bytes()[:4] == b"GGUF"
+    assert f"FROM ./{name}.gguf" in (tmp_path / "Modelfile").read_text()
+    packed = export_command(str(adapter_dir), kind="gguf", output=tmp_path / "packed" / "m.tar.gz", quant="q8_0")
+    with tarfile.open(packed) as tar:
+        assert sorted(tar.getnames()) == ["m/Modelfile", "m/m.gguf"]
+    assert sorted(p.name for p in packed.parent.iterdir() if not p.name.endswith(".lock")) == ["m.tar.gz"]  # no work dir left
