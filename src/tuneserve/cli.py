@@ -403,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tuneserve.chat import add_chat_arguments
     from tuneserve.export import add_export_arguments
 
-    export = sub.add_parser("export", help="a fine-tuned model as its adapter (tar.gz) or merged full weights")
+    export = sub.add_parser(
+        "export", help="a fine-tuned model as its adapter (tar.gz), merged full weights, or a GGUF with an Ollama Modelfile"
+    )
     add_export_arguments(export)  # TARGET --type adapter|merged -o OUT [--data-dir D] [--project P] [--dtype T]
     export.set_defaults(func=cmd_export)
 
