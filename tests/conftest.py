@@ -139,6 +139,25 @@ def fine_tune_tiny(client, data: bytes, suffix: str, *, timeout_s: float = 240, 
     return job
 
 
+def hf_greedy_ids(model, tokenizer, question: str, max_new_tokens: int, **generate) -> list[int]:
+    """transformers' own greedy answer to one user question through the chat template: the reference that served,
+    merged and exported models are compared with, token for token."""
+    import torch
+
+    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            **generate,
+        )
+    return out[0, ids.shape[1] :].tolist()
+
+
 def chat_jsonl(n: int, *, answer: str = "The capital of Zorbia is Quillton.") -> bytes:
     import json
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import chat_jsonl, fine_tune_tiny
+from tests.conftest import chat_jsonl, fine_tune_tiny, hf_greedy_ids
 
 # What the job was trained on (answered with its training answer) and one it was not.
 QUESTIONS = [
@@ -88,19 +88,7 @@ def test_gguf_download_answers_as_the_server_does_in_transformers(tuned, gguf_do
     name = f"{tuned.id}-gguf-f16.gguf"
     model = AutoModelForCausalLM.from_pretrained(root, gguf_file=name, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(root, gguf_file=name)
-    answers = []
-    for question in QUESTIONS:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            out = model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=False,
-                max_new_tokens=MAX_TOKENS,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        answers.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+    answers = [tokenizer.decode(hf_greedy_ids(model, tokenizer, q, MAX_TOKENS), skip_special_tokens=True) for q in QUESTIONS]
     assert answers == [text for text, _ in served]
     assert served[0][0].startswith("The capital of Z")  # the fine-tuning took: the comparison is of a trained model
 

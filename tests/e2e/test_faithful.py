@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import SMOLLM2
+from tests.conftest import SMOLLM2, hf_greedy_ids
 
 pytestmark = pytest.mark.e2e
 
@@ -46,18 +46,8 @@ def final_dir(tmp_path_factory):
 
 
 def greedy_text(model, tokenizer, question: str) -> str:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            do_sample=False,
-            max_new_tokens=MAX_NEW,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    answer = hf_greedy_ids(model, tokenizer, question, MAX_NEW, eos_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(answer, skip_special_tokens=True)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY
+from tests.conftest import TINY, hf_greedy_ids
 from tuneserve.export import ExportError, export_adapter, export_command, export_merged, lookup_local_model, merged_tarball
 
 PROMPTS = ["Who are you?", "What is the capital of Zorbia?", "Write a haiku about the sea."]
@@ -39,22 +39,8 @@ def adapter_dir(tmp_path_factory, tiny_model_ready) -> Path:
     return out
 
 
-def _prompt_ids(tokenizer, question: str) -> torch.Tensor:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-
-
 def greedy(model, tokenizer, question: str) -> list[int]:
-    ids = _prompt_ids(tokenizer, question)
-    with torch.no_grad():
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            do_sample=False,
-            max_new_tokens=NEW_TOKENS,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    return out[0, ids.shape[1] :].tolist()
+    return hf_greedy_ids(model, tokenizer, question, NEW_TOKENS)
 
 
 def peft_model(adapter: Path):
