@@ -53,7 +53,6 @@ def export_gguf(out: Path) -> Path:
 
 def start_llamacpp(python: str, gguf: Path, threads: int, log: Path) -> tuple[subprocess.Popen, str]:
     """llama-cpp-python's OpenAI server on a free loopback port; (process, base URL) once /v1/models answers."""
-    import httpx
 
     port = local_server.free_port()
     command = [python, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", MODEL]
@@ -61,18 +60,8 @@ def start_llamacpp(python: str, gguf: Path, threads: int, log: Path) -> tuple[su
     command += ["--n_ctx", "2048", "--interrupt_requests", "False", "--verbose", "False"]
     process = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=thread_env(threads))
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"llama.cpp server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    local_server.stop_server(process)
-    raise RuntimeError(f"llama.cpp server did not start:\n{log.read_text()[-3000:]}")
+    local_server.wait_until_answers(process, f"{url}/v1/models", log, "llama.cpp server")
+    return process, url
 
 
 def thread_env(threads: int) -> dict[str, str]:

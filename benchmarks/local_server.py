@@ -22,8 +22,6 @@ def free_port() -> int:
 
 def start_server(data_dir: Path, log: Path, *flags: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """The server on a free port, its output in `log`; (process, base URL) once its health check answers."""
-    import httpx
-
     port = free_port()
     command = [sys.executable, "-m", "tuneserve", "serve", "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(
@@ -33,18 +31,26 @@ def start_server(data_dir: Path, log: Path, *flags: str, env: dict[str, str] | N
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    wait_until_answers(process, f"{url}/v1/health_check", log, "server")
+    return process, url
+
+
+def wait_until_answers(process: subprocess.Popen, probe: str, log: Path, what: str, timeout_s: float = 120) -> None:
+    """Wait for `probe` to answer 200; stop the process and raise with its log if it exits or never answers."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(f"{url}/v1/health_check", timeout=1).status_code == 200:
-                return process, url
+            if httpx.get(probe, timeout=1).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"server did not start:\n{log.read_text()[-3000:]}")
+    stop_server(process)
+    raise RuntimeError(f"{what} did not start:\n{log.read_text()[-3000:]}")
 
 
 def stop_server(process: subprocess.Popen) -> None:
