@@ -20,6 +20,7 @@ from tuneserve import __version__
 from tuneserve.api import adapters, console, downloads, files, fine_tuning, inference, models, opea, together
 from tuneserve.api import evaluations as evaluations_api
 from tuneserve.api.deps import LocalEngine
+from tuneserve.api.responses import error_body
 from tuneserve.api.limits import TOO_LARGE_RESPONSE, BodyLimit
 from tuneserve.data import validate_file
 from tuneserve.errors import TuneserveError
@@ -54,10 +55,6 @@ _LOC_NOISE = {
     "constrained-int",
     "constrained-float",
 }
-
-
-def error_body(message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 def _openapi_without_422(app: FastAPI) -> dict:

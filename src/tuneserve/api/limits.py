@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tuneserve.api.responses import ErrorResponse
+from tuneserve.api.responses import ErrorResponse, error_body
 
 UPLOAD_PATH = "/v1/files"
 TOGETHER_UPLOAD_PREFIX = "/together-uploads/"  # api/together_files.py: the PUT of the bytes
@@ -89,9 +89,9 @@ class BodyLimit:
     def _too_large(self, upload: bool) -> dict:
         if upload:
             message = f"the upload is larger than the limit of {self.max_upload_bytes} bytes"
-            return _error_body(message, param="file", code="file_too_large")
+            return error_body(message, param="file", code="file_too_large")
         message = f"the request body is larger than the limit of {self.max_request_bytes} bytes"
-        return _error_body(message, param=None, code="request_too_large")
+        return error_body(message, param=None, code="request_too_large")
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -100,10 +100,6 @@ def _content_length(scope: Scope) -> int | None:
         if name == b"content-length":
             return int(value) if value.isdigit() else None
     return None
-
-
-def _error_body(message: str, *, param: str | None, code: str) -> dict:
-    return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
 
 
 async def _refuse(send: Send, body: dict) -> None:

@@ -50,6 +50,11 @@ _ERROR_DESCRIPTIONS = {
 }
 
 
+def error_body(message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error envelope, as every error answer (app.py's handlers, api/limits.py) writes it."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """`responses=` for the error statuses a route can answer, each documented as OpenAI's envelope."""
     return {status: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[status]} for status in statuses}
