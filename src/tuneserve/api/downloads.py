@@ -31,6 +31,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
 from tuneserve.api.deps import Jobs, Project
+from tuneserve.jobs.service import JobService
 from tuneserve.api.responses import error_responses
 from tuneserve.errors import Conflict, InvalidRequest, NotFound
 
@@ -64,6 +65,11 @@ def download_model(
     checkpoint_step: int | None = Query(None, ge=1, description="a checkpoint's step instead of the final model"),
 ):
     """Download the fine-tuned model as a tar.gz: its adapter, merged full weights, or GGUF (a tuneserve extension)."""
+    return model_tarball(jobs, project, job_id, type, quant, checkpoint_step)
+
+
+def model_tarball(jobs: JobService, project: str, job_id: str, type: str, quant: str | None, checkpoint_step: int | None):
+    """The download's answer, for this route and Together's (api/together.py): built once, kept in the job's exports/."""
     job = jobs.get(project, job_id)  # NotFound for another project's job
     if job.status != "succeeded":
         raise Conflict(

@@ -230,5 +230,4 @@ def download_fine_tune(
 ):
     """A tar.gz of the fine-tuned model, as GET /v1/fine_tuning/jobs/{id}/download (Range requests too)."""
     kind = "merged" if checkpoint == "merged" else "adapter"
-    # Called as a function, not a route: every parameter is given (a left-out one would be its Query(...) default).
-    return downloads.download_model(jobs, project, ft_id, type=kind, quant=None, checkpoint_step=checkpoint_step or None)
+    return downloads.model_tarball(jobs, project, ft_id, kind, None, checkpoint_step or None)
