@@ -237,3 +237,38 @@ def test_a_training_process_killed_mid_step_fails_the_job_saying_so(client, trai
     assert "killed by SIGKILL" in failed.error.message, failed.error.message
     assert training_pids(job_dir) == []
     assert [m.id for m in client.models.list().data if m.id == TINY] == [TINY]  # the server is healthy
+
+
+def test_without_a_validation_file_auto_holds_out_a_split_and_serves_the_best_checkpoint(client, server):
+    """All "auto": a tenth of the file is held out, validated on every epoch, and the checkpoint with the lowest
+    validation loss is the fine-tuned model the server answers with (the job says which, and why)."""
+    data = client.files.create(file=("split.jsonl", chat_jsonl(24)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=data.id,
+        hyperparameters={"n_epochs": 3, "batch_size": 4},
+        extra_body={"early_stopping_patience": 1},
+    )
+    job = wait_for_status(client, job.id, {"succeeded", "failed"}, timeout_s=240)
+    assert job.status == "succeeded", job.error
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=200))
+    messages = [e.message for e in events]
+    assert any(m.startswith("Held out 4 of 24 training examples") for m in messages)
+    valid = {e.data["step"]: e.data["valid_loss"] for e in events if e.type == "metrics" and "valid_loss" in e.data}
+    assert set(valid) <= {5, 10, 15} and len(valid) >= 2  # 20 examples, batch 4: an epoch is 5 steps
+    kept = job.kept_checkpoint
+    assert kept["step"] == min(valid, key=valid.get) and kept["valid_loss"] == pytest.approx(valid[kept["step"]])
+    assert kept["reason"] in messages and "path" not in kept
+    checkpoints = {c.step_number: c.fine_tuned_model_checkpoint for c in client.fine_tuning.jobs.checkpoints.list(job.id).data}
+    assert set(checkpoints) == set(valid)  # every validation was a checkpoint, so any can be kept
+    job_dir = server.data_dir / "jobs" / job.id
+    kept_weights = (job_dir / "checkpoints" / f"step-{kept['step']}" / "adapter_model.safetensors").read_bytes()
+    assert (job_dir / "final" / "adapter_model.safetensors").read_bytes() == kept_weights
+
+    def answer(model: str) -> str:
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Where is Quillton?"}], temperature=0, max_tokens=8
+        )
+        return reply.choices[0].message.content
+
+    assert answer(job.fine_tuned_model) == answer(checkpoints[kept["step"]])

@@ -22,8 +22,12 @@ def metrics_events(client, job_id):
 def test_pause_checkpoints_and_resume_finishes(client):
     file = client.files.create(file=("long.jsonl", chat_jsonl(48)), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
-        model=TINY, training_file=file.id, suffix="pause", hyperparameters={"n_epochs": 8, "batch_size": 1}
-    )  # 384 short steps
+        model=TINY,
+        training_file=file.id,
+        suffix="pause",
+        hyperparameters={"n_epochs": 8, "batch_size": 1},
+        extra_body={"validation_split": 0},  # all 48 train, no early stop: 384 short steps
+    )
     wait_for_status(client, job.id, {"running"}, timeout_s=120)
     wait_for(lambda: metrics_events(client, job.id), 60, "the first metrics")
     paused = client.fine_tuning.jobs.pause(job.id)

@@ -76,9 +76,13 @@ def test_workers_share_ten_jobs_and_take_back_a_killed_workers_job(tmp_path, pg_
         client = server.client()
         short_file = client.files.create(file=("short.jsonl", chat_jsonl(10)), purpose="fine-tune")
         long_file = client.files.create(file=("long.jsonl", chat_jsonl(120)), purpose="fine-tune")
-        # 30 steps an epoch, a checkpoint at each epoch's end; the oldest job, so the first claimed.
+        # 30 steps an epoch (the whole file trains: nothing held out), a checkpoint at each epoch's end; the
+        # oldest job, so the first claimed.
         long = client.fine_tuning.jobs.create(
-            model=TINY, training_file=long_file.id, hyperparameters={"n_epochs": 3, "batch_size": 4}
+            model=TINY,
+            training_file=long_file.id,
+            hyperparameters={"n_epochs": 3, "batch_size": 4},
+            extra_body={"validation_split": 0},
         )
         short = [
             client.fine_tuning.jobs.create(

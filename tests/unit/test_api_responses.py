@@ -33,6 +33,7 @@ JOB = SimpleNamespace(
     user_metadata={"team": "core"},
     method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}},
     suffix=None,
+    kept_checkpoint={"step": 4, "epoch": 1, "valid_loss": 0.5, "path": "checkpoints/step-4", "reason": "Kept ..."},
     spec={"model": "base/a", "wandb": {"project": "p"}},
 )
 EVENT = SimpleNamespace(
@@ -111,6 +112,7 @@ def test_a_job_is_sent_with_every_key_in_order_and_its_computed_fields(client):
         "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}},
         "suffix": None,
         "training_type": "lora",
+        "kept_checkpoint": {"step": 4, "epoch": 1, "valid_loss": 0.5, "reason": "Kept ..."},  # the server's path left out
     }
     assert client.get("/v1/fine_tuning/jobs/ftjob-1").text == wire(expected)
     assert client.post("/v1/fine_tuning/jobs/retrieve", json={"fine_tuning_job_id": "ftjob-1"}).text == wire(expected)

@@ -181,6 +181,11 @@ class FineTuningJob(WireObject):
     method: dict[str, Any] = Field(description='{"type": ..., TYPE: {"hyperparameters": ...}}')
     suffix: str | None
     training_type: str = Field(description="tuneserve extension: lora, qlora, ia3 or full")
+    kept_checkpoint: dict[str, Any] | None = Field(
+        None,
+        description="tuneserve extension: when the job judged itself on validation data (early stopping), the checkpoint "
+        "its fine-tuned model is: step, epoch, valid_loss, stopped_early and the reason",
+    )
 
     @classmethod
     def of(cls, job) -> FineTuningJob:
@@ -206,7 +211,13 @@ class FineTuningJob(WireObject):
             method=job.method,
             suffix=job.suffix,
             training_type=job.spec.get("training_type", "lora"),
+            kept_checkpoint=_shown_kept(job.kept_checkpoint),
         )
+
+
+def _shown_kept(kept: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The kept checkpoint as clients see it: its job-relative path is the server's business."""
+    return {k: v for k, v in kept.items() if k != "path"} if kept else None
 
 
 class FineTuningJobList(Page[FineTuningJob]):

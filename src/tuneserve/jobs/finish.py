@@ -83,6 +83,7 @@ class Finisher:
                 notes=notes,
                 fine_tuned_model=name,
                 trained_tokens=result.trained_tokens,
+                kept_checkpoint=result.kept_checkpoint,
                 result_files=[results.id],
                 finished_at=now(),
                 estimated_finish=None,

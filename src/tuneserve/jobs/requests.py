@@ -98,6 +98,17 @@ class JobRequest(BaseModel):
     auto_evaluate: bool | None = Field(
         None, description="When the job succeeds, evaluate it against its base on the validation file."
     )
+    validation_split: float | None = Field(
+        None,
+        description="With no validation_file: the share of training examples held out to validate on (default 0.1, "
+        "a fixed draw; none from sets under 20 examples); 0 turns it off.",
+    )
+    early_stopping_patience: int | None = Field(
+        None,
+        description="Stop after this many validations without a lower validation loss; the fine-tuned model is then the "
+        "checkpoint with the lowest (default 2; 0: train every epoch, keep the last).",
+    )
+    neftune_noise_alpha: float | None = Field(None, description="NEFTune noise on the input embeddings (default 0: off).")
 
     @field_validator("metadata")
     @classmethod

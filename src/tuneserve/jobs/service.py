@@ -275,6 +275,9 @@ _SPEC_OPTIONS = (
     "num_workers",
     "resources_per_worker",
     "auto_evaluate",
+    "validation_split",
+    "early_stopping_patience",
+    "neftune_noise_alpha",
 )
 
 

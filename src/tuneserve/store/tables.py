@@ -64,6 +64,8 @@ class Job(Base):
     started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     model_deleted_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # removed from serving
+    # With early stopping: {step, epoch, valid_loss, path, stopped_early, reason} of the checkpoint that is the model.
+    kept_checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
     # Runner bookkeeping: which attempt, which process, how far the event file was read.
     attempts: Mapped[int] = mapped_column(Integer, default=0)

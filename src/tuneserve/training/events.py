@@ -93,6 +93,7 @@ class Result(_Event):
     train_loss: float | None = None
     model_path: str | None = None
     adapter_path: str | None = None
+    kept_checkpoint: dict[str, Any] | None = None  # with early stopping: which checkpoint the result is, and why
 
 
 Event = Annotated[Union[Message, Metrics, Checkpoint, Result], Field(discriminator="type")]

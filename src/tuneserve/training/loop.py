@@ -20,6 +20,9 @@ Choices, and why:
   boundary with a checkpoint, so no finished step is lost.
 - Checkpoints and validations are spread evenly over the run: `n_checkpoints` and `n_evals`
   (both default to one per epoch, at epoch ends).
+- With validation data and `early_stopping_patience`, every validation is also a checkpoint; the
+  run stops when the patience is spent, and the result is the checkpoint with the lowest
+  validation loss (training.early_stopping), not the last one.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import contextlib
 import math
 import random
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +44,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tuneserve.atomic import write_dir_atomically
 from tuneserve.training import distributed, model as model_io, parallel
 from tuneserve.training.batching import epoch_plan, micro_batches
+from tuneserve.training.early_stopping import Keeper
 from tuneserve.training.events import Checkpoint, EventWriter, Metrics, Result
 from tuneserve.training.spec import TrainingSpec
 from tuneserve.training.trackers import Trackers
@@ -87,6 +92,7 @@ class LoopState:
     epoch_loss_sum: float = 0.0
     epoch_metric_sums: dict[str, float] = field(default_factory=dict)
     epoch_units: int = 0
+    best: dict[str, Any] = field(default_factory=dict)  # early_stopping.Best, for a resumed run to keep judging
 
 
 class _Trunk(torch.nn.Module):
@@ -125,6 +131,9 @@ def train_loop(
     warmup_steps = max(1, math.ceil(opt.warmup_ratio * total_steps)) if opt.warmup_ratio > 0 else 0
     checkpoint_steps = _spread(total_steps, spec.n_checkpoints or hp.n_epochs)
     eval_steps = _spread(total_steps, hp.n_epochs if spec.n_evals is None else spec.n_evals) if valid_items else set()
+    keeper = Keeper(spec.early_stopping_patience if eval_steps else 0)
+    if keeper.active:  # the best validation's weights must be on disk to become the result
+        checkpoint_steps |= eval_steps
 
     # A checkpoint's whole weights load before the model is wrapped (FSDP then keeps each rank's shard).
     resume_from = latest_checkpoint(job_dir)
@@ -158,15 +167,16 @@ def train_loop(
     state = LoopState(total_steps=total_steps)
     if saved is not None:
         state = _restore(saved, forward, optimizer, scheduler, kind)
+        keeper = Keeper(keeper.patience, state.best or None)
         if main:
             events.message(f"Resumed from checkpoint {resume_from.name} (step {state.global_step} of {total_steps})")
 
     trackers = Trackers(spec, job_dir, events) if main else None
     run_tokens, run_step_time = 0, 0.0  # this process's steps only: the measured throughput
-    stopped = False
+    stopped = early_stop = False
     try:
         with _progress_bar(console if main else None, total_steps, state.global_step) as advance:
-            while state.epoch <= hp.n_epochs and not stopped:
+            while state.epoch <= hp.n_epochs and not (stopped or early_stop):
                 plan = epoch_plan(lengths, hp.batch_size, spec.seed, state.epoch)
                 loop_start = time.perf_counter()
                 for indices in plan[state.step_in_epoch :]:
@@ -221,6 +231,9 @@ def train_loop(
                             events.emit(Metrics(step=state.global_step, total_steps=total_steps, epoch=state.epoch, **valid))
                             trackers.log(valid, state.global_step)
                         checkpoint_metrics.update(valid)
+                        if keeper.active:
+                            early_stop = keeper.update(valid["valid_loss"], state.global_step, state.epoch) == "stop"
+                            state.best = asdict(keeper.best)
                     stop = distributed.any_true(stop_requested(), loaded.device)
                     if end_of_epoch:
                         state.last_epoch_loss = checkpoint_metrics["train_loss"]
@@ -243,6 +256,14 @@ def train_loop(
                     if stop:
                         stopped = True
                         break
+                    if early_stop:
+                        if main:
+                            events.message(
+                                f"Stopping early at step {state.global_step} of {total_steps}: {keeper.best.evals_since} "
+                                f"validation(s) in a row without a lower loss than {keeper.best.loss:.4f} (epoch "
+                                f"{keeper.best.epoch}, step {keeper.best.step}); patience {keeper.patience}"
+                            )
+                        break
                 if not stopped:
                     state.train_runtime_s += time.perf_counter() - loop_start
     finally:
@@ -257,15 +278,29 @@ def train_loop(
             )
         return {"type": "stopped", "step": state.global_step}
 
-    # The whole validation set once at the end, then the final artifact.
+    # The kept weights (the last, or the best validation's), the whole validation set once on them, the final artifact.
     result: dict[str, Any] = {"type": "result"}
-    full_valid = task.evaluate(evaluator, valid_items, "full_valid") if valid_items else {}
+    kept = _kept_checkpoint(keeper, state, job_dir)
+    revert = kept is not None and kept["step"] != state.global_step
+    if revert and kind != parallel.FSDP:  # DDP's replicas share these parameters
+        _load_weights(job_dir / kept["path"], loaded)
+    full_valid = (
+        task.evaluate(evaluator, valid_items, "full_valid") if valid_items and not (revert and kind == parallel.FSDP) else {}
+    )
     weights = parallel.full_model_state(loaded.model, kind)  # a collective under FSDP
     if main:
         if full_valid:
-            events.emit(Metrics(step=state.global_step, total_steps=total_steps, epoch=hp.n_epochs, **full_valid))
+            epoch = kept["epoch"] if kept else state.epoch - (0 if state.step_in_epoch else 1)
+            events.emit(
+                Metrics(step=kept["step"] if kept else state.global_step, total_steps=total_steps, epoch=epoch, **full_valid)
+            )
         final_dir = job_dir / "final"
-        write_dir_atomically(final_dir, lambda tmp: model_io.save(tmp, loaded, tokenizer, weights))
+        if revert and kind == parallel.FSDP:  # the sharded model cannot take the best weights back: copy its artifact
+            write_dir_atomically(final_dir, lambda tmp: _copy_artifact(job_dir / kept["path"], tmp))
+        else:
+            write_dir_atomically(final_dir, lambda tmp: model_io.save(tmp, loaded, tokenizer, weights))
+        if kept:
+            events.message(kept["reason"])
         events.message(f"Saved the final {'adapter' if loaded.is_adapter else 'model'} to {final_dir}")
         if run_tokens and run_step_time > 0:
             _record_throughput(spec.model, loaded.device, run_tokens / run_step_time / distributed.world_size(), events)
@@ -276,6 +311,7 @@ def train_loop(
                 train_loss=state.last_epoch_loss,
                 model_path=str(model_path),
                 adapter_path=str(final_dir),
+                kept_checkpoint=kept,
             )
         )
     distributed.barrier()
@@ -320,6 +356,31 @@ def _step(
     for name in task.metric_names():
         metric_totals.setdefault(name, 0.0)
     return loss_total, {k: metric_totals[k] for k in task.metric_names()}, tokens
+
+
+def _kept_checkpoint(keeper: Keeper, state: LoopState, job_dir: Path) -> dict[str, Any] | None:
+    """Which checkpoint the result is, when the run judged itself by validation loss: its step, epoch,
+    loss, job-relative path, and the sentence that says why (None without early stopping)."""
+    best = keeper.best
+    if not keeper.active or best.loss is None:
+        return None
+    last_epoch = state.epoch if state.step_in_epoch else state.epoch - 1
+    stopped_early = state.global_step < state.total_steps
+    return {
+        "step": best.step,
+        "epoch": best.epoch,
+        "valid_loss": best.loss,
+        "path": f"checkpoints/step-{best.step}",
+        "stopped_early": stopped_early,
+        "reason": keeper.explain(state.global_step, last_epoch, stopped_early),
+    }
+
+
+def _copy_artifact(checkpoint: Path, target: Path) -> None:
+    """A checkpoint's served files (the adapter or model and its tokenizer), without the trainer state."""
+    for item in checkpoint.iterdir():
+        if item.name != STATE_FILE:
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, target / item.name)
 
 
 def items_of_rank(items: Sequence[Any], rank: int, world: int) -> list[Any]:
@@ -396,14 +457,20 @@ def save_checkpoint(
 
 def _load_checkpoint(checkpoint: Path, loaded: model_io.Loaded, total_steps: int) -> dict[str, Any]:
     """Load a checkpoint's weights into the (not yet wrapped) model; return the rest of what it saved."""
-    from safetensors.torch import load_file
-
     saved = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)  # our own file
     if saved["state"]["total_steps"] != total_steps:
         raise ValueError(
             f"{checkpoint} was written by a run of {saved['state']['total_steps']} steps, this one has "
             f"{total_steps}: not the same job"
         )
+    _load_weights(checkpoint, loaded)
+    return saved
+
+
+def _load_weights(checkpoint: Path, loaded: model_io.Loaded) -> None:
+    """A checkpoint's trained weights into the (unwrapped, or DDP-wrapped: same parameters) model, in place."""
+    from safetensors.torch import load_file
+
     weights = load_file(model_io.weights_file(checkpoint), device=str(loaded.device))
     if loaded.is_adapter:
         from peft import set_peft_model_state_dict
@@ -413,7 +480,6 @@ def _load_checkpoint(checkpoint: Path, loaded: model_io.Loaded, total_steps: int
             raise ValueError(f"{checkpoint} does not match this adapter: unexpected {result.unexpected_keys[:3]}")
     else:
         loaded.model.load_state_dict(weights, strict=False)
-    return saved
 
 
 def _restore(

@@ -14,6 +14,7 @@ directory as it is.
 from __future__ import annotations
 
 import contextlib
+import math
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,8 @@ def load(spec: TrainingSpec, model_dir: Path, events: EventWriter) -> Loaded:
             for module in model.modules():
                 if isinstance(module, BaseTunerLayer):
                     module.cast_input_dtype_enabled = False
+    if spec.neftune_noise_alpha > 0:
+        causal_lm.get_input_embeddings().register_forward_hook(_neftune(spec.neftune_noise_alpha))
     if spec.optimization.torch_compile:
         decoder = getattr(causal_lm, causal_lm.base_model_prefix)
         decoder.forward = torch.compile(decoder.forward)
@@ -202,6 +205,19 @@ def choose_batching(packing: str, device: torch.device, n_parameters: int) -> st
     if packing == "auto" and device.type == "cpu" and n_parameters >= ROWS_MIN_PARAMETERS:
         return "mixed"  # long examples alone, short ones batched (training.loop.ROWS_MIN_TOKENS)
     return "grouped"
+
+
+def _neftune(alpha: float) -> Callable[..., torch.Tensor]:
+    """NEFTune (Jain et al. 2023, as TRL's neftune_noise_alpha): while training, add uniform noise of
+    scale alpha / sqrt(sequence length x hidden size) to the input embeddings; evaluation sees none."""
+
+    def add_noise(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        if not module.training:
+            return output
+        scale = alpha / math.sqrt(output.size(-2) * output.size(-1))
+        return output + torch.empty_like(output).uniform_(-scale, scale)
+
+    return add_noise
 
 
 def _adapter_config(spec: TrainingSpec) -> LoraConfig | IA3Config:

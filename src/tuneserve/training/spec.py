@@ -36,6 +36,10 @@ MAX_BATCH_SIZE = 256
 MAX_LR_MULTIPLIER = 100.0
 MAX_DPO_BETA = 10.0
 
+# The held-out split auto makes when no validation file is given (TrainingSpec.validation_split).
+MIN_HOLDOUT = 4
+MIN_EXAMPLES_TO_SPLIT = 20
+
 Method = Literal["supervised", "dpo"]
 TrainingType = Literal["lora", "qlora", "ia3", "full"]
 
@@ -114,6 +118,23 @@ class TrainingSpec(Frozen):
     num_workers: int = Field(1, ge=1, le=1024, description="Data-parallel workers (OPEA's name).")
     resources_per_worker: dict[str, float] = Field(default_factory=dict, description="e.g. {'CPU': 2, 'GPU': 1} (OPEA's name).")
     auto_evaluate: bool = Field(False, description="Evaluate the result against its base on the validation file when done.")
+    validation_split: float = Field(
+        0.1,
+        ge=0,
+        le=0.5,
+        description="With no validation_file: the share of training examples held out to judge the run (a fixed draw, "
+        f"at least {MIN_HOLDOUT} examples, none from sets under {MIN_EXAMPLES_TO_SPLIT}); 0 turns it off.",
+    )
+    early_stopping_patience: int = Field(
+        2,
+        ge=0,
+        le=1000,
+        description="Stop after this many validations without a lower validation loss; the result is the checkpoint "
+        "with the lowest. 0: train every epoch and keep the last.",
+    )
+    neftune_noise_alpha: float = Field(
+        0.0, ge=0, le=100, description="NEFTune: uniform noise of this scale on the input embeddings while training."
+    )
 
     def write(self, job_dir: Path) -> Path:
         job_dir.mkdir(parents=True, exist_ok=True)

@@ -31,8 +31,8 @@ def test_migrate_creates_tables_at_head(bare_engine):
     migrate(bare_engine)
     names = set(inspect(bare_engine).get_table_names())
     assert TABLES | {"alembic_version"} <= names
-    assert _head() == "0005"
-    assert _version(bare_engine) == ["0005"]
+    assert _head() == "0006"
+    assert _version(bare_engine) == ["0006"]
 
 
 def test_migration_matches_the_orm_columns(bare_engine):
@@ -49,7 +49,7 @@ def test_migrate_is_idempotent_and_keeps_data(bare_engine):
     key = keys.create("proj-a")
     migrate(bare_engine)
     migrate(bare_engine)
-    assert _version(bare_engine) == ["0005"]
+    assert _version(bare_engine) == ["0006"]
     assert TABLES <= set(inspect(bare_engine).get_table_names())
     assert keys.project_of(key) == "proj-a"
 
@@ -69,7 +69,8 @@ def test_a_0001_database_upgrades_and_keeps_its_files(bare_engine):
         )
     assert "report" not in {c["name"] for c in inspect(bare_engine).get_columns("files")}
     migrate(bare_engine)
-    assert _version(bare_engine) == ["0005"]
+    assert _version(bare_engine) == ["0006"]
     assert {"report", "kind"} <= {c["name"] for c in inspect(bare_engine).get_columns("files")}
+    assert "kept_checkpoint" in {c["name"] for c in inspect(bare_engine).get_columns("jobs")}
     with bare_engine.connect() as conn:
         assert conn.execute(text("SELECT filename FROM files WHERE id = 'file-old'")).scalar() == "old.jsonl"

@@ -29,7 +29,7 @@ METRICS_KEYS = {
     "learning_rate",
     "tokens_per_second",
 }
-RESULT_KEYS = {"type", "time", "trained_tokens", "train_runtime_s", "train_loss", "model_path", "adapter_path"}
+RESULT_KEYS = {"type", "time", "trained_tokens", "train_runtime_s", "train_loss", "model_path", "adapter_path", "kept_checkpoint"}
 
 
 def of_type(events, kind):

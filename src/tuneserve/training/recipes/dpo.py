@@ -29,6 +29,7 @@ from tuneserve.training import model as model_io
 from tuneserve.training.batching import collate_packed, collate_padded
 from tuneserve.training.events import EventWriter
 from tuneserve.data.formatting import Formatted, format_pair
+from tuneserve.training.early_stopping import with_holdout
 from tuneserve.training.loop import train_loop
 from tuneserve.training.losses import dpo_loss, sequence_logprobs
 from tuneserve.training.recipes.sft import pad_id
@@ -59,6 +60,7 @@ def run(
     torch.manual_seed(spec.seed)
     train_records = load_pairs(spec.training_file, "training")
     valid_records = load_pairs(spec.validation_file, "validation") if spec.validation_file else []
+    train_records, valid_records = with_holdout(train_records, valid_records, spec, events)
 
     model_dir = resolve_model(spec.model)
     tokenizer = load_tokenizer(model_dir)

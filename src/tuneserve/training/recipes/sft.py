@@ -26,6 +26,7 @@ from tuneserve.training import model as model_io
 from tuneserve.training.batching import collate_packed, collate_padded
 from tuneserve.training.events import EventWriter
 from tuneserve.data.formatting import IGNORE_INDEX, Formatted, format_examples
+from tuneserve.training.early_stopping import with_holdout
 from tuneserve.training.loop import train_loop
 from tuneserve.training.losses import token_cross_entropy
 from tuneserve.training.spec import TrainingSpec
@@ -45,6 +46,7 @@ def run(
     # 1. Read the data first: a file this recipe cannot train on fails before a model loads.
     train_records = load_records(spec.training_file, "training")
     valid_records = load_records(spec.validation_file, "validation") if spec.validation_file else []
+    train_records, valid_records = with_holdout(train_records, valid_records, spec, events)
 
     # 2. Load the base model, its tokenizer, and what to train.
     model_dir = resolve_model(spec.model)

@@ -1,0 +1,126 @@
+"""Auto's held-out split and early stopping: the result is the checkpoint with the lowest validation loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.unit.training.conftest import NAMES, make_spec, read_events, tiny_conversations, write_jsonl
+from tuneserve.training.early_stopping import Keeper, holdout_split
+from tuneserve.training.spec import MIN_HOLDOUT
+
+
+def test_holdout_is_a_tenth_drawn_the_same_for_every_seed(tmp_path):
+    records = list(range(91))
+    train, held = holdout_split(records, make_spec(tmp_path / "t.jsonl", seed=1))
+    assert len(held) == 9 and sorted(train + held) == records
+    assert holdout_split(records, make_spec(tmp_path / "t.jsonl", seed=2))[1] == held
+
+
+def test_holdout_has_a_floor_and_stays_out_of_the_way(tmp_path):
+    spec = make_spec(tmp_path / "t.jsonl")
+    assert len(holdout_split(list(range(25)), spec)[1]) == MIN_HOLDOUT  # 10% would be 2
+    assert holdout_split(list(range(19)), spec) == (list(range(19)), [])  # too small to spare any
+    given = make_spec(tmp_path / "t.jsonl", validation_file=str(tmp_path / "v.jsonl"))
+    assert holdout_split(list(range(91)), given)[1] == []
+    assert holdout_split(list(range(91)), make_spec(tmp_path / "t.jsonl", validation_split=0))[1] == []
+
+
+def test_keeper_keeps_the_lowest_and_stops_when_patience_is_spent():
+    keeper = Keeper(patience=2)
+    verdicts = [keeper.update(loss, step, epoch) for step, epoch, loss in [(4, 1, 3.0), (8, 2, 2.0), (12, 3, 2.5), (16, 4, 2.1)]]
+    assert verdicts == ["improved", "improved", "wait", "stop"]
+    assert (keeper.best.step, keeper.best.epoch, keeper.best.loss, keeper.best.evals_since) == (8, 2, 2.0, 2)
+    assert "epoch 2 (step 8)" in keeper.explain(16, 4, stopped_early=True)
+    assert Keeper(patience=0).active is False
+
+
+# The validation losses the run is told it has, one per validation: lowest at the 3rd, then worse twice.
+SCRIPTED_LOSSES = [3.0, 2.5, 2.0, 2.2, 2.4, 1.0, 0.5]
+
+
+@pytest.fixture(scope="module")
+def scripted_run(tmp_path_factory) -> dict:
+    """A real run of the tiny model whose periodic validation losses are scripted (the logic under test is
+    what the loop does with them; a random 2-layer model's real losses wander by noise), while the end's full
+    validation pass is real, and every real periodic loss is recorded too."""
+    from tuneserve.training.recipes.sft import SupervisedTask
+    from tuneserve.training.run import train as run_training
+
+    root = tmp_path_factory.mktemp("es")
+    train = write_jsonl(root / "train.jsonl", tiny_conversations())
+    valid = write_jsonl(root / "valid.jsonl", tiny_conversations()[:4])
+    real_evaluate, real_losses = SupervisedTask.evaluate, []
+
+    def evaluate(self, forward, items, prefix):
+        metrics = real_evaluate(self, forward, items, prefix)
+        if prefix == "valid":
+            real_losses.append(metrics["valid_loss"])
+            metrics["valid_loss"] = SCRIPTED_LOSSES[len(real_losses) - 1]
+        return metrics
+
+    job_dir = root / "job"
+    spec = make_spec(
+        train,
+        validation_file=str(valid),
+        max_seq_length=64,
+        n_evals=6,
+        early_stopping_patience=2,
+        hyperparameters={"n_epochs": 6},
+    )
+    spec.write(job_dir)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SupervisedTask, "evaluate", evaluate)
+        result = run_training(spec, job_dir)
+    return {"job_dir": job_dir, "result": result, "events": read_events(job_dir), "real_losses": real_losses}
+
+
+def test_the_result_is_the_checkpoint_with_the_lowest_validation_loss(scripted_run):
+    events, job_dir, result = scripted_run["events"], scripted_run["job_dir"], scripted_run["result"]
+    valid = [(e["step"], e["epoch"]) for e in events if e["type"] == "metrics" and "valid_loss" in e]
+    # 6 epochs x 4 steps, a validation (and so a checkpoint) each epoch; the 3rd is the best, and patience 2
+    # stops the run after the 5th: the 6th, which would have been better, never runs.
+    assert valid == [(4, 1), (8, 2), (12, 3), (16, 4), (20, 5)]
+    kept = result["kept_checkpoint"]
+    assert (kept["step"], kept["epoch"], kept["valid_loss"], kept["stopped_early"]) == (12, 3, 2.0, True)
+    assert max(e["step"] for e in events if e["type"] == "metrics") == 20
+    final = load_file(job_dir / "final" / "adapter_model.safetensors")
+    best = load_file(job_dir / "checkpoints" / "step-12" / "adapter_model.safetensors")
+    last = load_file(job_dir / "checkpoints" / "step-20" / "adapter_model.safetensors")
+    assert final.keys() == best.keys() and all((final[k] == best[k]).all() for k in final)
+    assert any((final[k] != last[k]).any() for k in final)
+    # The full validation pass scores the kept weights, not the last ones: it repeats the 3rd real loss.
+    full = next(e for e in events if e["type"] == "metrics" and "full_valid_loss" in e)
+    assert full["step"] == 12 and full["full_valid_loss"] == pytest.approx(scripted_run["real_losses"][2], rel=1e-5)
+    assert full["full_valid_loss"] != pytest.approx(scripted_run["real_losses"][4], rel=1e-5)
+    messages = [e["message"] for e in events if e["type"] == "message"]
+    assert any(m.startswith("Stopping early at step 20 of 24: 2 validation(s) in a row") for m in messages)
+    assert any(m.startswith("Kept the checkpoint of epoch 3 (step 12), the lowest validation loss 2.0000") for m in messages)
+
+
+def test_without_validation_data_auto_holds_out_a_split(tmp_path):
+    from tuneserve.training.run import train as run_training
+
+    conversations = [
+        [{"role": "user", "content": f"Who is {n}{i}?"}, {"role": "assistant", "content": f"{n}{i} is a friend of Nova."}]
+        for i in range(2)
+        for n in NAMES
+    ]
+    spec = make_spec(
+        write_jsonl(tmp_path / "train.jsonl", conversations),
+        max_seq_length=64,
+        early_stopping_patience=2,
+        hyperparameters={"n_epochs": 2},
+    )
+    spec.write(tmp_path / "job")
+    result = run_training(spec, tmp_path / "job")
+    events = read_events(tmp_path / "job")
+    messages = [e["message"] for e in events if e["type"] == "message"]
+    assert any(m.startswith("Held out 4 of 32 training examples") for m in messages)
+    assert any("Training on 28 examples (4 validation)" in m for m in messages)
+    assert sum(1 for e in events if e["type"] == "metrics" and "valid_loss" in e) == 2  # once per epoch
+    assert result["kept_checkpoint"]["epoch"] in (1, 2)
+    assert json.loads(Path(tmp_path / "job" / "spec.json").read_text())["validation_split"] == 0.1
