@@ -48,6 +48,7 @@ def test_a_job_created_through_the_form_trains_and_its_page_follows_it(console, 
     page.fill("#job-lora-r", "4")
     page.select_option("#job-lr_scheduler_type", "constant")
     page.fill("#job-metadata", "origin=console")
+    page.fill("#job-early_stopping_patience", "3")
     expected = {
         "model": TINY,
         "training_file": file.id,
@@ -57,6 +58,7 @@ def test_a_job_created_through_the_form_trains_and_its_page_follows_it(console, 
         "lora": {"r": 4},
         "lr_scheduler_type": "constant",
         "metadata": {"origin": "console"},
+        "early_stopping_patience": 3,
     }
     page.click("summary:has-text('Request body')")
     assert json.loads(page.inner_text("#job-request-preview")) == expected
@@ -127,6 +129,10 @@ def test_a_job_created_through_the_form_trains_and_its_page_follows_it(console, 
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job_id).data
     assert len(checkpoints) >= 1
     expect(page.locator("#ckpt-h ~ div tbody tr")).to_have_count(len(checkpoints))
+    # The checkpoint that is the fine-tuned model, and why: the job says, the page shows it and marks its row.
+    assert job.kept_checkpoint["step"] in {c.step_number for c in checkpoints}
+    expect(page.locator("#kept-checkpoint")).to_have_text(job.kept_checkpoint["reason"])
+    expect(page.locator(f'#ckpt-h ~ div tbody tr.kept[data-step="{job.kept_checkpoint["step"]}"] .badge')).to_have_text("kept")
     expect(page.locator(".events")).to_contain_text("The job has successfully completed")
     expect(page.locator("text=Download adapter")).to_be_visible()
     page.screenshot(path=artifacts / "job-succeeded-1280.png", full_page=True)
@@ -138,7 +144,11 @@ def test_pause_resume_and_cancel_from_the_job_page(console, ui_server, artifacts
     data = chat_jsonl(40)
     long_file = client.files.create(file=("long.jsonl", data), purpose="fine-tune")
     long_job = client.fine_tuning.jobs.create(
-        model=TINY, training_file=long_file.id, suffix="long", hyperparameters={"n_epochs": 50, "batch_size": 1}
+        model=TINY,
+        training_file=long_file.id,
+        suffix="long",
+        hyperparameters={"n_epochs": 50, "batch_size": 1},
+        extra_body={"early_stopping_patience": 0},  # all 50 epochs: it must not stop early
     )
     waiting = client.fine_tuning.jobs.create(model=TINY, training_file=long_file.id, suffix="waiting")
     page = console.page

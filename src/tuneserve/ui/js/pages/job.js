@@ -208,6 +208,7 @@ export async function render(root, route) {
         ['Training file', h('a', {href: `#/files/${job.training_file}`}, job.training_file)],
         ['Validation file', job.validation_file ? h('a', {href: `#/files/${job.validation_file}`}, job.validation_file) : 'none'],
         ['Trained tokens', fmtNum(job.trained_tokens)],
+        ['Kept checkpoint', job.kept_checkpoint ? h('span', {id: 'kept-checkpoint'}, job.kept_checkpoint.reason) : null],
         ['Seed', job.seed],
         ['Suffix', job.suffix],
         ['Created', fmtTime(job.created_at)],
@@ -223,8 +224,9 @@ export async function render(root, route) {
     if (!list.length) { clear(checkpointsBox, h('p', {class: 'muted'}, TERMINAL.has(job?.status) ? 'This job saved no checkpoints.' : 'No checkpoints yet.')); return; }
     clear(checkpointsBox, table(['Step', 'Model', 'Train loss', 'Valid loss', 'Train acc.', 'Valid acc.', ''], list.map((c) => {
       const m = c.metrics || {};
-      return h('tr', {'data-step': c.step_number},
-        h('td', {class: 'num'}, c.step_number),
+      const kept = job && job.kept_checkpoint && job.kept_checkpoint.step === c.step_number;
+      return h('tr', {'data-step': c.step_number, class: kept ? 'kept' : null, title: kept ? 'The fine-tuned model is this checkpoint' : null},
+        h('td', {class: 'num'}, c.step_number, kept ? h('span', {class: 'badge'}, 'kept') : null),
         h('td', {}, h('code', {class: 'small nowrap'}, c.fine_tuned_model_checkpoint)),
         h('td', {class: 'num'}, fmtNum(m.train_loss)), h('td', {class: 'num'}, fmtNum(m.valid_loss ?? m.full_valid_loss)),
         h('td', {class: 'num'}, fmtNum(m.train_mean_token_accuracy)), h('td', {class: 'num'}, fmtNum(m.valid_mean_token_accuracy ?? m.full_valid_mean_token_accuracy)),

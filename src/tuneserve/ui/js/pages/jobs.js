@@ -87,6 +87,9 @@ const GROUPS = [
     {path: 'train_on_inputs', label: 'Train on inputs', options: [['', 'default (auto)'], ['auto', 'auto'], ['true', 'yes'], ['false', 'no']]},
     {path: 'n_checkpoints', label: 'Checkpoints (n_checkpoints)', type: NUM, min: 1, step: 1, placeholder: 'default'},
     {path: 'n_evals', label: 'Validation runs (n_evals)', type: NUM, min: 0, step: 1, placeholder: 'default'},
+    {path: 'validation_split', label: 'Held-out share without a validation file', type: NUM, min: 0, max: 0.5, step: 'any', placeholder: 'default (0.1)'},
+    {path: 'early_stopping_patience', label: 'Early-stopping patience (validations; 0: keep the last)', type: NUM, min: 0, step: 1, placeholder: 'default (2)'},
+    {path: 'neftune_noise_alpha', label: 'NEFTune noise alpha', type: NUM, min: 0, step: 'any', placeholder: 'default (off)'},
     {path: 'auto_evaluate', label: 'Evaluate against the base model when done (needs a validation file)', bool: true},
   ]},
   {legend: 'Performance', fields: [
