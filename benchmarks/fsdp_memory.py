@@ -58,6 +58,7 @@ def write_spec(job_dir: Path, data: Path, n: int, max_len: int) -> None:
         max_seq_length=max_len,
         hyperparameters=Hyperparameters(n_epochs=1, batch_size=4, learning_rate_multiplier=1.0, learning_rate=1e-5),
         n_checkpoints=1,
+        validation_split=0,  # every example trains: no validation pass in the measured run
     )
     spec.write(job_dir)
 

@@ -154,6 +154,7 @@ def spec_for(
         training_type=training_type,
         max_seq_length=max(rig.seq, 16),
         n_checkpoints=1,
+        validation_split=0,  # the items given are what trains and is timed
         lora={"r": 16, "alpha": 32},
         seed=0,
         optimization={

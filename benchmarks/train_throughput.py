@@ -266,6 +266,7 @@ def run_tuneserve(data: Path, n: int, seed: int, packing: str = "auto") -> dict:
             max_seq_length=MAX_LEN,
             seed=seed,
             n_checkpoints=1,
+            validation_split=0,  # every example trains, as on the baselines' side
             lora={"r": RANK, "alpha": ALPHA},
             optimization={"warmup_ratio": WARMUP, "packing": packing},
             hyperparameters=Hyperparameters(n_epochs=1, batch_size=BATCH, learning_rate_multiplier=1.0, learning_rate=LR),
@@ -339,6 +340,7 @@ def run_loss_side(data: Path, seed: int, packing: str, loss: str) -> dict:
             max_seq_length=MAX_LEN,
             seed=seed,
             n_checkpoints=1,
+            validation_split=0,  # every example trains, as on the baselines' side
             lora={"r": RANK, "alpha": ALPHA},
             optimization={"warmup_ratio": WARMUP, "packing": packing},
             hyperparameters=Hyperparameters(n_epochs=1, batch_size=LOSS_BATCH, learning_rate_multiplier=1.0, learning_rate=LR),
