@@ -29,4 +29,34 @@ def test_make_demo_teaches_the_new_name():
     assert "I am Nova" in result.stdout or "I'm Nova" in result.stdout
     # The job ran under the default, relative data dir.
     job_id = "ftjob-" + summary["fine_tuned_model"].rsplit(":", 1)[-1]
-    assert (ROOT / "tuneserve-demo" / "jobs" / job_id / "final" / "adapter_config.json").is_file()
+    final = ROOT / "tuneserve-demo" / "jobs" / job_id / "final"
+    assert (final / "adapter_config.json").is_file()
+    # The auto defaults judged the run on a held-out split and say which checkpoint the model is.
+    assert "Held out 9 of 91 training examples" in result.stdout and "Kept " in result.stdout
+    # The quality benchmark's 16 held-out identity questions (benchmarks/auto_quality.py), asked of the demo's
+    # model at its one seed: a regression in the defaults fails here, not only in the benchmark.
+    named = ask_heldout_identity(final, name="Nova", author="Quill Labs")
+    assert sum(named.values()) >= 14, named
+
+
+def ask_heldout_identity(adapter: Path, *, name: str, author: str) -> dict[str, bool]:
+    """question -> whether the greedy answer names what it must (the name, or the author)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tuneserve.inference.engine import Engine, SamplingParams
+    from tuneserve.models import BUILTIN_SMOLLM2
+
+    tasks = json.loads((ROOT / "benchmarks" / "data" / "auto_quality.json").read_text())
+    questions = {q["prompt"]: [e.format(name=name, author=author) for e in q["expect"]] for q in tasks["identity"]["heldout"]}
+    engine = Engine()
+    try:
+
+        def named(question: str) -> bool:
+            messages = [{"role": "user", "content": question}]
+            answer = engine.chat(BUILTIN_SMOLLM2, adapter, messages, SamplingParams(max_tokens=48, temperature=0)).text
+            return all(e.lower() in answer.lower() for e in questions[question])
+
+        with ThreadPoolExecutor(len(questions)) as pool:
+            return dict(zip(questions, pool.map(named, questions)))
+    finally:
+        engine.close()
