@@ -124,3 +124,37 @@ def test_without_validation_data_auto_holds_out_a_split(tmp_path):
     assert sum(1 for e in events if e["type"] == "metrics" and "valid_loss" in e) == 2  # once per epoch
     assert result["kept_checkpoint"]["epoch"] in (1, 2)
     assert json.loads(Path(tmp_path / "job" / "spec.json").read_text())["validation_split"] == 0.1
+
+
+def test_a_paused_run_resumes_with_its_best_and_its_patience_so_far(tmp_path):
+    """Paused after the 4th validation (one without improvement), the resumed run still stops after the 5th and
+    keeps the 3rd: the best validation and the count since it are in the checkpoint."""
+    from tuneserve.training.recipes.sft import SupervisedTask
+    from tuneserve.training.run import train as run_training
+
+    train = write_jsonl(tmp_path / "train.jsonl", tiny_conversations())
+    valid = write_jsonl(tmp_path / "valid.jsonl", tiny_conversations()[:4])
+    real_evaluate, calls = SupervisedTask.evaluate, []
+
+    def evaluate(self, forward, items, prefix):
+        metrics = real_evaluate(self, forward, items, prefix)
+        if prefix == "valid":
+            calls.append(prefix)
+            metrics["valid_loss"] = SCRIPTED_LOSSES[len(calls) - 1]
+        return metrics
+
+    spec = make_spec(
+        train, validation_file=str(valid), max_seq_length=64, early_stopping_patience=2, hyperparameters={"n_epochs": 6}
+    )
+    job_dir = tmp_path / "job"
+    spec.write(job_dir)
+    steps = iter(range(1, 100))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SupervisedTask, "evaluate", evaluate)
+        assert run_training(spec, job_dir, stop_requested=lambda: next(steps) == 16)["type"] == "stopped"
+        result = run_training(spec, job_dir)
+    assert len(calls) == 5  # 4 before the pause, 1 after: patience spent at step 20
+    assert (result["kept_checkpoint"]["step"], result["kept_checkpoint"]["stopped_early"]) == (12, True)
+    final = load_file(job_dir / "final" / "adapter_model.safetensors")
+    best = load_file(job_dir / "checkpoints" / "step-12" / "adapter_model.safetensors")
+    assert all((final[k] == best[k]).all() for k in final)
