@@ -239,15 +239,15 @@ def test_a_training_process_killed_mid_step_fails_the_job_saying_so(client, trai
     assert [m.id for m in client.models.list().data if m.id == TINY] == [TINY]  # the server is healthy
 
 
-def test_without_a_validation_file_auto_holds_out_a_split_and_serves_the_best_checkpoint(client, server):
-    """All "auto": a tenth of the file is held out, validated on every epoch, and the checkpoint with the lowest
+def test_a_split_held_out_of_the_training_file_picks_the_served_checkpoint(client, server):
+    """Asked for: a tenth of the file is held out, validated on every epoch, and the checkpoint with the lowest
     validation loss is the fine-tuned model the server answers with (the job says which, and why)."""
     data = client.files.create(file=("split.jsonl", chat_jsonl(24)), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
         model=TINY,
         training_file=data.id,
         hyperparameters={"n_epochs": 3, "batch_size": 4},
-        extra_body={"early_stopping_patience": 1},
+        extra_body={"validation_split": 0.1, "early_stopping_patience": 1},
     )
     job = wait_for_status(client, job.id, {"succeeded", "failed"}, timeout_s=240)
     assert job.status == "succeeded", job.error

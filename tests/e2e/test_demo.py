@@ -31,8 +31,6 @@ def test_make_demo_teaches_the_new_name():
     job_id = "ftjob-" + summary["fine_tuned_model"].rsplit(":", 1)[-1]
     final = ROOT / "tuneserve-demo" / "jobs" / job_id / "final"
     assert (final / "adapter_config.json").is_file()
-    # The auto defaults judged the run on a held-out split and say which checkpoint the model is.
-    assert "Held out 9 of 91 training examples" in result.stdout and "Kept " in result.stdout
     # The quality benchmark's 16 held-out identity questions (benchmarks/auto_quality.py), asked of the demo's
     # model at its one seed: a regression in the defaults fails here, not only in the benchmark.
     named = ask_heldout_identity(final, name="Nova", author="Quill Labs")

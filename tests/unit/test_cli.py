@@ -45,8 +45,8 @@ def test_train_spec_without_server(tmp_path, tiny_model_ready, spec_name):
 
 @pytest.mark.training
 def test_train_holds_out_a_split_and_says_which_checkpoint_it_kept(tmp_path, tiny_model_ready):
-    """With no validation file, the CLI's run judges itself as the server's does: the terminal says what it held
-    out and which checkpoint the result is; the result line carries it too."""
+    """With no validation file and a split asked for in the spec, the CLI's run judges itself as the server's does:
+    the terminal says what it held out and which checkpoint the result is; the result line carries it too."""
     (tmp_path / "data.jsonl").write_text(
         "".join(
             json.dumps({"messages": [{"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": "Hello there."}]})
@@ -56,13 +56,15 @@ def test_train_holds_out_a_split_and_says_which_checkpoint_it_kept(tmp_path, tin
     )
     (tmp_path / "spec.yaml").write_text(
         "model: tuneserve/tiny-random\ntraining_file: data.jsonl\nhyperparameters: {n_epochs: 2, batch_size: 4}\n"
+        "validation_split: 0.1\nearly_stopping_patience: 2\n"
     )
     result = run("train", "spec.yaml", "--output-dir", "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     kept = json.loads(result.stdout.strip().splitlines()[-1])["kept_checkpoint"]
     assert kept["step"] in (7, 14) and kept["epoch"] in (1, 2)  # 26 examples, batch 4: 7 steps an epoch
     words = " ".join(result.stderr.split())  # rich wraps long lines at the terminal's width
-    assert "Held out 4 of 30 training examples" in words  # 10% is 3; the floor is 4 and " ".join(kept["reason"].split()) in words
+    assert "Held out 4 of 30 training examples" in words  # 10% is 3; the floor is 4
+    assert " ".join(kept["reason"].split()) in words
     final = (tmp_path / "out" / "final" / "adapter_model.safetensors").read_bytes()
     assert final == (tmp_path / "out" / "checkpoints" / f"step-{kept['step']}" / "adapter_model.safetensors").read_bytes()
 

@@ -100,13 +100,13 @@ class JobRequest(BaseModel):
     )
     validation_split: float | None = Field(
         None,
-        description="With no validation_file: the share of training examples held out to validate on (default 0.1, "
-        "a fixed draw; none from sets under 20 examples); 0 turns it off.",
+        description="With no validation_file: the share of training examples held out to validate on, e.g. 0.1 (a fixed "
+        "draw; none from sets under 20 examples); default 0: none.",
     )
     early_stopping_patience: int | None = Field(
         None,
-        description="Stop after this many validations without a lower validation loss; the fine-tuned model is then the "
-        "checkpoint with the lowest (default 2; 0: train every epoch, keep the last).",
+        description="With validation data: stop after this many validations without a lower validation loss; the "
+        "fine-tuned model is then the checkpoint with the lowest, e.g. 2 (default 0: train every epoch, keep the last).",
     )
     neftune_noise_alpha: float | None = Field(None, description="NEFTune noise on the input embeddings (default 0: off).")
 

@@ -118,19 +118,21 @@ class TrainingSpec(Frozen):
     num_workers: int = Field(1, ge=1, le=1024, description="Data-parallel workers (OPEA's name).")
     resources_per_worker: dict[str, float] = Field(default_factory=dict, description="e.g. {'CPU': 2, 'GPU': 1} (OPEA's name).")
     auto_evaluate: bool = Field(False, description="Evaluate the result against its base on the validation file when done.")
+    # Both off by default: measured by benchmarks/auto_quality.py, a 10% split with early stopping on validation loss
+    # kept identity at 16/16 for 27% fewer steps, but lost on sentence-to-JSON (mean 7.3 vs 9.7 of 16) and on facts.
     validation_split: float = Field(
-        0.1,
+        0.0,
         ge=0,
         le=0.5,
         description="With no validation_file: the share of training examples held out to judge the run (a fixed draw, "
-        f"at least {MIN_HOLDOUT} examples, none from sets under {MIN_EXAMPLES_TO_SPLIT}); 0 turns it off.",
+        f"at least {MIN_HOLDOUT} examples, none from sets under {MIN_EXAMPLES_TO_SPLIT}), e.g. 0.1; 0 (default): none.",
     )
     early_stopping_patience: int = Field(
-        2,
+        0,
         ge=0,
         le=1000,
-        description="Stop after this many validations without a lower validation loss; the result is the checkpoint "
-        "with the lowest. 0: train every epoch and keep the last.",
+        description="With validation data: stop after this many validations without a lower validation loss, and the "
+        "result is the checkpoint with the lowest, e.g. 2. 0 (default): train every epoch and keep the last.",
     )
     neftune_noise_alpha: float = Field(
         0.0, ge=0, le=100, description="NEFTune: uniform noise of this scale on the input embeddings while training."

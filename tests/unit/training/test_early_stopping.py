@@ -15,18 +15,18 @@ from tuneserve.training.spec import MIN_HOLDOUT
 
 def test_holdout_is_a_tenth_drawn_the_same_for_every_seed(tmp_path):
     records = list(range(91))
-    train, held = holdout_split(records, make_spec(tmp_path / "t.jsonl", seed=1))
+    train, held = holdout_split(records, make_spec(tmp_path / "t.jsonl", seed=1, validation_split=0.1))
     assert len(held) == 9 and sorted(train + held) == records
-    assert holdout_split(records, make_spec(tmp_path / "t.jsonl", seed=2))[1] == held
+    assert holdout_split(records, make_spec(tmp_path / "t.jsonl", seed=2, validation_split=0.1))[1] == held
 
 
 def test_holdout_has_a_floor_and_stays_out_of_the_way(tmp_path):
-    spec = make_spec(tmp_path / "t.jsonl")
+    spec = make_spec(tmp_path / "t.jsonl", validation_split=0.1)
     assert len(holdout_split(list(range(25)), spec)[1]) == MIN_HOLDOUT  # 10% would be 2
     assert holdout_split(list(range(19)), spec) == (list(range(19)), [])  # too small to spare any
-    given = make_spec(tmp_path / "t.jsonl", validation_file=str(tmp_path / "v.jsonl"))
+    given = make_spec(tmp_path / "t.jsonl", validation_file=str(tmp_path / "v.jsonl"), validation_split=0.1)
     assert holdout_split(list(range(91)), given)[1] == []
-    assert holdout_split(list(range(91)), make_spec(tmp_path / "t.jsonl", validation_split=0))[1] == []
+    assert holdout_split(list(range(91)), make_spec(tmp_path / "t.jsonl"))[1] == []  # the default: none
 
 
 def test_keeper_keeps_the_lowest_and_stops_when_patience_is_spent():
@@ -101,7 +101,7 @@ def test_the_result_is_the_checkpoint_with_the_lowest_validation_loss(scripted_r
     assert any(m.startswith("Kept the checkpoint of epoch 3 (step 12), the lowest validation loss 2.0000") for m in messages)
 
 
-def test_without_validation_data_auto_holds_out_a_split(tmp_path):
+def test_without_validation_data_a_split_is_held_out_when_asked(tmp_path):
     from tuneserve.training.run import train as run_training
 
     conversations = [
@@ -112,6 +112,7 @@ def test_without_validation_data_auto_holds_out_a_split(tmp_path):
     spec = make_spec(
         write_jsonl(tmp_path / "train.jsonl", conversations),
         max_seq_length=64,
+        validation_split=0.1,
         early_stopping_patience=2,
         hyperparameters={"n_epochs": 2},
     )
