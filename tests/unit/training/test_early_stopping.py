@@ -42,6 +42,23 @@ def test_keeper_keeps_the_lowest_and_stops_when_patience_is_spent():
 SCRIPTED_LOSSES = [3.0, 2.5, 2.0, 2.2, 2.4, 1.0, 0.5]
 
 
+def scripted_evaluate(real_losses: list[float]):
+    """SupervisedTask.evaluate with the periodic validation losses taken from SCRIPTED_LOSSES in turn (each real
+    one is appended to `real_losses`); the end's full validation pass stays real."""
+    from tuneserve.training.recipes.sft import SupervisedTask
+
+    real_evaluate = SupervisedTask.evaluate
+
+    def evaluate(self, forward, items, prefix):
+        metrics = real_evaluate(self, forward, items, prefix)
+        if prefix == "valid":
+            real_losses.append(metrics["valid_loss"])
+            metrics["valid_loss"] = SCRIPTED_LOSSES[len(real_losses) - 1]
+        return metrics
+
+    return evaluate
+
+
 @pytest.fixture(scope="module")
 def scripted_run(tmp_path_factory) -> dict:
     """A real run of the tiny model whose periodic validation losses are scripted (the logic under test is
@@ -53,14 +70,8 @@ def scripted_run(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("es")
     train = write_jsonl(root / "train.jsonl", tiny_conversations())
     valid = write_jsonl(root / "valid.jsonl", tiny_conversations()[:4])
-    real_evaluate, real_losses = SupervisedTask.evaluate, []
-
-    def evaluate(self, forward, items, prefix):
-        metrics = real_evaluate(self, forward, items, prefix)
-        if prefix == "valid":
-            real_losses.append(metrics["valid_loss"])
-            metrics["valid_loss"] = SCRIPTED_LOSSES[len(real_losses) - 1]
-        return metrics
+    real_losses: list[float] = []
+    evaluate = scripted_evaluate(real_losses)
 
     job_dir = root / "job"
     spec = make_spec(
@@ -135,14 +146,8 @@ def test_a_paused_run_resumes_with_its_best_and_its_patience_so_far(tmp_path):
 
     train = write_jsonl(tmp_path / "train.jsonl", tiny_conversations())
     valid = write_jsonl(tmp_path / "valid.jsonl", tiny_conversations()[:4])
-    real_evaluate, calls = SupervisedTask.evaluate, []
-
-    def evaluate(self, forward, items, prefix):
-        metrics = real_evaluate(self, forward, items, prefix)
-        if prefix == "valid":
-            calls.append(prefix)
-            metrics["valid_loss"] = SCRIPTED_LOSSES[len(calls) - 1]
-        return metrics
+    calls: list[float] = []
+    evaluate = scripted_evaluate(calls)
 
     spec = make_spec(
         train, validation_file=str(valid), max_seq_length=64, early_stopping_patience=2, hyperparameters={"n_epochs": 6}
