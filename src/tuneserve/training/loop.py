@@ -280,7 +280,8 @@ def train_loop(
 
     # The kept weights (the last, or the best validation's), the whole validation set once on them, the final artifact.
     result: dict[str, Any] = {"type": "result"}
-    kept = _kept_checkpoint(keeper, state, job_dir)
+    last_epoch = state.epoch if state.step_in_epoch else state.epoch - 1  # the last one trained, whole or not
+    kept = _kept_checkpoint(keeper, state, last_epoch)
     revert = kept is not None and kept["step"] != state.global_step
     if revert and kind != parallel.FSDP:  # DDP's replicas share these parameters
         _load_weights(job_dir / kept["path"], loaded)
@@ -290,7 +291,7 @@ def train_loop(
     weights = parallel.full_model_state(loaded.model, kind)  # a collective under FSDP
     if main:
         if full_valid:
-            epoch = kept["epoch"] if kept else state.epoch - (0 if state.step_in_epoch else 1)
+            epoch = kept["epoch"] if kept else last_epoch
             events.emit(
                 Metrics(step=kept["step"] if kept else state.global_step, total_steps=total_steps, epoch=epoch, **full_valid)
             )
@@ -358,13 +359,12 @@ def _step(
     return loss_total, {k: metric_totals[k] for k in task.metric_names()}, tokens
 
 
-def _kept_checkpoint(keeper: Keeper, state: LoopState, job_dir: Path) -> dict[str, Any] | None:
+def _kept_checkpoint(keeper: Keeper, state: LoopState, last_epoch: int) -> dict[str, Any] | None:
     """Which checkpoint the result is, when the run judged itself by validation loss: its step, epoch,
     loss, job-relative path, and the sentence that says why (None without early stopping)."""
     best = keeper.best
     if not keeper.active or best.loss is None:
         return None
-    last_epoch = state.epoch if state.step_in_epoch else state.epoch - 1
     stopped_early = state.global_step < state.total_steps
     return {
         "step": best.step,
