@@ -50,6 +50,12 @@ def strict(model, raw) -> None:
     model.model_validate(raw.http_response.json())
 
 
+def error_of(raised) -> dict:
+    """The OpenAI-shaped error of a raised SDK error (or of pytest's ExceptionInfo of one)."""
+    body = getattr(raised, "value", raised).body
+    return body["error"] if "error" in body else body
+
+
 def tar_names(data: bytes) -> list[str]:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         return tar.getnames()
@@ -80,7 +86,7 @@ def test_bad_training_data_is_refused_at_upload(tg, tmp_path):
     assert info.value.status_code == 400 and "line 4" in str(info.value)
 
 
-def test_fine_tune_with_together_parameters_then_chat_and_download(tg, tmp_path):
+def test_fine_tune_with_together_parameters_then_chat_download_and_delete(tg, server, tmp_path):
     train = upload(tg, tmp_path, "train.jsonl", chat_jsonl(12))
     valid = upload(tg, tmp_path, "valid.jsonl", chat_jsonl(4))
     job = tg.fine_tuning.create(
@@ -167,12 +173,79 @@ def test_fine_tune_with_together_parameters_then_chat_and_download(tg, tmp_path)
     streamed = list(tg.completions.create(model=model, prompt="The capital of Zorbia is", max_tokens=5, stream=True))
     assert "".join(c.choices[0].text or "" for c in streamed if c.choices) != ""
 
-    # Continue from a checkpoint (JOB_ID:STEP), then cancel it.
-    follow = tg.fine_tuning.create(training_file=train.id, from_checkpoint=f"{job.id}:{step}", n_epochs=1, batch_size=4)
+    # Continue from a checkpoint (JOB_ID:STEP), long enough to be still going when it is cancelled.
+    follow = tg.fine_tuning.create(training_file=train.id, from_checkpoint=f"{job.id}:{step}", n_epochs=30, batch_size=4)
     assert follow.from_checkpoint == f"{job.id}:{step}"
+    # Delete is refused while a job may run, and while a job that may run continues from its model.
+    with pytest.raises(together.ConflictError) as info:
+        tg.fine_tuning.delete(follow.id)
+    assert error_of(info)["code"] == "job_not_deletable"
+    with pytest.raises(together.ConflictError) as info:
+        tg.fine_tuning.delete(job.id)
+    assert error_of(info)["code"] == "job_in_use" and follow.id in error_of(info)["message"]
     raw = tg.fine_tuning.with_raw_response.cancel(follow.id)
     strict(together.types.FineTuningCancelResponse, raw)
     assert raw.parse().status == "cancelled"
+
+    # Once ended, a job is deleted with its events, checkpoints, weights and served models.
+    raw = wait_for(lambda: deleted_or_none(tg, follow.id), 60, f"{follow.id} deletable once its run has stopped", 0.5)
+    strict(together.types.FineTuningDeleteResponse, raw)
+    assert follow.id in raw.parse().message
+    job_dir = server.data_dir / "jobs" / job.id
+    assert (job_dir / "final").is_dir()
+    assert job.id in tg.fine_tuning.delete(job.id).message
+    assert not job_dir.exists() and not (server.data_dir / "jobs" / follow.id).exists()
+    listed = [j.id for j in tg.fine_tuning.list().data]
+    assert job.id not in listed and follow.id not in listed
+    for gone in (lambda: tg.fine_tuning.retrieve(job.id), lambda: tg.fine_tuning.list_events(job.id)):
+        with pytest.raises(together.NotFoundError):
+            gone()
+    for name in (model, intermediate[0].path):  # the final model and a checkpoint's: neither is served now
+        with pytest.raises(together.NotFoundError):
+            tg.chat.completions.create(model=name, messages=messages, max_tokens=4)
+    with pytest.raises(together.NotFoundError):
+        tg.fine_tuning.delete(job.id)
+
+
+def deleted_or_none(tg, job_id: str):
+    """The raw answer of deleting `job_id`, or None while its run is still stopping (a 409 that says so)."""
+    try:
+        return tg.fine_tuning.with_raw_response.delete(job_id)
+    except together.ConflictError as exc:
+        assert error_of(exc)["code"] == "job_still_stopping", exc.body
+        return None
+
+
+def test_preview_tokenizes_the_rows_as_training_does(tg, tmp_path):
+    train = upload(tg, tmp_path, "train.jsonl", chat_jsonl(12))
+    raw = tg.fine_tuning.with_raw_response.preview(model=TINY, training_file=train.id, top_k=2)
+    strict(together.types.FineTunePreviewResponse, raw)
+    preview = raw.parse()
+    assert preview.dataset_format == "conversation" and preview.model == TINY and preview.train_on_inputs is False
+    assert len(preview.rows) == 2 and preview.max_seq_length == 1024
+    row = preview.rows[0]
+    assert row.num_tokens == len(row.input_ids) == len(row.labels) == len(row.tokens) and not row.truncated
+    trained = {i for start, end in row.trained_spans for i in range(start, end)}
+    assert row.num_trained_tokens == len(trained) > 0
+    # Labels are the ids on trained positions, -100 elsewhere: only the answer (and its end of turn) is trained.
+    assert all(label == (row.input_ids[i] if i in trained else -100) for i, label in enumerate(row.labels))
+    from tuneserve.models import load_tokenizer
+
+    tokenizer = load_tokenizer(TINY)
+    answer = tokenizer.decode([row.input_ids[i] for i in sorted(trained)])
+    assert answer.strip() == "The capital of Zorbia is Quillton.<|im_end|>"
+    assert tokenizer.convert_ids_to_tokens(row.input_ids) == row.tokens
+
+    everything = tg.fine_tuning.preview(model=TINY, training_file=train.id, top_k=1, train_on_inputs=True).rows[0]
+    assert everything.labels == everything.input_ids == row.input_ids and everything.trained_spans == [[0, row.num_tokens]]
+
+    pairs = upload(tg, tmp_path, "pairs.jsonl", preference_jsonl(10), check=False)
+    with pytest.raises(together.BadRequestError) as info:
+        tg.fine_tuning.preview(model=TINY, training_file=pairs.id)
+    assert error_of(info)["param"] == "training_file" and "SFT data only" in error_of(info)["message"]
+    with pytest.raises(together.NotFoundError) as info:
+        tg.fine_tuning.preview(model=TINY, training_file="file-nosuchfile")
+    assert error_of(info)["param"] == "training_file"
 
 
 def test_dpo(tg, tmp_path):
@@ -196,7 +269,7 @@ def test_parameter_tuneserve_cannot_honour_is_a_400_naming_it(tg, tmp_path, opti
     train = upload(tg, tmp_path, "train.jsonl", chat_jsonl(12))
     with pytest.raises(together.BadRequestError) as info:
         tg.fine_tuning.create(model=TINY, training_file=train.id, **options)
-    error = info.value.body["error"] if "error" in info.value.body else info.value.body
+    error = error_of(info)
     assert error["param"] == param and "not supported by tuneserve" in error["message"]
 
 

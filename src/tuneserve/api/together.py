@@ -1,6 +1,6 @@
 """Together's fine-tuning API, so that the official `together` SDK runs against tuneserve unmodified:
-/v1/fine-tunes (create, list, retrieve, cancel, events, checkpoints), the model limits and price estimate the SDK
-asks for before each create, /v1/finetune/download, and the upload's extra steps (api/together_files.py).
+/v1/fine-tunes (create, list, retrieve, cancel, delete, events, metrics, checkpoints, preview), the model limits
+and price estimate the SDK asks for before each create, /v1/finetune/download, and the upload's extra steps (api/together_files.py).
 
 Kept apart from the OpenAI routes, as OPEA's are (api/opea.py): the same services, another dialect. Files, chat and
 completions are the OpenAI routes themselves: Together's SDK uses the same paths and parses their answers.
@@ -16,14 +16,19 @@ from fastapi import APIRouter, Query
 from pydantic import BeforeValidator
 
 from tuneserve.api import downloads, together_files
-from tuneserve.api.deps import Files, Jobs, Project
+from tuneserve.api.deps import Files, Jobs, LocalInference, Project, UpstreamServer
 from tuneserve.api.responses import error_responses
+from tuneserve.data.formats import kind_of
+from tuneserve.errors import InvalidRequest
 from tuneserve.api.together_requests import base_model_of, job_request
 from tuneserve.api.together_schemas import (
     EstimatePriceBody,
     FullLimits,
+    JobDeleted,
     LoraLimits,
     ModelLimits,
+    Preview,
+    PreviewBody,
     PriceEstimate,
     TogetherCheckpoint,
     TogetherCheckpointList,
@@ -36,6 +41,7 @@ from tuneserve.api.together_schemas import (
     iso,
 )
 from tuneserve.jobs.names import fine_tuned_model_name
+from tuneserve.models import check_model
 from tuneserve.jobs.service import JobService
 from tuneserve.training.spec import MAX_BATCH_SIZE, MAX_EPOCHS, LoraSpec, TrainingSpec
 
@@ -117,6 +123,50 @@ def estimate_price(files: Files, project: Project, body: EstimatePriceBody):
     return PriceEstimate()
 
 
+# Together's names for the shapes of SFT data (its preview's dataset_format).
+_DATASET_FORMATS = {
+    "text": "general",
+    "chat": "conversation",
+    "sharegpt": "conversation",
+    "alpaca": "instruction",
+    "prompt_completion": "instruction",
+}
+
+
+@router.post("/v1/fine-tunes/preview", response_model=Preview, responses=error_responses(400, 401, 404))
+def preview_fine_tune(files: Files, project: Project, body: PreviewBody):
+    """The first `top_k` rows of the training file tokenized as training tokenizes them: ids, labels, trained spans.
+    The sequence length is tuneserve's default max_seq_length. Preference files are refused, as Together does."""
+    row, path = files.content_path(project, body.training_file, "training_file")
+    model = check_model(body.model)  # ModelNotFound is a 404 on param "model"
+    if kind_of(row.format) == "preference" or row.format not in _DATASET_FORMATS:
+        raise InvalidRequest(
+            f"{body.training_file} holds {row.format or 'no valid'} data; the preview shows SFT data only "
+            "(conversations, instructions or text)",
+            param="training_file",
+            code="invalid_training_file",
+        )
+    if not path.exists():
+        raise InvalidRequest(
+            f"the content of {body.training_file} is no longer stored", param="training_file", code="file_content_missing"
+        )
+    from tuneserve.data.preview import tokenized_examples  # imports transformers: only when asked
+
+    max_seq_length = TrainingSpec.model_fields["max_seq_length"].default
+    examples = tokenized_examples(path, model, body.top_k, max_seq_length=max_seq_length, train_on_inputs=body.train_on_inputs)
+    rows = [
+        {**e, "num_tokens": len(e["input_ids"]), "num_trained_tokens": sum(end - start for start, end in e["trained_spans"])}
+        for e in examples
+    ]
+    return Preview(
+        dataset_format=_DATASET_FORMATS[row.format],
+        max_seq_length=max_seq_length,
+        model=model,
+        rows=rows,
+        train_on_inputs=body.train_on_inputs,
+    )
+
+
 @router.get("/v1/fine-tunes/{job_id}", response_model=TogetherJob, responses=error_responses(401, 404))
 def retrieve_fine_tune(jobs: Jobs, project: Project, job_id: str):
     """One job."""
@@ -127,6 +177,17 @@ def retrieve_fine_tune(jobs: Jobs, project: Project, job_id: str):
 def cancel_fine_tune(jobs: Jobs, project: Project, job_id: str):
     """Cancel a job; a running job's process is stopped within seconds."""
     return TogetherJob.of(jobs.cancel(project, job_id))
+
+
+@router.delete("/v1/fine-tunes/{job_id}", response_model=JobDeleted, responses=error_responses(401, 404, 409))
+def delete_fine_tune(jobs: Jobs, engine: LocalInference, upstream: UpstreamServer, project: Project, job_id: str):
+    """Delete an ended job with its events, checkpoints and weights; its models leave serving. A job that may still
+    run is a 409: cancel it first."""
+    for name, directory in jobs.delete(project, job_id):
+        if upstream is not None:
+            upstream.unregister_adapter(name)
+        engine.unload_adapter(directory)
+    return JobDeleted(message=f"Fine-tune job {job_id} deleted, with its events, checkpoints and models")
 
 
 @router.get("/v1/fine-tunes/{job_id}/events", response_model=TogetherEventList, responses=error_responses(401, 404))

@@ -121,6 +121,16 @@ class EstimatePriceBody(BaseModel):
     validation_file: str | None = None
 
 
+class PreviewBody(Strict):
+    """POST /v1/fine-tunes/preview: how the first rows of a training file are tokenized (SFT only, as Together)."""
+
+    model: str = Field(min_length=1, description="the base model whose tokenizer and chat template are used")
+    training_file: str = Field(min_length=1)
+    top_k: int = Field(5, ge=1, le=100, description="how many rows, from the start of the file")
+    train_on_inputs: bool = False
+    training_method: Literal["sft"] = "sft"
+
+
 # -- answers --------------------------------------------------------------------------------
 
 
@@ -353,3 +363,25 @@ class PriceEstimate(WireObject):
     estimation_available: Literal[True] = True
     allowed_to_proceed: bool = True
     estimated_total_price: float = Field(0.0, description="always 0: self-hosted")
+
+
+class PreviewRow(BaseModel):
+    input_ids: list[int]
+    labels: list[int] = Field(description="the id trained at each position, -100 where masked")
+    num_tokens: int
+    num_trained_tokens: int
+    tokens: list[str]
+    trained_spans: list[list[int]] = Field(description="half-open [start, end) token ranges that are trained")
+    truncated: bool = Field(description="cut to max_seq_length")
+
+
+class Preview(WireObject):
+    dataset_format: Literal["general", "conversation", "instruction"]
+    max_seq_length: int
+    model: str
+    rows: list[PreviewRow]
+    train_on_inputs: bool
+
+
+class JobDeleted(WireObject):
+    message: str

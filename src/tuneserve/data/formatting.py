@@ -62,6 +62,22 @@ class Formatted:
         """Whether training keeps it: a trained token left, and more than one token (something to predict)."""
         return self.n_trained > 0 and len(self.input_ids) >= 2
 
+    def all_trained(self) -> Formatted:
+        """Every token trained, prompts and template included (`train_on_inputs`)."""
+        return Formatted(self.input_ids, list(self.input_ids))
+
+    def trained_spans(self) -> list[list[int]]:
+        """Half-open [start, end) token ranges that are trained on."""
+        spans: list[list[int]] = []
+        for i, label in enumerate(self.labels):
+            if label == IGNORE_INDEX:
+                continue
+            if spans and spans[-1][1] == i:
+                spans[-1][1] = i + 1
+            else:
+                spans.append([i, i + 1])
+        return spans
+
     def truncated(self, max_seq_length: int) -> Formatted:
         """The first `max_seq_length` tokens (training keeps the head); the same object when it fits."""
         if len(self.input_ids) <= max_seq_length:

@@ -1,5 +1,6 @@
 """Previewing training examples as the model sees them: rendered by its chat template, with the
-trained tokens marked (`tuneserve data preview FILE --model M [-n 3]`, GET /v1/files/{id}/preview).
+trained tokens marked (`tuneserve data preview FILE --model M [-n 3]`, GET /v1/files/{id}/preview), or as
+the token ids themselves (Together's POST /v1/fine-tunes/preview).
 
 Owns: cutting the first n formatted examples into segments of trained / context tokens, and
 printing them with rich. Does not own: rendering or masking (data/formatting.py does it; the
@@ -36,6 +37,31 @@ def preview_examples(path: Path, model: str, n: int = 3, *, max_seq_length: int 
         raise ValueError("n and max_seq_length must be at least 1")
     tokenizer = load_tokenizer(model)
     return [preview_record(tokenizer, record, max_seq_length) for record in islice(iter_examples(Path(path)), n)]
+
+
+def tokenized_examples(
+    path: Path, model: str, n: int, *, max_seq_length: int, train_on_inputs: bool = False
+) -> list[dict[str, Any]]:
+    """The first `n` examples of `path` as token ids, the way training tokenizes them: for each, "input_ids",
+    "labels" (-100 where not trained), "tokens" (the tokenizer's own token strings), "trained_spans" (half-open
+    [start, end) ranges of trained tokens) and "truncated". Together's preview (POST /v1/fine-tunes/preview)."""
+    tokenizer = load_tokenizer(model)
+    rows = []
+    for record in islice(iter_examples(Path(path)), n):
+        whole = format_record(tokenizer, record, UNLIMITED)
+        formatted = whole.truncated(max_seq_length)
+        if train_on_inputs:
+            formatted = formatted.all_trained()
+        rows.append(
+            {
+                "input_ids": formatted.input_ids,
+                "labels": formatted.labels,
+                "tokens": tokenizer.convert_ids_to_tokens(formatted.input_ids),
+                "trained_spans": formatted.trained_spans(),
+                "truncated": len(whole.input_ids) > len(formatted.input_ids),
+            }
+        )
+    return rows
 
 
 def preview_record(tokenizer: Any, record: Record, max_seq_length: int) -> dict[str, Any]:

@@ -224,9 +224,10 @@ class Scheduler:
             self.runner.stop(handle, grace_s=PAUSE_GRACE_S if paused else 5.0, pause=paused)
             ingest(self.sessions, job_id, handle.job_dir, self.worker_id)  # the pause checkpoint
             self.running.pop(job_id, None)
-            if paused:  # a resumed job must be free for any worker to claim
-                with self.sessions.begin() as session:
-                    session.execute(update(Job).where(Job.id == job_id, leases.held_by(self.worker_id)).values(**leases.RELEASED))
+            # Let go: a resumed job must be free for any worker to claim, and a cancelled one is deletable once
+            # no process of its own is left (runner_pid cleared).
+            with self.sessions.begin() as session:
+                session.execute(update(Job).where(Job.id == job_id, leases.held_by(self.worker_id)).values(**leases.RELEASED))
             return
         if status == states.QUEUED:  # held while the runner waits for resources (a Ray job PENDING)
             if state.phase == "pending":

@@ -6,11 +6,12 @@ it from there. Every status change writes an event.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuneserve.errors import Conflict, InvalidRequest, NotFound
@@ -243,6 +244,46 @@ class JobService:
             "Fine-tuning job resumed; it continues from its last checkpoint",
             "job_not_resumable",
         )
+
+    def delete(self, project: str, job_id: str) -> list[tuple[str, Path]]:
+        """Delete an ended job: its row, events, checkpoints and directory (weights included). Returns the
+        (model name, directory) of every model it served, final and checkpoints, for the caller to unload.
+
+        Refused (409) while the job may still run, and while a job that has not ended starts from one of its
+        models. Its result files stay in the files API, as any file does until it is deleted."""
+        job = self.get(project, job_id)
+        if job.status not in states.TERMINAL:
+            raise Conflict(
+                f"Job {job_id} is {job.status}; only an ended job can be deleted: cancel it first",
+                param="fine_tuning_job_id",
+                code="job_not_deletable",
+            )
+        if job.runner_pid is not None:  # cancelled a moment ago: the scheduler stops its process within a poll
+            raise Conflict(
+                f"Job {job_id} was cancelled and its run is still stopping; delete it again in a few seconds",
+                param="fine_tuning_job_id",
+                code="job_still_stopping",
+            )
+        directory = self.job_dir(job_id)
+        with self.sessions.begin() as session:
+            for other in session.scalars(select(Job).where(Job.project == project, Job.status.not_in(states.TERMINAL))):
+                start = other.spec.get("init_adapter")
+                if start and Path(start).is_relative_to(directory):
+                    raise Conflict(
+                        f"Job {other.id} ({other.status}) continues from a model of {job_id}; "
+                        f"cancel it or let it end before deleting {job_id}",
+                        param="fine_tuning_job_id",
+                        code="job_in_use",
+                    )
+            served = [
+                (c.fine_tuned_model_checkpoint, Path(c.path))
+                for c in session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id))
+            ]
+            if job.fine_tuned_model and job.model_deleted_at is None:
+                served.append((job.fine_tuned_model, directory / "final"))
+            session.execute(delete(Job).where(Job.id == job_id))  # events and checkpoints go with it (ON DELETE CASCADE)
+        shutil.rmtree(directory, ignore_errors=True)
+        return served
 
     def _move(self, project: str, job_id: str, allowed: set[str] | frozenset[str], target: str, message: str, code: str) -> Job:
         self.get(project, job_id)

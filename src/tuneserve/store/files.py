@@ -124,6 +124,6 @@ class FileService:
             session.get(File, row.seq).deleted = True
         # The bytes stay while a job may still read them; a deleted record is never served again.
 
-    def content_path(self, project: str, file_id: str) -> tuple[File, Path]:
-        row = self.get(project, file_id)
+    def content_path(self, project: str, file_id: str, param: str = "file_id") -> tuple[File, Path]:
+        row = self.get(project, file_id, param)
         return row, self.blobs.path(row.id)

@@ -150,7 +150,7 @@ def load_records(path: str, kind: str) -> list[Record]:
 def format_set(records: list[Record], tokenizer: Any, spec: TrainingSpec, events: EventWriter, kind: str) -> list[Formatted]:
     formatted, dropped = format_examples(tokenizer, records, spec.max_seq_length)
     if spec.train_on_inputs:  # every token of the rendered conversation, prompts and template included
-        formatted = [Formatted(f.input_ids, list(f.input_ids)) for f in formatted]
+        formatted = [f.all_trained() for f in formatted]
     if dropped:
         events.message(
             f"Dropped {dropped} of {len(records)} {kind} examples: no trained token left "
