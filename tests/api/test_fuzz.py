@@ -10,8 +10,9 @@ required and a valid key given.
 The fuzzed server runs with --api-only (on the seeded data dir): the jobs the fuzzer creates are validated and
 queued, paused, resumed and cancelled, but never trained, which would take the 2 cores from the API for minutes.
 
-One documented allowance (FUZZ_CONFIG): five operations that name a file may answer a schema-valid request with
-400, because what the file contains (its lines, format or purpose) is checked, which no JSON schema can say.
+One documented allowance (FUZZ_CONFIG): eight operations that name a file may answer a schema-valid request with
+400, because what the file contains (its lines, format or purpose) is checked, which no JSON schema can say, or
+413 past the server's upload limit (a setting, not in the schema).
 """
 
 from __future__ import annotations
@@ -55,10 +56,13 @@ answer_lengths = {{ values = [1, 4, 16] }}
 # Where a schema-valid request may be a 400 (each as OpenAI answers it): the content or purpose of a file it names.
 # A fine-tune upload's lines are checked at upload (a bad line is a 400 naming it); a job's training file must be a
 # trainable fine-tune file; a preview renders a file's examples; an evaluation's dataset must hold questions and
-# answers (POST /v1/fine-tunes is Together's create). No JSON schema can say what a file contains.
+# answers (POST /v1/fine-tunes is Together's create, and its preview takes SFT files only). Together's multipart
+# upload: the file's announced size against the server's limit (413), and the parts against what was received.
+# No JSON schema can say what a file contains.
 [[operations]]
 include-name = [
-    "POST /v1/files", "POST /v1/fine_tuning/jobs", "POST /v1/fine-tunes", "GET /v1/files/{{file_id}}/preview", "POST /v1/evaluations"
+    "POST /v1/files", "POST /v1/fine_tuning/jobs", "POST /v1/fine-tunes", "GET /v1/files/{{file_id}}/preview", "POST /v1/evaluations",
+    "POST /v1/fine-tunes/preview", "POST /v1/files/multipart/initiate", "POST /v1/files/multipart/complete",
 ]
 [operations.checks.positive_data_acceptance]
 # 302: POST /v1/files with `file_name` and no `file` is the first step of Together's upload (api/together_files.py).

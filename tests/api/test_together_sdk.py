@@ -78,6 +78,43 @@ def test_files_upload_list_retrieve_content_delete(tg, tmp_path):
         tg.files.retrieve(uploaded.id)
 
 
+def test_a_file_past_the_multipart_threshold_goes_up_in_parts(tg, server, tmp_path, monkeypatch):
+    """The SDK's own multipart flow (initiate, a PUT per part, complete), its sizes scaled down: 5 GB to 100 kB
+    for the threshold, 5 MB to 100 kB for the parts (the test server takes files up to 300,000 bytes)."""
+    from together.lib.resources import files as sdk_files
+
+    kb100 = 100 * 1024
+    monkeypatch.setattr(sdk_files, "MULTIPART_THRESHOLD_GB", kb100 / sdk_files.NUM_BYTES_IN_GB)
+    monkeypatch.setattr(sdk_files, "_calculate_parts", lambda size: (kb100, -(-size // kb100)))  # (part size, count)
+    sent = []
+    put_part = sdk_files.MultipartUploadManager._upload_single_part
+
+    def counted(self, part_info, part_data):
+        sent.append(len(part_data))
+        return put_part(self, part_info, part_data)
+
+    monkeypatch.setattr(sdk_files.MultipartUploadManager, "_upload_single_part", counted)
+    data = chat_jsonl(1500)
+    assert 2 * kb100 < len(data) < 300_000  # three parts
+    uploaded = upload(tg, tmp_path, "big.jsonl", data)
+    assert sorted(sent) == sorted([kb100, kb100, len(data) - 2 * kb100])
+    assert uploaded.id.startswith("file-") and uploaded.bytes == len(data) and uploaded.filename == "big.jsonl"
+    assert tg.files.content(uploaded.id).read() == data
+
+    # A bad line fails the completion with the line named; the SDK then aborts, and no part is left behind.
+    bad = data.replace(b"\n", b"\n{not json\n", 1)
+    with pytest.raises(together.APIStatusError) as info:
+        upload(tg, tmp_path, "bad.jsonl", bad, check=False)
+    assert info.value.status_code == 400 and "line 2" in str(info.value)
+    # Past the server's limit, the first request is refused: no part is sent.
+    sent.clear()
+    with pytest.raises(together.APIStatusError) as info:
+        upload(tg, tmp_path, "huge.jsonl", chat_jsonl(2000))
+    assert info.value.status_code == 413 and error_of(info)["param"] == "file_size" and sent == []
+    pending = server.data_dir / "together_uploads"
+    assert not list(pending.glob("*.parts")) and not list(pending.glob("*.json"))
+
+
 def test_bad_training_data_is_refused_at_upload(tg, tmp_path):
     """The PUT runs tuneserve's own check (the SDK's is skipped here): the 400 names the line."""
     bad = chat_jsonl(3) + b'{"messages": [{"role": "user", "content": "no answer"}]}\n'
