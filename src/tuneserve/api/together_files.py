@@ -38,6 +38,7 @@ from tuneserve.api.deps import Files, Project
 from tuneserve.api.limits import TOGETHER_UPLOAD_PREFIX
 from tuneserve.api.responses import error_responses
 from tuneserve.api.together_schemas import TogetherFile
+from tuneserve.atomic import disk_full_is_insufficient_storage
 from tuneserve.errors import InvalidRequest, NotFound, PayloadTooLarge
 from tuneserve.ids import now
 from tuneserve.store.files import FileService
@@ -219,11 +220,18 @@ async def upload_part(request: Request, files: Files, upload_id: str, token: str
         raise InvalidRequest(f"part must be 1 to {record['num_parts']}, not {part}", param="part", code="invalid_part")
     md5 = hashlib.md5(usedforsecurity=False)
     target = _parts_dir(files, upload_id) / f"{part:05d}"
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as out:  # a retried PUT replaces it whole
-        async for chunk in request.stream():
-            md5.update(chunk)
-            out.write(chunk)
-    Path(out.name).replace(target)
+    if not target.parent.is_dir():  # aborted meanwhile
+        raise NotFound(f"No such upload: {upload_id}", param="upload_id", code="upload_not_found")
+    # Written aside, then renamed: a retried PUT replaces the part whole, a failed one leaves nothing.
+    partial = target.with_name(f"{target.name}.{secrets.token_hex(4)}.partial")
+    try:
+        with disk_full_is_insufficient_storage("storing an upload's part"), partial.open("wb") as out:
+            async for chunk in request.stream():
+                md5.update(chunk)
+                out.write(chunk)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
     return Response(status_code=200, headers={"ETag": f'"{md5.hexdigest()}"'})
 
 
