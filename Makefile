@@ -29,7 +29,7 @@ demo: install
 PYTEST_WORKERS ?= 2
 
 test: install lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadscope --durations=15
 
 # The console's JS too: eslint and TypeScript's checker (tsc, no build), pinned in package.json;
 # npm ci runs only when node_modules is older than the pins. The vendored uPlot must be the pinned one.
@@ -46,7 +46,7 @@ lint: install
 
 # The fast tier: unit tests only (no server process, browser, Ray cluster or training loop); under 3 minutes.
 test-fast: install lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup tests/unit -m "not training" --durations=10
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadscope tests/unit -m "not training" --durations=10
 
 serve: install
 	$(BIN)/tuneserve serve

@@ -20,22 +20,30 @@ SAMPLE_DATA = Path(__file__).resolve().parent / "data"
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-# `make test` runs the suite on 2 pytest-xdist workers (`-n 2 --dist loadgroup`): most tests wait on a server or a
-# training process, so one worker leaves a core idle. A file's tests stay on one worker, in their order, so that a
-# module's fixtures (a fine-tune of SmolLM2, a server) are made once. Folders whose tests share one machine-wide
-# thing stay on one worker too: the Ray tests (one local cluster), the console tests (one chromium install, one browser).
-SHARED_BY_FOLDER = ("ray", "ui")
+# `make test` runs the suite on 2 pytest-xdist workers (`-n 2 --dist loadscope`): most tests wait on a server or a
+# training process, so one worker leaves a core idle. The scheduler below keeps a file's tests on one worker, in their
+# order, so that a module's fixtures (a fine-tune of SmolLM2, a server) are made once; and folders whose tests share
+# one machine-wide thing on one worker: the Ray tests (one local cluster), the console tests (one chromium install,
+# one browser). (xdist's own `xdist_group` marks do not work with pytest 9: xdist 3.8 renames `item._nodeid`.)
+SHARED_BY_FOLDER = ("tests/ray/", "tests/ui/")
 # The longest tests go first, so that no worker starts one of them when the other has nothing left to do.
 LONGEST_FIRST = ("tests/e2e/test_demo.py", "tests/e2e/test_gpu_suite.py")
 
 
 def pytest_collection_modifyitems(config, items):
     root = Path(__file__).resolve().parents[1]
-    for item in items:
-        path = Path(item.path).relative_to(root)
-        group = path.parent.name if path.parent.name in SHARED_BY_FOLDER else path.as_posix()
-        item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: Path(item.path).relative_to(root).as_posix() not in LONGEST_FIRST)  # stable
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFileOrSharedFolder(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return next((folder for folder in SHARED_BY_FOLDER if path.startswith(folder)), path)
+
+    return ByFileOrSharedFolder(config, log)
 
 
 def free_port() -> int:
