@@ -43,6 +43,7 @@ def pytest_xdist_make_scheduler(config, log):
             path = nodeid.split("::", 1)[0]
             return next((folder for folder in SHARED_BY_FOLDER if path.startswith(folder)), path)
 
+    config.option.loadscopereorder = False  # keep the collection's order (longest first), not most tests first
     return ByFileOrSharedFolder(config, log)
 
 
