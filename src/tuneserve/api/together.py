@@ -18,8 +18,6 @@ from pydantic import BeforeValidator
 from tuneserve.api import downloads, together_files
 from tuneserve.api.deps import Files, Jobs, LocalInference, Project, UpstreamServer
 from tuneserve.api.responses import error_responses
-from tuneserve.data.formats import kind_of
-from tuneserve.errors import InvalidRequest
 from tuneserve.api.together_requests import base_model_of, job_request
 from tuneserve.api.together_schemas import (
     EstimatePriceBody,
@@ -40,9 +38,10 @@ from tuneserve.api.together_schemas import (
     TogetherMetrics,
     iso,
 )
+from tuneserve.errors import InvalidRequest
 from tuneserve.jobs.names import fine_tuned_model_name
-from tuneserve.models import check_model
 from tuneserve.jobs.service import JobService
+from tuneserve.models import check_model
 from tuneserve.training.spec import MAX_BATCH_SIZE, MAX_EPOCHS, LoraSpec, TrainingSpec
 
 router = APIRouter(tags=["together"])
@@ -139,7 +138,7 @@ def preview_fine_tune(files: Files, project: Project, body: PreviewBody):
     The sequence length is tuneserve's default max_seq_length. Preference files are refused, as Together does."""
     row, path = files.content_path(project, body.training_file, "training_file")
     model = check_model(body.model)  # ModelNotFound is a 404 on param "model"
-    if kind_of(row.format) == "preference" or row.format not in _DATASET_FORMATS:
+    if row.format not in _DATASET_FORMATS:  # preference pairs, or a file that did not pass its check
         raise InvalidRequest(
             f"{body.training_file} holds {row.format or 'no valid'} data; the preview shows SFT data only "
             "(conversations, instructions or text)",
@@ -154,15 +153,11 @@ def preview_fine_tune(files: Files, project: Project, body: PreviewBody):
 
     max_seq_length = TrainingSpec.model_fields["max_seq_length"].default
     examples = tokenized_examples(path, model, body.top_k, max_seq_length=max_seq_length, train_on_inputs=body.train_on_inputs)
-    rows = [
-        {**e, "num_tokens": len(e["input_ids"]), "num_trained_tokens": sum(end - start for start, end in e["trained_spans"])}
-        for e in examples
-    ]
     return Preview(
         dataset_format=_DATASET_FORMATS[row.format],
         max_seq_length=max_seq_length,
         model=model,
-        rows=rows,
+        rows=examples,
         train_on_inputs=body.train_on_inputs,
     )
 

@@ -1,6 +1,7 @@
 """Previewing training examples as the model sees them: rendered by its chat template, with the
 trained tokens marked (`tuneserve data preview FILE --model M [-n 3]`, GET /v1/files/{id}/preview), or as
-the token ids themselves (Together's POST /v1/fine-tunes/preview).
+the token ids themselves (Together's POST /v1/fine-tunes/preview: ids, labels, token strings, trained spans,
+"truncated", "num_tokens", "num_trained_tokens").
 
 Owns: cutting the first n formatted examples into segments of trained / context tokens, and
 printing them with rich. Does not own: rendering or masking (data/formatting.py does it; the
@@ -48,8 +49,7 @@ def tokenized_examples(
     tokenizer = load_tokenizer(model)
     rows = []
     for record in islice(iter_examples(Path(path)), n):
-        whole = format_record(tokenizer, record, UNLIMITED)
-        formatted = whole.truncated(max_seq_length)
+        whole, formatted = _formatted(tokenizer, record, max_seq_length)
         if train_on_inputs:
             formatted = formatted.all_trained()
         rows.append(
@@ -59,15 +59,22 @@ def tokenized_examples(
                 "tokens": tokenizer.convert_ids_to_tokens(formatted.input_ids),
                 "trained_spans": formatted.trained_spans(),
                 "truncated": len(whole.input_ids) > len(formatted.input_ids),
+                "num_tokens": len(formatted.input_ids),
+                "num_trained_tokens": formatted.n_trained,
             }
         )
     return rows
 
 
+def _formatted(tokenizer: Any, record: Record, max_seq_length: int) -> tuple[Formatted, Formatted]:
+    """(whole, kept): the record formatted in full, and its first `max_seq_length` tokens, as training keeps them."""
+    whole = format_record(tokenizer, record, UNLIMITED)
+    return whole, whole.truncated(max_seq_length)  # what format_record(..., max_seq_length) gives, without a second render
+
+
 def preview_record(tokenizer: Any, record: Record, max_seq_length: int) -> dict[str, Any]:
     """One record's preview (see the module docstring for its keys)."""
-    whole = format_record(tokenizer, record, UNLIMITED)
-    formatted = whole.truncated(max_seq_length)  # what format_record(..., max_seq_length) gives, without a second render
+    whole, formatted = _formatted(tokenizer, record, max_seq_length)
     full = len(whole.input_ids)
     return {
         "line": record.line,
