@@ -246,26 +246,22 @@ def complete_multipart(files: Files, project: Project, body: CompleteBody):
             f"parts must be 1 to {record['num_parts']}, each once; got {numbers}", param="parts", code="invalid_parts"
         )
     directory = _parts_dir(files, body.upload_id)
+    etags = {p.part_number: p.etag.strip('"') for p in body.parts}
     paths = [directory / f"{n:05d}" for n in numbers]
-    for item in body.parts:
-        path = directory / f"{item.part_number:05d}"
-        if not path.is_file() or _hash(path, hashlib.md5(usedforsecurity=False)) != item.etag.strip('"'):
+    whole = hashlib.sha256()  # one read of each part gives its MD5 (the ETag) and the file's SHA-256
+    for number, path in zip(numbers, paths):
+        part = hashlib.md5(usedforsecurity=False)
+        if not path.is_file() or _hash(path, part, whole) != etags[number]:
             raise InvalidRequest(
-                f"part {item.part_number} is missing or its ETag does not match the bytes received",
-                param="parts",
-                code="invalid_parts",
+                f"part {number} is missing or its ETag does not match the bytes received", param="parts", code="invalid_parts"
             )
     size = sum(p.stat().st_size for p in paths)
     if size != record["file_size"]:
         raise InvalidRequest(
             f"the parts hold {size} bytes, not the {record['file_size']} announced", param="parts", code="invalid_parts"
         )
-    if record.get("checksum"):
-        digest = hashlib.sha256()
-        for path in paths:
-            _hash(path, digest)
-        if digest.hexdigest() != record["checksum"].lower():
-            raise InvalidRequest("the parts' SHA-256 is not the checksum announced", param="parts", code="checksum_mismatch")
+    if record.get("checksum") and whole.hexdigest() != record["checksum"].lower():
+        raise InvalidRequest("the parts' SHA-256 is not the checksum announced", param="parts", code="checksum_mismatch")
     stream = _Joined(paths)
     try:
         row = files.create(project, record["filename"], record["purpose"], stream)
@@ -288,10 +284,12 @@ def _drop(files: FileService, upload_id: str) -> None:
     (_pending_dir(files) / f"{upload_id}.json").unlink(missing_ok=True)
 
 
-def _hash(path: Path, digest) -> str:
+def _hash(path: Path, digest, also) -> str:
+    """`digest` of the file (hex), feeding `also` the same bytes."""
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
+            also.update(chunk)
     return digest.hexdigest()
 
 
