@@ -35,7 +35,7 @@ from tuneserve.atomic import disk_full_is_insufficient_storage
 from tuneserve.errors import InsufficientStorage
 
 ADAPTER_CONFIG = "adapter_config.json"
-EXPORT_KINDS = ("adapter", "merged", "gguf")
+EXPORT_KINDS = ("adapter", "merged", "gguf", "gguf-lora")
 # In checkpoint directories only: the optimizer, schedule and RNG to resume training; not part of the model.
 TRAINING_ONLY_FILES = frozenset({"trainer_state.pt", "optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"})
 
@@ -247,8 +247,22 @@ def export_gguf(adapter_dir: Path, base_model: str, out: Path, *, quant: str = "
     return out
 
 
-def gguf_tarball(adapter_dir: Path, base_model: str, out: Path, *, quant: str = "f16", top: str | None = None) -> Path:
-    """A .tar.gz at `out` of `top/` holding `{top}.gguf` and its Modelfile, built once (an existing `out` is kept).
+def export_lora_gguf(adapter_dir: Path, base_model: str, out: Path, *, quant: str = "f16", name: str | None = None) -> Path:
+    """The LoRA adapter alone as llama.cpp's LoRA GGUF `out` (for `--lora`, beside a GGUF of `base_model`)."""
+    from tuneserve.gguf_lora import write_lora_gguf
+    from tuneserve.models import resolve_model
+
+    out = Path(out)
+    with _gguf_errors_as_export_errors():
+        config = json.loads((resolve_model(base_model) / "config.json").read_text())
+        return write_lora_gguf(adapter_dir, config, out, quant=quant, name=name or out.stem)
+
+
+def gguf_tarball(
+    adapter_dir: Path, base_model: str, out: Path, *, quant: str = "f16", top: str | None = None, lora: bool = False
+) -> Path:
+    """A .tar.gz at `out` of `top/` holding `{top}.gguf` and its Modelfile (with `lora`: the LoRA GGUF alone), built
+    once (an existing `out` is kept).
 
     gzip level 1: f16 and q8_0 weights hardly compress, and level 9 would only spend the CPU.
     """
@@ -260,7 +274,8 @@ def gguf_tarball(adapter_dir: Path, base_model: str, out: Path, *, quant: str = 
     top = top or _tar_name(out)
 
     def build(work: Path) -> None:
-        export_gguf(adapter_dir, base_model, work / f"{top}.gguf", quant=quant, name=top)
+        write = export_lora_gguf if lora else export_gguf
+        write(adapter_dir, base_model, work / f"{top}.gguf", quant=quant, name=top)
         _write_tarball(work, out, top, level=1)
 
     return _build_once(out, build)
@@ -365,12 +380,14 @@ def export_command(
     kind "merged": `output` is the model directory to create, or a .tar.gz to pack it into.
     kind "gguf": `output` is the .gguf file (its Modelfile beside it), a directory to put `NAME-QUANT.gguf` and the
     Modelfile in, or a .tar.gz to pack both into; `quant` is f16 (default) or q8_0.
+    kind "gguf-lora": the same, with the LoRA adapter alone as llama.cpp's LoRA GGUF (`NAME-lora-QUANT.gguf`), no
+    Modelfile: it runs beside a GGUF of the base model (`llama-server -m BASE.gguf --lora ADAPTER.gguf`).
     """
     if kind not in EXPORT_KINDS:
         raise ExportError(f"unknown export type {kind!r}; use {', '.join(EXPORT_KINDS)}")
-    if quant is not None and kind != "gguf":
-        raise ExportError(f"--quant is for GGUF exports (--format gguf), not {kind}")
-    if kind == "gguf":
+    if quant is not None and not kind.startswith("gguf"):
+        raise ExportError(f"--quant is for GGUF exports (--format gguf or gguf-lora), not {kind}")
+    if kind.startswith("gguf"):
         from tuneserve.gguf_export import check_quant
 
         with _gguf_errors_as_export_errors():
@@ -387,19 +404,22 @@ def export_command(
         return export_adapter(adapter, output)
     if kind == "gguf":
         return _export_gguf_to(output, adapter, base, f"{name}-{quant}", quant)
+    if kind == "gguf-lora":
+        return _export_gguf_to(output, adapter, base, f"{name}-lora-{quant}", quant, lora=True)
     if packed:
         output.unlink(missing_ok=True)  # merged_tarball keeps an existing file; the CLI always rebuilds
         return merged_tarball(adapter, base, output, dtype=dtype)
     return export_merged(adapter, base, output, dtype=dtype)
 
 
-def _export_gguf_to(output: Path, adapter: Path, base: str, name: str, quant: str) -> Path:
+def _export_gguf_to(output: Path, adapter: Path, base: str, name: str, quant: str, *, lora: bool = False) -> Path:
     if output.name.endswith((".tar.gz", ".tgz")):
         output.unlink(missing_ok=True)  # gguf_tarball keeps an existing file; the CLI always rebuilds
-        return gguf_tarball(adapter, base, output, quant=quant)
+        return gguf_tarball(adapter, base, output, quant=quant, lora=lora)
     if output.suffix != ".gguf":
         output = output / f"{name}.gguf"
-    return export_gguf(adapter, base, output, quant=quant, name=output.stem)
+    write = export_lora_gguf if lora else export_gguf
+    return write(adapter, base, output, quant=quant, name=output.stem)
 
 
 def _export_name(target: str, adapter: Path) -> str:
@@ -423,7 +443,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         choices=EXPORT_KINDS,
         default="adapter",
         help="adapter: a tar.gz of the PEFT directory; merged: full safetensors weights that load without PEFT; "
-        "gguf: the merged model as one GGUF file for llama.cpp, Ollama and LM Studio, with an Ollama Modelfile",
+        "gguf: the merged model as one GGUF file for llama.cpp, Ollama and LM Studio, with an Ollama Modelfile; "
+        "gguf-lora: the LoRA adapter alone as a GGUF for llama.cpp's --lora, beside a GGUF of the base model",
     )
     parser.add_argument(
         "-o",
@@ -431,13 +452,14 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         required=True,
         help="adapter: the .tar.gz to write (or a directory for it); merged: the model directory (or a .tar.gz); "
-        "gguf: the .gguf file, or a directory for NAME-QUANT.gguf and the Modelfile (or a .tar.gz of both)",
+        "gguf: the .gguf file, or a directory for NAME-QUANT.gguf and the Modelfile (or a .tar.gz of both); "
+        "gguf-lora: the .gguf file, a directory for NAME-lora-QUANT.gguf, or a .tar.gz",
     )
     parser.add_argument(
         "--quant",
         default=None,
         metavar="{f16,q8_0}",
-        help="gguf: the weights' type (default f16; norms stay float32 either way)",
+        help="gguf, gguf-lora: the weights' type (default f16; norms stay float32 either way)",
     )
     parser.add_argument(
         "--data-dir", type=Path, default=None, help="the server's data directory, to look job ids and ft: names up in"

@@ -134,7 +134,7 @@ def _gguf_tensors(model_dir: Path, hp: dict) -> Iterator[tuple[str, object]]:
         yield new_name, data
 
 
-def _encode(gguf, name: str, data, quant: str):
+def encode_tensor(gguf, name: str, data, quant: str):
     """(data, type): norms and other 1-D tensors in float32 (llama.cpp expects it); matrices in f16 or q8_0.
     A matrix whose rows do not split into q8_0's blocks of 32 stays f16, as llama.cpp's converter does."""
     types = gguf.GGMLQuantizationType
@@ -249,7 +249,7 @@ def write_gguf(model_dir: Path, out: Path, *, quant: str = "f16", name: str | No
             if quant != "f16":
                 writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
             for tensor_name, data in _gguf_tensors(model_dir, hp):
-                encoded, qtype = _encode(gguf, tensor_name, data, quant)
+                encoded, qtype = encode_tensor(gguf, tensor_name, data, quant)
                 writer.add_tensor(tensor_name, encoded, raw_dtype=qtype)
             writer.write_header_to_file()
             writer.write_kv_data_to_file()

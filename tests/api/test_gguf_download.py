@@ -122,7 +122,8 @@ LLAMA_GREEDY = """
 import json, sys
 from llama_cpp import Llama
 path, prompts, max_tokens = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
-llm = Llama(model_path=path, n_ctx=512, n_threads=1, seed=0, verbose=False)
+lora = sys.argv[4] if len(sys.argv) > 4 else None  # a LoRA GGUF applied on the model, as llama-server's --lora does
+llm = Llama(model_path=path, lora_path=lora, n_ctx=512, n_threads=1, seed=0, verbose=False)
 result = []
 for prompt in prompts:
     ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
@@ -137,6 +138,18 @@ print(json.dumps(result))
 """
 
 
+def llama_cpp_greedy(tokenizer, gguf: Path, lora: Path | None = None) -> tuple[list[str], list[dict]]:
+    """(the chat prompts of QUESTIONS, llama.cpp's greedy answer to each: its prompt ids and answer token bytes)."""
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+        for q in QUESTIONS
+    ]
+    command = [_llama_cpp_python(), "-c", LLAMA_GREEDY, str(gguf), json.dumps(prompts), str(MAX_TOKENS)]
+    done = subprocess.run([*command, *([str(lora)] if lora else [])], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return prompts, json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.skipif(_llama_cpp_python() is None, reason="llama-cpp-python is not installed (or TUNESERVE_LLAMA_CPP_PYTHON)")
 def test_llama_cpp_answers_token_for_token_as_the_server(tuned, gguf_download, served):
     from transformers import AutoTokenizer
@@ -144,18 +157,7 @@ def test_llama_cpp_answers_token_for_token_as_the_server(tuned, gguf_download, s
     _, root = gguf_download
     gguf = root / f"{tuned.id}-gguf-f16.gguf"
     tokenizer = AutoTokenizer.from_pretrained(root, gguf_file=gguf.name)
-    prompts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
-        for q in QUESTIONS
-    ]
-    done = subprocess.run(
-        [_llama_cpp_python(), "-c", LLAMA_GREEDY, str(gguf), json.dumps(prompts), str(MAX_TOKENS)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    prompts, results = llama_cpp_greedy(tokenizer, gguf)
     print("llama.cpp's greedy answers, as the server's:", [text for text, _ in served])
     for prompt, result, (_, tokens) in zip(prompts, results, served, strict=True):
         # llama.cpp cuts the chat prompt into the very tokens tuneserve does (template, special tokens, pre-tokenizer).
@@ -163,3 +165,48 @@ def test_llama_cpp_answers_token_for_token_as_the_server(tuned, gguf_download, s
         # And answers with the server's greedy tokens, one for one (compared as each token's bytes: re-tokenizing the
         # answer's text would merge a generated "." "." into one "..").
         assert [bytes(t) for t in result["answer"]] == tokens
+
+
+# ---- the LoRA adapter alone, for llama.cpp's --lora --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lora_download(server, tuned, tmp_path_factory) -> Path:
+    reply = download(server, tuned.id, type="gguf-lora")
+    assert reply.status_code == 200, reply.text
+    top = f"{tuned.id}-gguf-lora-f16"
+    assert f'filename="{top}.tar.gz"' in reply.headers["content-disposition"]
+    into = tmp_path_factory.mktemp("lora")
+    with tarfile.open(fileobj=io.BytesIO(reply.content), mode="r:gz") as tar:
+        assert tar.getnames() == [f"{top}/{top}.gguf"]
+        tar.extractall(into, filter="data")
+    return into / top / f"{top}.gguf"
+
+
+def test_gguf_lora_download_is_a_small_llama_cpp_adapter(tuned, lora_download, gguf_download):
+    from gguf import GGUFReader
+
+    reader = GGUFReader(lora_download)
+    assert reader.fields["general.type"].contents() == "adapter" and reader.fields["adapter.type"].contents() == "lora"
+    names = {t.name for t in reader.tensors}
+    assert "blk.0.attn_q.weight.lora_a" in names and "blk.1.ffn_down.weight.lora_b" in names  # the tiny model's 2 blocks
+    # The adapter alone, without the base's weights (the embeddings above all).
+    assert lora_download.stat().st_size * 20 < (gguf_download[1] / f"{tuned.id}-gguf-f16.gguf").stat().st_size
+
+
+@pytest.mark.skipif(_llama_cpp_python() is None, reason="llama-cpp-python is not installed (or TUNESERVE_LLAMA_CPP_PYTHON)")
+def test_llama_cpp_with_the_lora_gguf_on_the_base_answers_as_the_server(tuned, lora_download, served, tmp_path):
+    """The base model as GGUF plus the LoRA GGUF, applied by llama.cpp at run time (unmerged), answers as tuneserve
+    serves the fine-tuned model; the base alone does not (so the adapter is what makes the answers)."""
+    from transformers import AutoTokenizer
+
+    from tuneserve.gguf_export import write_gguf
+    from tuneserve.models import resolve_model
+
+    base = write_gguf(resolve_model(tuned.model), tmp_path / "base-f16.gguf")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=base.name)
+    _, with_lora = llama_cpp_greedy(tokenizer, base, lora_download)
+    _, base_only = llama_cpp_greedy(tokenizer, base)
+    print("llama.cpp + LoRA GGUF:", [b"".join(bytes(t) for t in r["answer"]).decode() for r in with_lora])
+    assert [[bytes(t) for t in r["answer"]] for r in with_lora] == [tokens for _, tokens in served]
+    assert [[bytes(t) for t in r["answer"]] for r in base_only] != [tokens for _, tokens in served]

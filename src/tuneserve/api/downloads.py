@@ -12,12 +12,15 @@ succeeded job's model in three forms:
 - `type=gguf` (`quant=f16`, the default, or `q8_0`): the merged model as one GGUF file for llama.cpp,
   Ollama and LM Studio, `{job_id}-gguf-{quant}.gguf`, with the Ollama `Modelfile` that goes beside it
   (export.gguf_tarball). A tar.gz rather than the bare .gguf so that the Modelfile comes with it;
-  gzip level 1, as the weights hardly compress. Cached in JOB_DIR/exports/ like merged.
+  gzip level 1, as the weights hardly compress. Cached in JOB_DIR/exports/ like merged;
+- `type=gguf-lora` (same `quant`): the LoRA adapter alone as llama.cpp's LoRA GGUF, `{job_id}-gguf-lora-{quant}.gguf`,
+  for `llama-server -m BASE.gguf --lora ADAPTER.gguf` (gguf_lora.py). A 400 for an adapter llama.cpp cannot apply
+  (IA3, DoRA, a full fine-tune).
 
 All come as `application/gzip` named `{job_id}-{type}.tar.gz` (`{job_id}-gguf-{quant}.tar.gz`) with a
 Content-Length, under one top-level folder of the same name. The job must belong to the caller's project
 (404 otherwise) and have succeeded (409 `job_not_succeeded` otherwise: its state, not the request, is at
-fault). `quant` belongs to gguf and is ignored with another type (a 400 there would refuse a request the
+fault). `quant` belongs to the GGUF types and is ignored with another type (a 400 there would refuse a request the
 schema allows); type=gguf for a model the GGUF writer does not handle is a 400 that says why. Exporting
 (torch) is imported on first use.
 """
@@ -54,13 +57,14 @@ def download_model(
     jobs: Jobs,
     project: Project,
     job_id: str,
-    type: Literal["adapter", "merged", "gguf"] = Query(
+    type: Literal["adapter", "merged", "gguf", "gguf-lora"] = Query(
         "adapter",
-        description="adapter (PEFT tar.gz), merged (full safetensors weights), or gguf (merged, one GGUF file for "
-        "llama.cpp, Ollama and LM Studio, with an Ollama Modelfile)",
+        description="adapter (PEFT tar.gz), merged (full safetensors weights), gguf (merged, one GGUF file for "
+        "llama.cpp, Ollama and LM Studio, with an Ollama Modelfile), or gguf-lora (the LoRA adapter alone as a GGUF "
+        "for llama.cpp's --lora)",
     ),
     quant: Literal["f16", "q8_0"] | None = Query(
-        None, description="type=gguf: the weights' type (default f16); ignored for adapter and merged"
+        None, description="type=gguf or gguf-lora: the weights' type (default f16); ignored for adapter and merged"
     ),
     checkpoint_step: int | None = Query(None, ge=1, description="a checkpoint's step instead of the final model"),
 ):
@@ -89,7 +93,7 @@ def model_tarball(jobs: JobService, project: str, job_id: str, type: str, quant:
 
     from tuneserve import export
 
-    name = f"{job_id}-{type}" if type != "gguf" else f"{job_id}-gguf-{quant or 'f16'}"
+    name = f"{job_id}-{type}" if not type.startswith("gguf") else f"{job_id}-{type}-{quant or 'f16'}"
     cached = job_dir / "exports" / (f"{name}.tar.gz" if checkpoint_step is None else f"{name}-step-{checkpoint_step}.tar.gz")
     if not cached.is_file():
         if type == "adapter":
@@ -98,7 +102,7 @@ def model_tarball(jobs: JobService, project: str, job_id: str, type: str, quant:
             export.merged_tarball(adapter, job.spec["model"], cached, top=name)
         else:
             try:
-                export.gguf_tarball(adapter, job.spec["model"], cached, quant=quant or "f16", top=name)
+                export.gguf_tarball(adapter, job.spec["model"], cached, quant=quant or "f16", top=name, lora=type == "gguf-lora")
             except export.ExportError as exc:  # a base GGUF export cannot write (not Llama, a sentencepiece vocabulary)
                 raise InvalidRequest(f"Job {job_id}'s model cannot be exported as GGUF: {exc}", param="type") from None
     return FileResponse(cached, media_type="application/gzip", filename=f"{name}.tar.gz")
