@@ -3,10 +3,13 @@
 Same model (SmolLM2-135M-Instruct: tuneserve's built-in copy, fp32 in tuneserve's engine as it serves on CPU;
 the same weights written as an f16 GGUF by tuneserve's `gguf_export.write_gguf` for llama.cpp), same 8 questions
 as serve_batching.py, streamed chat completions, greedy (temperature 0, repeat_penalty 1.0: llama-cpp-python's
-server defaults to 1.1), max_tokens 64. Both servers listen on 127.0.0.1 only and use the same number of threads
+server defaults to 1.1), max_tokens 64. The servers listen on 127.0.0.1 only and use the same number of threads
 (`--threads`, default 2: OMP_NUM_THREADS for tuneserve's torch, --n_threads/--n_threads_batch for llama.cpp).
 
 - tuneserve: `python -m tuneserve serve` (local_server.py), its own engine with dynamic batching.
+- tuneserve+llama.cpp: `tuneserve serve --inference-backend llamacpp`, tuneserve's routes in front of the same
+  llama-cpp-python server, which tuneserve runs itself (with os.cpu_count() threads, so compare on a machine where
+  that equals `--threads`). What a user gets who picks llama.cpp: the gap to the llama.cpp side is the proxy's cost.
 - llama.cpp: llama-cpp-python's `python -m llama_cpp.server` (it needs the `[server]` extras), run by the
   Python in $TUNESERVE_LLAMA_CPP_PYTHON or `--llamacpp-python` (llama.cpp takes long to compile, so it lives in
   its own venv, not in tuneserve's dependencies). Started with `--interrupt_requests False`: by default a new
@@ -15,8 +18,8 @@ server defaults to 1.1), max_tokens 64. Both servers listen on 127.0.0.1 only an
 
 At concurrency 1 the 8 questions go one after another, at 8 all at once from 8 threads. Per level and side:
 aggregate generated tokens/s (every answer's tokens, counted with the model's tokenizer on the returned text so
-that both sides are counted alike, over the wall time of the whole level) and time to first token (request
-sent to first non-empty content delta; median and p90 over every request of every repeat). Both servers stay
+that every side is counted alike, over the wall time of the whole level) and time to first token (request
+sent to first non-empty content delta; median and p90 over every request of every repeat). The servers stay
 up and the sides alternate within each repeat; tokens/s is the median over `--repeat` runs.
 
     . .venv/bin/activate
@@ -40,7 +43,7 @@ from pathlib import Path
 import local_server  # this folder: the scripts run as `python benchmarks/NAME.py`
 from serve_batching import MODEL, QUESTIONS
 
-SIDES = ("tuneserve", "llama.cpp")
+SIDES = ("tuneserve", "llama.cpp", "tuneserve+llama.cpp")
 
 
 def export_gguf(out: Path) -> Path:
@@ -145,7 +148,15 @@ def main() -> None:
         try:
             servers["tuneserve"] = local_server.start_server(work / "data", work / "tuneserve.log", env=thread_env(args.threads))
             servers["llama.cpp"] = start_llamacpp(args.llamacpp_python, gguf, args.threads, work / "llamacpp.log")
-            for _, url in servers.values():  # loads tuneserve's model; fills both sides' caches once
+            servers["tuneserve+llama.cpp"] = local_server.start_server(
+                work / "data-llamacpp",
+                work / "tuneserve-llamacpp.log",
+                "--inference-backend",
+                "llamacpp",
+                "--llama-cpp-python",
+                args.llamacpp_python,
+            )
+            for _, url in servers.values():  # loads tuneserve's model, writes the proxied side's GGUF; warms caches
                 stream_chat(url, "Hello", 8, args.request_timeout)
             for rep in range(args.repeat):
                 if time.monotonic() - began > args.time_limit:
@@ -186,6 +197,13 @@ def report(runs: dict, args) -> None:
             }
             print(f"| {level} | {side} | {row['tokens_per_s']:.1f} | {row['ttft_median_s']:.3f} s | {row['ttft_p90_s']:.3f} s |")
     for level in args.concurrency:
+        proxied, direct = results.get(f"tuneserve+llama.cpp@{level}"), results.get(f"llama.cpp@{level}")
+        if proxied and direct:
+            print(
+                f"concurrency {level}: tuneserve+llama.cpp/llama.cpp tokens/s "
+                f"{proxied['tokens_per_s'] / direct['tokens_per_s']:.2f}, "
+                f"TTFT median {proxied['ttft_median_s'] / direct['ttft_median_s']:.2f} (the proxy's cost)"
+            )
         ours, theirs = results.get(f"tuneserve@{level}"), results.get(f"llama.cpp@{level}")
         if ours and theirs:
             same = sum(a == b for a, b in zip(runs["tuneserve", level][0][2], runs["llama.cpp", level][0][2]))

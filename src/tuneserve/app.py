@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
+import sys
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -126,6 +127,10 @@ def build_app(settings: Settings) -> FastAPI:
             key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
             state.upstream = Upstream(settings.vllm_url, api_key=key)
             preflight = partial(check_spec_for_vllm, max_lora_rank=settings.vllm_max_lora_rank)
+        elif settings.inference_backend == "llamacpp":
+            from tuneserve.inference.llamacpp import LlamaCppServer
+
+            state.upstream = LlamaCppServer(settings.llama_cpp_python or sys.executable, settings.data_dir / "llamacpp")
         state.jobs = JobService(sessions, state.files, state.catalog, jobs_dir, preflight=preflight)
         state.engine = LocalEngine(**settings.engine_options())
         # With --api-only no job runs here (`tuneserve worker` processes run them), so no runner is built.
@@ -181,8 +186,9 @@ def build_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     app.include_router(evaluations_api.router)
     app.include_router(together.router)  # Together's SDK: /v1/fine-tunes, its upload steps, /v1/finetune/download
-    # With an upstream vLLM, chat/completions are proxied to it; otherwise this process generates.
-    app.include_router(adapters.proxy_router if settings.inference_backend == "vllm" else inference.router)
+    # With an upstream (vLLM, or the llama.cpp server tuneserve runs), chat/completions are proxied to it;
+    # otherwise this process generates.
+    app.include_router(adapters.proxy_router if settings.inference_backend != "local" else inference.router)
 
     # Pure ASGI middlewares (BaseHTTPMiddleware would cost every request a task and a copy of each message).
     # Added last is outermost: CORS answers a preflight before any limit, and adds its headers to a 413 too.

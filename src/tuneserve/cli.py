@@ -53,6 +53,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except (ConnectionError, ImportError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    if settings.inference_backend == "llamacpp":
+        from tuneserve.inference.llamacpp import check_llama_cpp
+
+        try:  # llama-cpp-python is not a dependency (it compiles llama.cpp): say so now, with the fix
+            check_llama_cpp(settings.llama_cpp_python or sys.executable)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.run_scheduler:  # --api-only shares the data dir with a server by design
         _lock_data_dir(settings.data_dir)  # its descriptor stays open: held until this process ends, however it ends
@@ -285,10 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info")
     serve.add_argument(
         "--inference-backend",
-        choices=("local", "vllm"),
+        choices=("local", "vllm", "llamacpp"),
         default=None,
         help="local (default): generate here; vllm: proxy chat/completions to --vllm-url and "
-        "register each new fine-tuned adapter there",
+        "register each new fine-tuned adapter there; llamacpp: run llama-cpp-python's server and proxy to it, "
+        "each model as GGUF and each fine-tuned adapter as a LoRA GGUF",
+    )
+    serve.add_argument(
+        "--llama-cpp-python",
+        default=None,
+        help="llamacpp backend: the Python that has llama-cpp-python[server], default this one ($TUNESERVE_LLAMA_CPP_PYTHON)",
     )
     serve.add_argument(
         "--vllm-url",

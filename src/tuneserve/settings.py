@@ -50,8 +50,13 @@ class Settings(BaseSettings):
         None, gt=0, description="How often a worker says it still holds its jobs (default: a sixth of the timeout, at most 5 s)."
     )
     heartbeat_timeout_s: float = Field(30.0, gt=0, description="A job whose worker was silent this long is taken back.")
-    inference_backend: Literal["local", "vllm"] = Field(
-        "local", description="local: this process generates; vllm: proxy to an upstream vLLM (--vllm-url)."
+    inference_backend: Literal["local", "vllm", "llamacpp"] = Field(
+        "local",
+        description="local: this process generates; vllm: proxy to an upstream vLLM (--vllm-url); "
+        "llamacpp: proxy to llama-cpp-python's server, run by tuneserve, with models and adapters as GGUF.",
+    )
+    llama_cpp_python: str | None = Field(
+        None, description="llamacpp backend: the Python that has llama-cpp-python[server] (default: this one)."
     )
     vllm_url: str | None = Field(None, description="Root URL of the upstream vLLM server, e.g. http://vllm:8000.")
     vllm_max_lora_rank: int = Field(16, ge=1, description="The upstream's --max-lora-rank: jobs over it are refused.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
 
 import pytest
 from playwright.sync_api import expect
@@ -136,6 +137,15 @@ def test_a_job_created_through_the_form_trains_and_its_page_follows_it(console, 
     expect(page.locator(".events")).to_contain_text("The job has successfully completed")
     expect(page.locator("text=Download adapter")).to_be_visible()
     page.screenshot(path=artifacts / "job-succeeded-1280.png", full_page=True)
+    # GGUF from the console: the browser saves the tar.gz the API builds, a real GGUF inside.
+    for button, top in (("Download GGUF", f"{job_id}-gguf-f16"), ("Download LoRA GGUF", f"{job_id}-gguf-lora-f16")):
+        with page.expect_download() as saved:
+            page.click(f"button:text-is('{button}')")
+        assert saved.value.suggested_filename == f"{top}.tar.gz"
+        with tarfile.open(saved.value.path()) as tar:
+            member = tar.extractfile(f"{top}/{top}.gguf")
+            assert member is not None and member.read(4) == b"GGUF"
+        expect(page.locator(".notice")).to_contain_text(f"Downloaded {top}.tar.gz")
 
 
 def test_pause_resume_and_cancel_from_the_job_page(console, ui_server, artifacts):

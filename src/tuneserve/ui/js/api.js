@@ -162,7 +162,7 @@ export function upload(path, formData, onProgress) {
  * @param {string} path
  * @param {string} filename used when the answer names none
  * @param {AbortSignal} [signal]
- * @returns {Promise<number>} the size in bytes
+ * @returns {Promise<{size: number, name: string}>} the size in bytes and the name it was saved under
  */
 export async function download(path, filename, signal) {
   const response = await api(path, {raw: true, signal});
@@ -175,7 +175,7 @@ export async function download(path, filename, signal) {
   a.click();
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 60_000);
-  return blob.size;
+  return {size: blob.size, name: a.download};
 }
 
 /**

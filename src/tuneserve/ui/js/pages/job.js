@@ -42,13 +42,17 @@ export async function render(root, route) {
     resume: h('button', {type: 'button', onclick: () => act('resume', 'Resuming…')}, 'Resume'),
     adapter: h('button', {type: 'button', onclick: () => fetchModel('adapter')}, 'Download adapter'),
     merged: h('button', {type: 'button', onclick: () => fetchModel('merged')}, 'Download merged model'),
+    // llama.cpp, Ollama and LM Studio: the merged model as one GGUF (with an Ollama Modelfile), or the LoRA alone.
+    gguf: h('button', {type: 'button', onclick: () => fetchModel('gguf')}, 'Download GGUF'),
+    ggufLora: h('button', {type: 'button', onclick: () => fetchModel('gguf-lora')}, 'Download LoRA GGUF'),
   };
   const chatLink = h('a', {class: 'button primary', hidden: true}, 'Chat with the model');
   const compareLink = h('a', {class: 'button', hidden: true}, 'Compare with its base');
 
   add(root, 
     pageTitle(`Job ${id}`, badge),
-    h('div', {class: 'actions job-actions'}, buttons.cancel, buttons.pause, buttons.resume, buttons.adapter, buttons.merged, chatLink, compareLink),
+    h('div', {class: 'actions job-actions'}, buttons.cancel, buttons.pause, buttons.resume, buttons.adapter, buttons.merged,
+      buttons.gguf, buttons.ggufLora, chatLink, compareLink),
     actionStatus,
     h('section', {class: 'card', 'aria-labelledby': 'timeline-h'}, h('h2', {id: 'timeline-h'}, 'Status'), timeline, progress),
     h('section', {class: 'card', 'aria-labelledby': 'metrics-h'}, h('h2', {id: 'metrics-h'}, 'Metrics'), chartGrid),
@@ -79,10 +83,12 @@ export async function render(root, route) {
 
   async function fetchModel(type) {
     clear(actionStatus, notice('info', h('span', {class: 'spinner', 'aria-hidden': 'true'}),
-      type === 'merged' ? ' Building the merged weights (the first time takes a while)…' : ' Packing the adapter…'));
+      {merged: ' Building the merged weights (the first time takes a while)…',
+        gguf: ' Building the GGUF file (the first time takes a while)…',
+        'gguf-lora': ' Writing the LoRA GGUF…'}[type] || ' Packing the adapter…'));
     try {
-      const bytes = await download(`/v1/fine_tuning/jobs/${id}/download?type=${type}`, `${id}-${type}.tar.gz`);
-      clear(actionStatus, notice('ok', `Downloaded ${id}-${type}.tar.gz (${fmtNum(bytes / 1048576, 3)} MB).`));
+      const saved = await download(`/v1/fine_tuning/jobs/${id}/download?type=${type}`, `${id}-${type}.tar.gz`);
+      clear(actionStatus, notice('ok', `Downloaded ${saved.name} (${fmtNum(saved.size / 1048576, 3)} MB).`));
     } catch (err) {
       clear(actionStatus, notice('error', err.message));
     }
@@ -124,7 +130,7 @@ export async function render(root, route) {
     buttons.cancel.hidden = !active;
     buttons.pause.hidden = !(job.status === 'running' || job.status === 'queued');
     buttons.resume.hidden = job.status !== 'paused';
-    buttons.adapter.hidden = buttons.merged.hidden = job.status !== 'succeeded';
+    for (const b of [buttons.adapter, buttons.merged, buttons.gguf, buttons.ggufLora]) b.hidden = job.status !== 'succeeded';
     if (job.fine_tuned_model) {
       chatLink.hidden = compareLink.hidden = false;
       chatLink.href = `#/playground?model=${encodeURIComponent(job.fine_tuned_model)}`;
