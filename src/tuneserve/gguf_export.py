@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tuneserve.atomic import disk_full_is_insufficient_storage
 
@@ -225,32 +226,19 @@ def _write_tokenizer(writer, model_dir: Path, vocab_size: int) -> None:
 # ---- the file ---------------------------------------------------------------------------------------
 
 
-def write_gguf(model_dir: Path, out: Path, *, quant: str = "f16", name: str | None = None) -> Path:
-    """Write the Llama model in `model_dir` (config.json, safetensors, tokenizer) as the single GGUF file `out`.
+def write_gguf_file(out: Path, fill: Callable[[Any], None]) -> Path:
+    """One Llama-architecture GGUF file at `out`: `fill(writer)` adds its metadata and tensors to a gguf.GGUFWriter.
 
     Written under a temporary name and renamed into place; a full disk is errors.InsufficientStorage.
     """
     import gguf
 
-    check_quant(quant)
-    model_dir, out = Path(model_dir), Path(out)
-    config = json.loads((model_dir / "config.json").read_text())
-    hp = llama_hparams(config)
-    file_type = gguf.LlamaFileType.MOSTLY_F16 if quant == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     with disk_full_is_insufficient_storage(f"writing {out}"):
         out.parent.mkdir(parents=True, exist_ok=True)
         writer = gguf.GGUFWriter(tmp, "llama")
         try:
-            writer.add_type(gguf.GGUFType.MODEL)
-            writer.add_name(name or model_dir.name)
-            _write_hparams(writer, hp, file_type)
-            _write_tokenizer(writer, model_dir, hp["vocab_size"])
-            if quant != "f16":
-                writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-            for tensor_name, data in _gguf_tensors(model_dir, hp):
-                encoded, qtype = encode_tensor(gguf, tensor_name, data, quant)
-                writer.add_tensor(tensor_name, encoded, raw_dtype=qtype)
+            fill(writer)
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_tensors_to_file()
@@ -261,6 +249,40 @@ def write_gguf(model_dir: Path, out: Path, *, quant: str = "f16", name: str | No
             tmp.unlink(missing_ok=True)
             raise
     return out
+
+
+def add_tensors(writer, tensors: Iterator[tuple[str, Any]], quant: str) -> int:
+    """Add (name, float32 array) tensors in `quant`'s encoding (encode_tensor); how many there were."""
+    import gguf
+
+    count = 0
+    for tensor_name, data in tensors:
+        encoded, qtype = encode_tensor(gguf, tensor_name, data, quant)
+        writer.add_tensor(tensor_name, encoded, raw_dtype=qtype)
+        count += 1
+    return count
+
+
+def write_gguf(model_dir: Path, out: Path, *, quant: str = "f16", name: str | None = None) -> Path:
+    """Write the Llama model in `model_dir` (config.json, safetensors, tokenizer) as the single GGUF file `out`."""
+    import gguf
+
+    check_quant(quant)
+    model_dir, out = Path(model_dir), Path(out)
+    config = json.loads((model_dir / "config.json").read_text())
+    hp = llama_hparams(config)
+    file_type = gguf.LlamaFileType.MOSTLY_F16 if quant == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0
+
+    def fill(writer) -> None:
+        writer.add_type(gguf.GGUFType.MODEL)
+        writer.add_name(name or model_dir.name)
+        _write_hparams(writer, hp, file_type)
+        _write_tokenizer(writer, model_dir, hp["vocab_size"])
+        if quant != "f16":
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        add_tensors(writer, _gguf_tensors(model_dir, hp), quant)
+
+    return write_gguf_file(out, fill)
 
 
 # ---- Ollama -----------------------------------------------------------------------------------------

@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from tuneserve.atomic import disk_full_is_insufficient_storage
-from tuneserve.gguf_export import GGUFError, check_quant, encode_tensor, llama_hparams, rotary_permute
+from tuneserve.gguf_export import GGUFError, add_tensors, check_quant, llama_hparams, rotary_permute, write_gguf_file
 
 MERGED_INSTEAD = "export the merged model as GGUF instead (--format gguf)"
 
@@ -70,7 +67,7 @@ def _lora_tensors(adapter_dir: Path, hp: dict) -> Iterator[tuple[str, object]]:
 
 def write_lora_gguf(adapter_dir: Path, base_config: dict, out: Path, *, quant: str = "f16", name: str | None = None) -> Path:
     """Write the LoRA adapter in `adapter_dir`, trained on the Llama model whose config.json is `base_config`, as
-    llama.cpp's LoRA GGUF `out`. Written under a temporary name and renamed into place."""
+    llama.cpp's LoRA GGUF `out` (under a temporary name, renamed into place)."""
     import gguf
 
     check_quant(quant)
@@ -80,29 +77,13 @@ def write_lora_gguf(adapter_dir: Path, base_config: dict, out: Path, *, quant: s
         raise GGUFError(f"{adapter_dir} holds no adapter (a full fine-tune has no LoRA to write); {MERGED_INSTEAD}")
     alpha = lora_alpha(json.loads(config_file.read_text()))
     hp = llama_hparams(base_config)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    with disk_full_is_insufficient_storage(f"writing {out}"):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        writer = gguf.GGUFWriter(tmp, "llama")
-        try:
-            writer.add_type(gguf.GGUFType.ADAPTER)
-            writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-            writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-            writer.add_name(name or out.stem)
-            tensors = 0
-            for tensor_name, data in _lora_tensors(adapter_dir, hp):
-                encoded, qtype = encode_tensor(gguf, tensor_name, data, quant)
-                writer.add_tensor(tensor_name, encoded, raw_dtype=qtype)
-                tensors += 1
-            if not tensors:
-                raise GGUFError(f"the adapter in {adapter_dir} has no LoRA matrices")
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_tensors_to_file()
-            writer.close()
-            os.replace(tmp, out)
-        except BaseException:
-            writer.close()
-            tmp.unlink(missing_ok=True)
-            raise
-    return out
+
+    def fill(writer) -> None:
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+        writer.add_name(name or out.stem)
+        if not add_tensors(writer, _lora_tensors(adapter_dir, hp), quant):
+            raise GGUFError(f"the adapter in {adapter_dir} has no LoRA matrices")
+
+    return write_gguf_file(out, fill)

@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 import os
 import signal
 import time
@@ -272,3 +273,39 @@ def test_a_split_held_out_of_the_training_file_picks_the_served_checkpoint(clien
         return reply.choices[0].message.content
 
     assert answer(job.fine_tuned_model) == answer(checkpoints[kept["step"]])
+
+
+def test_validations_judged_by_held_out_answers(client):
+    """early_stopping_metric "answers": every validation answers the held-out prompts and scores them (ROUGE-L F1);
+    the kept checkpoint is the best by that score. DPO, which has no answers to compare, is refused with the field."""
+    data = client.files.create(file=("answers.jsonl", chat_jsonl(24)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=data.id,
+        hyperparameters={"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 10},
+        extra_body={"validation_split": 0.1, "early_stopping_patience": 2, "early_stopping_metric": "answers"},
+    )
+    job = wait_for_status(client, job.id, {"succeeded", "failed"}, timeout_s=240)
+    assert job.status == "succeeded", job.error
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=200))
+    scores = {e.data["step"]: e.data["valid_answer_rouge_l"] for e in events if "valid_answer_rouge_l" in (e.data or {})}
+    assert len(scores) >= 2 and all(0 <= s <= 1 for s in scores.values())
+    best = max(scores.values())
+    assert job.kept_checkpoint["valid_answer_rouge_l"] == pytest.approx(best)
+    assert scores[job.kept_checkpoint["step"]] == pytest.approx(best)
+    assert "held-out answer ROUGE-L" in job.kept_checkpoint["reason"]
+
+    line = {
+        "input": {"messages": [{"role": "user", "content": "Hi"}]},
+        "preferred_output": [{"role": "assistant", "content": "Hello!"}],
+        "non_preferred_output": [{"role": "assistant", "content": "Go away."}],
+    }
+    pairs = client.files.create(file=("pairs.jsonl", (json.dumps(line) + "\n").encode() * 10), purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.fine_tuning.jobs.create(
+            model=TINY,
+            training_file=pairs.id,
+            method={"type": "dpo"},
+            extra_body={"validation_split": 0.1, "early_stopping_metric": "answers"},
+        )
+    assert refused.value.body["param"] == "early_stopping_metric"

@@ -184,7 +184,7 @@ class FineTuningJob(WireObject):
     kept_checkpoint: dict[str, Any] | None = Field(
         None,
         description="tuneserve extension: when the job judged itself on validation data (early stopping), the checkpoint "
-        "its fine-tuned model is: step, epoch, valid_loss, stopped_early and the reason",
+        "its fine-tuned model is: step, epoch, valid_loss (or valid_answer_rouge_l), stopped_early and the reason",
     )
 
     @classmethod

@@ -17,15 +17,19 @@ from tuneserve.errors import InvalidRequest
 from tuneserve.jobs.names import checkpoint_model_name
 from tuneserve.jobs.requests import JobRequest
 
+_EARLY_STOPPING = (
+    "Together's early-stopping fields are not mapped; tuneserve's own early stopping is early_stopping_patience "
+    "(with a validation_file or validation_split) on POST /v1/fine_tuning/jobs"
+)
 # Options tuneserve has no counterpart for, with why: refused whenever they ask for more than the SDK's default.
 _UNSUPPORTED = {
     "wandb_key": "tuneserve never takes W&B keys in requests: set WANDB_API_KEY in the server's environment "
     "and pass wandb_project_name",
     "wandb_base_url": "the W&B host is the server's (WANDB_BASE_URL in its environment)",
-    "early_stopping_enabled": "tuneserve does not stop training early",
-    "early_stopping_patience": "tuneserve does not stop training early",
-    "early_stopping_min_delta": "tuneserve does not stop training early",
-    "early_stopping_warmup_evals": "tuneserve does not stop training early",
+    "early_stopping_enabled": _EARLY_STOPPING,
+    "early_stopping_patience": _EARLY_STOPPING,
+    "early_stopping_min_delta": _EARLY_STOPPING,
+    "early_stopping_warmup_evals": _EARLY_STOPPING,
     "from_hf_model": "to start from a Hugging Face model, give it as `model`",
     "hf_model_revision": "to start from a Hugging Face model, give it as `model`",
     "hf_api_token": "the server's Hugging Face token is used (HF_TOKEN in its environment)",

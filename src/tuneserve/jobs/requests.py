@@ -108,6 +108,11 @@ class JobRequest(BaseModel):
         description="With validation data: stop after this many validations without a lower validation loss; the "
         "fine-tuned model is then the checkpoint with the lowest, e.g. 2 (default 0: train every epoch, keep the last).",
     )
+    early_stopping_metric: Literal["loss", "answers"] | None = Field(
+        None,
+        description="What a validation is judged by: loss (default), or answers (each held-out prompt answered greedily, "
+        "ROUGE-L F1 against its reference; supervised only).",
+    )
     neftune_noise_alpha: float | None = Field(None, description="NEFTune noise on the input embeddings (default 0: off).")
 
     @field_validator("metadata")

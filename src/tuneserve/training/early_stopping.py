@@ -53,7 +53,8 @@ def holdout_split(records: Sequence[T], spec: TrainingSpec) -> tuple[list[T], li
 
 @dataclass
 class Best:
-    """The lowest validation loss so far; saved in checkpoints (LoopState) so a resumed run keeps it."""
+    """The best validation so far; saved in checkpoints (LoopState) so a resumed run keeps it. `loss` is the value
+    judged: the validation loss, or with early_stopping_metric "answers" the held-out answers' ROUGE-L F1."""
 
     loss: float | None = None
     step: int = 0
@@ -61,21 +62,30 @@ class Best:
     evals_since: int = 0  # validations since the best one
 
 
-class Keeper:
-    """Follows the validation loss and says when to checkpoint (a new best) and when to stop."""
+# early_stopping_metric -> (the validation's metric name, whether higher is better, how an event says it)
+METRICS = {
+    "loss": ("valid_loss", False, "validation loss"),
+    "answers": ("valid_answer_rouge_l", True, "held-out answer ROUGE-L"),
+}
 
-    def __init__(self, patience: int, best: Best | dict[str, Any] | None = None):
+
+class Keeper:
+    """Follows a validation metric and says when to checkpoint (a new best) and when to stop."""
+
+    def __init__(self, patience: int, best: Best | dict[str, Any] | None = None, metric: str = "loss"):
         self.patience = patience
         self.best = Best(**best) if isinstance(best, dict) else (best or Best())
+        self.key, self.higher_is_better, self.label = METRICS[metric]
 
     @property
     def active(self) -> bool:
         return self.patience > 0
 
-    def update(self, loss: float, step: int, epoch: int) -> str:
-        """ "improved", "wait" or "stop" for a validation loss just measured."""
-        if self.best.loss is None or loss < self.best.loss:
-            self.best = Best(loss=loss, step=step, epoch=epoch)
+    def update(self, value: float, step: int, epoch: int) -> str:
+        """ "improved", "wait" or "stop" for a validation just measured."""
+        better = self.best.loss is None or (value > self.best.loss if self.higher_is_better else value < self.best.loss)
+        if better:
+            self.best = Best(loss=value, step=step, epoch=epoch)
             return "improved"
         self.best.evals_since += 1
         return "stop" if self.best.evals_since >= self.patience else "wait"
@@ -84,11 +94,12 @@ class Keeper:
         """The event that says which checkpoint is the result, and why."""
         best = self.best
         where = f"epoch {best.epoch} (step {best.step})"
+        superlative = "highest" if self.higher_is_better else "lowest"
         if best.step == last_step:
-            return f"Kept the last checkpoint, {where}: its validation loss {best.loss:.4f} is the lowest of the run"
+            return f"Kept the last checkpoint, {where}: its {self.label} {best.loss:.4f} is the {superlative} of the run"
         why = (
             f"stopped early at epoch {last_epoch:g} after {best.evals_since} validation(s) without improvement (patience {self.patience})"
             if stopped_early
             else f"the later validations did not improve on it (last: epoch {last_epoch:g}, step {last_step})"
         )
-        return f"Kept the checkpoint of {where}, the lowest validation loss {best.loss:.4f}; {why}"
+        return f"Kept the checkpoint of {where}, the {superlative} {self.label} {best.loss:.4f}; {why}"

@@ -131,7 +131,7 @@ def train_loop(
     warmup_steps = max(1, math.ceil(opt.warmup_ratio * total_steps)) if opt.warmup_ratio > 0 else 0
     checkpoint_steps = _spread(total_steps, spec.n_checkpoints or hp.n_epochs)
     eval_steps = _spread(total_steps, hp.n_epochs if spec.n_evals is None else spec.n_evals) if valid_items else set()
-    keeper = Keeper(spec.early_stopping_patience if eval_steps else 0)
+    keeper = Keeper(spec.early_stopping_patience if eval_steps else 0, metric=spec.early_stopping_metric)
     if keeper.active:  # the best validation's weights must be on disk to become the result
         checkpoint_steps |= eval_steps
 
@@ -167,7 +167,7 @@ def train_loop(
     state = LoopState(total_steps=total_steps)
     if saved is not None:
         state = _restore(saved, forward, optimizer, scheduler, kind)
-        keeper = Keeper(keeper.patience, state.best or None)
+        keeper = Keeper(keeper.patience, state.best or None, metric=spec.early_stopping_metric)
         if main:
             events.message(f"Resumed from checkpoint {resume_from.name} (step {state.global_step} of {total_steps})")
 
@@ -227,12 +227,14 @@ def train_loop(
                     }
                     if state.global_step in eval_steps:
                         valid = task.evaluate(evaluator, valid_items[:PERIODIC_VALID_EXAMPLES], "valid")
+                        if keeper.key not in valid:  # judged by answers: generate them (SFT)
+                            valid.update(task.answer_score(evaluator, valid_items[:PERIODIC_VALID_EXAMPLES], "valid"))
                         if main:
                             events.emit(Metrics(step=state.global_step, total_steps=total_steps, epoch=state.epoch, **valid))
                             trackers.log(valid, state.global_step)
                         checkpoint_metrics.update(valid)
                         if keeper.active:
-                            early_stop = keeper.update(valid["valid_loss"], state.global_step, state.epoch) == "stop"
+                            early_stop = keeper.update(valid[keeper.key], state.global_step, state.epoch) == "stop"
                             state.best = asdict(keeper.best)
                     stop = distributed.any_true(stop_requested(), loaded.device)
                     if end_of_epoch:
@@ -260,7 +262,7 @@ def train_loop(
                         if main:
                             events.message(
                                 f"Stopping early at step {state.global_step} of {total_steps}: {keeper.best.evals_since} "
-                                f"validation(s) in a row without a lower loss than {keeper.best.loss:.4f} (epoch "
+                                f"validation(s) in a row without a better {keeper.label} than {keeper.best.loss:.4f} (epoch "
                                 f"{keeper.best.epoch}, step {keeper.best.step}); patience {keeper.patience}"
                             )
                         break
@@ -369,7 +371,7 @@ def _kept_checkpoint(keeper: Keeper, state: LoopState, last_epoch: int) -> dict[
     return {
         "step": best.step,
         "epoch": best.epoch,
-        "valid_loss": best.loss,
+        keeper.key: best.loss,  # valid_loss, or valid_answer_rouge_l
         "path": f"checkpoints/step-{best.step}",
         "stopped_early": stopped_early,
         "reason": keeper.explain(state.global_step, last_epoch, stopped_early),

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tuneserve.data.auto import auto_batch_size, auto_n_epochs  # noqa: F401 (resolve_hyperparameters; re-exported)
 
@@ -134,9 +134,20 @@ class TrainingSpec(Frozen):
         description="With validation data: stop after this many validations without a lower validation loss, and the "
         "result is the checkpoint with the lowest, e.g. 2. 0 (default): train every epoch and keep the last.",
     )
+    early_stopping_metric: Literal["loss", "answers"] = Field(
+        "loss",
+        description="What early stopping judges a validation by: loss (the validation loss, lower is better) or answers "
+        "(each held-out prompt answered greedily, ROUGE-L F1 against its reference, higher is better; SFT only).",
+    )
     neftune_noise_alpha: float = Field(
         0.0, ge=0, le=100, description="NEFTune: uniform noise of this scale on the input embeddings while training."
     )
+
+    @model_validator(mode="after")
+    def _answers_are_supervised(self) -> "TrainingSpec":
+        if self.early_stopping_metric == "answers" and self.method == "dpo":
+            raise ValueError("early_stopping_metric 'answers' judges generated answers: supervised jobs only, not dpo")
+        return self
 
     def write(self, job_dir: Path) -> Path:
         job_dir.mkdir(parents=True, exist_ok=True)

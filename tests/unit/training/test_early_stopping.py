@@ -112,24 +112,26 @@ def test_the_result_is_the_checkpoint_with_the_lowest_validation_loss(scripted_r
     assert any(m.startswith("Kept the checkpoint of epoch 3 (step 12), the lowest validation loss 2.0000") for m in messages)
 
 
-def test_without_validation_data_a_split_is_held_out_when_asked(tmp_path):
-    from tuneserve.training.run import train as run_training
-
-    conversations = [
+def friends() -> list[list[dict[str, str]]]:
+    """32 one-turn conversations: who each of NAMES (twice over) is."""
+    return [
         [{"role": "user", "content": f"Who is {n}{i}?"}, {"role": "assistant", "content": f"{n}{i} is a friend of Nova."}]
         for i in range(2)
         for n in NAMES
     ]
-    spec = make_spec(
-        write_jsonl(tmp_path / "train.jsonl", conversations),
-        max_seq_length=64,
-        validation_split=0.1,
-        early_stopping_patience=2,
-        hyperparameters={"n_epochs": 2},
-    )
+
+
+def train_on_friends(tmp_path: Path, **fields) -> tuple:
+    """(spec, result, events) of a run on friends() with a 10% split held out and these spec fields."""
+    from tuneserve.training.run import train as run_training
+
+    spec = make_spec(write_jsonl(tmp_path / "train.jsonl", friends()), max_seq_length=64, validation_split=0.1, **fields)
     spec.write(tmp_path / "job")
-    result = run_training(spec, tmp_path / "job")
-    events = read_events(tmp_path / "job")
+    return spec, run_training(spec, tmp_path / "job"), read_events(tmp_path / "job")
+
+
+def test_without_validation_data_a_split_is_held_out_when_asked(tmp_path):
+    _spec, result, events = train_on_friends(tmp_path, early_stopping_patience=2, hyperparameters={"n_epochs": 2})
     messages = [e["message"] for e in events if e["type"] == "message"]
     assert any(m.startswith("Held out 4 of 32 training examples") for m in messages)
     assert any("Training on 28 examples (4 validation)" in m for m in messages)
@@ -164,3 +166,65 @@ def test_a_paused_run_resumes_with_its_best_and_its_patience_so_far(tmp_path):
     final = load_file(job_dir / "final" / "adapter_model.safetensors")
     best = load_file(job_dir / "checkpoints" / "step-12" / "adapter_model.safetensors")
     assert all((final[k] == best[k]).all() for k in final)
+
+
+def test_rouge_l_f1_of_token_sequences():
+    from tuneserve.training.recipes.sft import rouge_l_f1
+
+    assert rouge_l_f1([1, 2, 3], [1, 2, 3]) == 1.0
+    assert rouge_l_f1([1, 9, 3], [1, 2, 3]) == pytest.approx(2 * 2 / 6)  # common subsequence 1, 3
+    assert rouge_l_f1([3, 2, 1], [1, 2, 3]) == pytest.approx(2 * 1 / 6)  # order matters
+    assert rouge_l_f1([], [1]) == 0.0 and rouge_l_f1([5], [1]) == 0.0
+
+
+def test_keeper_judged_by_answers_keeps_the_highest():
+    keeper = Keeper(patience=1, metric="answers")
+    assert keeper.key == "valid_answer_rouge_l"
+    assert [keeper.update(v, s, e) for s, e, v in [(4, 1, 0.2), (8, 2, 0.6), (12, 3, 0.5)]] == ["improved", "improved", "stop"]
+    assert keeper.best.step == 8
+    assert "the highest held-out answer ROUGE-L 0.6000" in keeper.explain(12, 3, stopped_early=True)
+
+
+def test_answers_are_for_supervised_jobs(tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="supervised jobs only, not dpo"):
+        make_spec(tmp_path / "t.jsonl", method="dpo", early_stopping_metric="answers")
+    assert make_spec(tmp_path / "t.jsonl", early_stopping_metric="answers").early_stopping_metric == "answers"
+
+
+def test_answers_are_the_models_own_greedy_answers_and_judge_the_run(tmp_path, tokenizer):
+    """early_stopping_metric "answers": each validation generates the held-out answers, the score is ROUGE-L F1
+    against the references, and the kept checkpoint is the best by it. The generation is checked against
+    transformers' own greedy decoding of the kept checkpoint."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import TINY, hf_greedy_ids
+    from tuneserve.models import resolve_model
+    from tuneserve.training.recipes.sft import rouge_l_f1
+
+    spec, result, events = train_on_friends(
+        tmp_path,
+        early_stopping_patience=3,
+        early_stopping_metric="answers",
+        hyperparameters={"n_epochs": 3, "learning_rate_multiplier": 10},
+    )
+    scores = [e["valid_answer_rouge_l"] for e in events if e["type"] == "metrics" and "valid_answer_rouge_l" in e]
+    assert len(scores) == 3 and all(0 <= s <= 1 for s in scores)
+    kept = result["kept_checkpoint"]
+    assert kept["valid_answer_rouge_l"] == max(scores) and "held-out answer ROUGE-L" in kept["reason"]
+
+    # The score of the kept checkpoint, recomputed from transformers' greedy answers to the held-out prompts.
+    from tuneserve.training.early_stopping import holdout_split
+
+    held = holdout_split(friends(), spec)[1]
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(TINY), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, tmp_path / "job" / kept["path"]).eval()
+    recomputed = []
+    for conversation in held:
+        reference = tokenizer(conversation[1]["content"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        answer = hf_greedy_ids(model, tokenizer, conversation[0]["content"], len(reference) + 16)
+        recomputed.append(rouge_l_f1(answer, reference))
+    assert sum(recomputed) / len(recomputed) == pytest.approx(kept["valid_answer_rouge_l"], abs=0.01)

@@ -119,6 +119,50 @@ class SupervisedTask:
         model.train(was_training)
         return {f"{prefix}_loss": loss_sum / max(count, 1), f"{prefix}_mean_token_accuracy": correct / max(count, 1)}
 
+    @torch.no_grad()
+    def answer_score(self, forward, items: Sequence[Formatted], prefix: str) -> dict[str, float]:
+        """How the model answers held-out prompts, not how it scores their reference tokens: each item's first
+        answer generated greedily from its prompt, against the reference, as ROUGE-L F1 over token ids (mean).
+        Greedy with no cache (one forward per token): the held-out answers are few and short."""
+        model = self.loaded.model
+        was_training = model.training
+        model.eval()
+        scores = []
+        for item in items:
+            start, end = item.trained_spans()[0]
+            reference, ids = item.input_ids[start:end], list(item.input_ids[:start])
+            answer: list[int] = []
+            while len(answer) < len(reference) + ANSWER_SLACK_TOKENS:
+                inputs = torch.tensor([ids + answer], device=self.loaded.device)
+                answer.append(int(forward(_next_token, input_ids=inputs)))
+                if answer[-1] == reference[-1]:  # the end-of-turn token the answer was trained to end with
+                    break
+            scores.append(rouge_l_f1(answer, reference))
+        model.train(was_training)
+        return {f"{prefix}_answer_rouge_l": sum(scores) / max(len(scores), 1)}
+
+
+# Past its reference's length, an answer is cut this many tokens on: long enough for a paraphrase, short of a ramble.
+ANSWER_SLACK_TOKENS = 16
+
+
+def _next_token(hidden: torch.Tensor, lm_head: torch.nn.Module) -> torch.Tensor:
+    return lm_head(hidden[0, -1]).argmax()
+
+
+def rouge_l_f1(candidate: Sequence[int], reference: Sequence[int]) -> float:
+    """ROUGE-L F1 of two token sequences: their longest common subsequence against both lengths."""
+    if not candidate or not reference:
+        return 0.0
+    previous = [0] * (len(reference) + 1)
+    for token in candidate:
+        current = [0]
+        for j, ref in enumerate(reference):
+            current.append(previous[j] + 1 if token == ref else max(previous[j + 1], current[j]))
+        previous = current
+    lcs = previous[-1]
+    return 0.0 if lcs == 0 else 2 * lcs / (len(candidate) + len(reference))
+
 
 def _cross_entropy(labels: torch.Tensor):
     """The head the wrapped model applies to its hidden states (training.model.Loaded.apply_head)."""

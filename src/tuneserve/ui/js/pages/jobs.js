@@ -89,6 +89,7 @@ const GROUPS = [
     {path: 'n_evals', label: 'Validation runs (n_evals)', type: NUM, min: 0, step: 1, placeholder: 'default'},
     {path: 'validation_split', label: 'Held-out share without a validation file', type: NUM, min: 0, max: 0.5, step: 'any', placeholder: 'default (0: none)'},
     {path: 'early_stopping_patience', label: 'Early-stopping patience (validations; 0: keep the last)', type: NUM, min: 0, step: 1, placeholder: 'default (0)'},
+    {path: 'early_stopping_metric', label: 'Judge validations by', options: [['', 'default (loss)'], ['loss', 'validation loss'], ['answers', 'held-out answers (ROUGE-L)']]},
     {path: 'neftune_noise_alpha', label: 'NEFTune noise alpha', type: NUM, min: 0, step: 'any', placeholder: 'default (off)'},
     {path: 'auto_evaluate', label: 'Evaluate against the base model when done (needs a validation file)', bool: true},
   ]},
