@@ -141,15 +141,19 @@ class LlamaCppServer(Upstream):
         with self._state:
             return [{"id": alias, "object": "model", "owned_by": "llamacpp"} for alias in self._models]
 
-    def _change(self, alias: str, settings: dict | None) -> None:
-        """Add (or with None remove) a model, then restart the server on the new list once no request is in flight."""
+    def _change(self, alias: str | None = None, settings: dict | None = None) -> None:
+        """Add (or with None remove) a model, then restart the server on the new list once no request is in flight.
+        With no alias: only restart, if what runs is not the list (a failed start, or a server that died)."""
         with self._state:
             while self._restarting:
                 self._state.wait()
-            if settings is None:
+            if alias is not None and settings is None:
                 self._models.pop(alias, None)
-            else:
+            elif alias is not None:
                 self._models[alias] = settings
+            if self._process is not None and self._process.poll() is not None:
+                log.warning("llama.cpp's server exited with %s; starting it again", self._process.returncode)
+                self._running = {}
             if self._running == self._models:
                 return
             self._restarting = True
@@ -213,6 +217,8 @@ class LlamaCppServer(Upstream):
         model = str(body.get("model", ""))
         if model and not model.startswith("ft:") and model not in self._models:
             self.add_base(model)
+        if model in self._models:
+            self._change()  # starts the server again if its last start failed or it died since
         with self._state:
             while self._restarting:
                 self._state.wait()

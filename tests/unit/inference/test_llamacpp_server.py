@@ -103,6 +103,15 @@ def test_a_restart_waits_for_the_stream_in_flight(server, adapter_dir):  # noqa:
     assert ask(server, "ft:tiny:me:abc")["settings"]["lora_path"]
 
 
+def test_a_server_that_died_is_started_again_on_the_next_request(server):
+    ask(server, TINY)
+    first = server._process
+    first.kill()
+    first.wait()
+    assert ask(server, TINY)["settings"]["model_alias"] == TINY  # answered, by a new process
+    assert server._process is not first and server._process.poll() is None
+
+
 def test_start_up_check_names_the_fix(monkeypatch):
     with pytest.raises(RuntimeError, match="cannot run /no/such/python"):
         check_llama_cpp("/no/such/python")
