@@ -137,10 +137,6 @@ class LlamaCppServer(Upstream):
         self._change(name, None)
         return True
 
-    def models(self) -> list[dict]:
-        with self._state:
-            return [{"id": alias, "object": "model", "owned_by": "llamacpp"} for alias in self._models]
-
     def _change(self, alias: str | None = None, settings: dict | None = None) -> None:
         """Add (or with None remove) a model, then restart the server on the new list once no request is in flight.
         With no alias: only restart, if what runs is not the list (a failed start, or a server that died)."""

@@ -59,12 +59,6 @@ class JobService:
         method_type, hp_request = _method_and_hyperparameters(request)
         training_type = request.training_type or "lora"
         check_training_type(training_type, request.lora)
-        if request.early_stopping_metric == "answers" and method_type == "dpo":
-            raise InvalidRequest(
-                "early_stopping_metric 'answers' judges generated answers, which supervised jobs train; DPO jobs are "
-                "judged by their validation loss",
-                param="early_stopping_metric",
-            )
         training = self.files.find(project, request.training_file, "training_file")
         validation = self.files.find(project, request.validation_file, "validation_file") if request.validation_file else None
         for param, file in (("training_file", training), ("validation_file", validation)):

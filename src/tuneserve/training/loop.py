@@ -227,7 +227,7 @@ def train_loop(
                     }
                     if state.global_step in eval_steps:
                         valid = task.evaluate(evaluator, valid_items[:PERIODIC_VALID_EXAMPLES], "valid")
-                        if keeper.key not in valid:  # judged by answers: generate them (SFT)
+                        if spec.early_stopping_metric == "answers":  # judged by behaviour: generate the answers
                             valid.update(task.answer_score(evaluator, valid_items[:PERIODIC_VALID_EXAMPLES], "valid"))
                         if main:
                             events.emit(Metrics(step=state.global_step, total_steps=total_steps, epoch=state.epoch, **valid))

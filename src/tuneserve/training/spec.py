@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from tuneserve.data.auto import auto_batch_size, auto_n_epochs  # noqa: F401 (resolve_hyperparameters; re-exported)
 
@@ -143,11 +143,13 @@ class TrainingSpec(Frozen):
         0.0, ge=0, le=100, description="NEFTune: uniform noise of this scale on the input embeddings while training."
     )
 
-    @model_validator(mode="after")
-    def _answers_are_supervised(self) -> "TrainingSpec":
-        if self.early_stopping_metric == "answers" and self.method == "dpo":
-            raise ValueError("early_stopping_metric 'answers' judges generated answers: supervised jobs only, not dpo")
-        return self
+    @field_validator("early_stopping_metric")
+    @classmethod
+    def _answers_are_supervised(cls, metric: str, info: ValidationInfo) -> str:
+        # A field validator (not a model one) so that the error names the field: the API's 400 has its param.
+        if metric == "answers" and info.data.get("method") == "dpo":
+            raise ValueError("'answers' judges generated answers: supervised jobs only, not dpo")
+        return metric
 
     def write(self, job_dir: Path) -> Path:
         job_dir.mkdir(parents=True, exist_ok=True)
